@@ -1,0 +1,85 @@
+"""OTB-2013/2015 (Wu, Lim, Yang) in the layout of the benchmark's download::
+
+    <root>/<Seq>/img/%04d.jpg
+    <root>/<Seq>/groundtruth_rect.txt          x,y,w,h separated by commas, tabs or spaces
+
+Quirks of the release handled here:
+
+* two targets in one folder (``Jogging``, ``Skating2``): ``groundtruth_rect.1.txt`` and
+  ``groundtruth_rect.2.txt`` become sequences ``Jogging-1`` and ``Jogging-2``;
+* an empty ground-truth file (``Human4``'s ``groundtruth_rect.1.txt``) is ignored;
+* a few sequences are annotated on a frame range only (``David`` 300-770, ``Football1`` 1-74,
+  ``Freeman3`` 1-460, ``Freeman4`` 1-283, ``Diving`` 1-215), from the benchmark's configuration;
+* frame folders that do not start at 1 (``BlurCar1`` starts at 0247) are taken as they are.
+"""
+from __future__ import annotations
+
+import os
+import re
+from typing import Dict, List, Optional, Sequence as _Seq, Tuple
+
+from .io import check_rows, list_frames, read_box_file
+from .sequence import Sequence
+
+#: lower-case folder name -> inclusive (first, last) frame numbers that carry ground truth.
+OTB_FRAME_RANGES: Dict[str, Tuple[int, int]] = {
+    "david": (300, 770),
+    "football1": (1, 74),
+    "freeman3": (1, 460),
+    "freeman4": (1, 283),
+    "diving": (1, 215),
+}
+
+_GT_NAME = re.compile(r"^groundtruth_rect(?:\.(\d+))?\.txt$")
+
+
+def _sequence_entries(root: str) -> List[Tuple[str, str, str]]:
+    """(sequence name, folder, annotation path) for every annotated target under ``root``."""
+    entries = []
+    for folder in sorted(os.listdir(root)):
+        seq_dir = os.path.join(root, folder)
+        if not os.path.isdir(os.path.join(seq_dir, "img")):
+            continue
+        gts = []
+        for fname in os.listdir(seq_dir):
+            m = _GT_NAME.match(fname)
+            if m and os.path.getsize(os.path.join(seq_dir, fname)) > 0:
+                gts.append((int(m.group(1)) if m.group(1) else 0, fname))
+        gts.sort()
+        for idx, fname in gts:
+            name = folder if len(gts) == 1 else f"{folder}-{idx}"
+            entries.append((name, seq_dir, os.path.join(seq_dir, fname)))
+    return entries
+
+
+def load_otb(root: str, sequences: Optional[_Seq[str]] = None) -> List[Sequence]:
+    """Load OTB sequences found under ``root`` (every folder with ``img/`` and a ground-truth file).
+
+    Args:
+        root: the OTB folder (holding ``Basketball/``, ``Crossing/``, ...).
+        sequences: optional subset of names (``"Jogging-1"`` style for the two-target folders).
+
+    Raises:
+        FileNotFoundError for a missing frame; AnnotationError naming file and line for malformed
+        annotation lines or a row count that differs from the number of frames.
+    """
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"OTB root not found: {root}")
+    entries = _sequence_entries(root)
+    by_name = {e[0]: e for e in entries}
+    if sequences is not None:
+        unknown = [n for n in sequences if n not in by_name]
+        if unknown:
+            raise KeyError(f"OTB: sequence(s) not found under {root}: {', '.join(unknown)}")
+        entries = [by_name[n] for n in sequences]
+    elif not entries:
+        raise FileNotFoundError(f"OTB: no sequence folders (<seq>/img + groundtruth_rect.txt) in {root}")
+    out = []
+    for name, seq_dir, anno_path in entries:
+        boxes = read_box_file(anno_path, allow_nan=True)
+        frame_range = OTB_FRAME_RANGES.get(os.path.basename(seq_dir).lower())
+        frames = list_frames(os.path.join(seq_dir, "img"), contiguous=True, frame_range=frame_range)
+        check_rows(anno_path, boxes, len(frames))
+        out.append(Sequence(name=name, frames=frames, ground_truth=boxes, dataset="otb",
+                            meta={"anno_path": anno_path}))
+    return out
