@@ -1,0 +1,120 @@
+"""Tracker registry: name -> builder and named parameter sets.
+
+A tracker is built by a :class:`TrackerFactory`, a small picklable object (builder as an import string
+``"package.module:attr"`` or a module-level callable, plus keyword arguments), so that worker processes
+started with ``spawn`` can build their own tracker.
+
+Built-in entries (baselines, not our method): ``ncc`` (OpenCV normalised cross-correlation) with parameter
+sets ``default``, ``fixed_scale`` and ``fixed_template``; ``identity`` (always the first box).
+A later issue registers the EBM tracker here; ``--tracker package.module:Class`` also works without
+registration.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Mapping, Optional, Union
+
+Builder = Union[str, Callable[..., Any]]
+
+
+@dataclass(frozen=True)
+class TrackerFactory:
+    """Picklable zero-argument callable that builds a fresh tracker.
+
+    Attributes:
+        name: tracker name (first level of the results layout).
+        params: parameter-set name (second level of the results layout).
+        builder: ``"module:attr"`` or a module-level callable (class or function).
+        kwargs: keyword arguments passed to the builder.
+    """
+
+    name: str
+    params: str
+    builder: Builder
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+
+    def __call__(self) -> Any:
+        return resolve_builder(self.builder)(**dict(self.kwargs))
+
+
+def resolve_builder(builder: Builder) -> Callable[..., Any]:
+    """Import ``"module:attr"`` (or return a callable unchanged)."""
+    if callable(builder):
+        return builder
+    module, _, attr = str(builder).partition(":")
+    if not attr:
+        raise ValueError(f"tracker builder must look like 'package.module:attr', got {builder!r}")
+    obj = importlib.import_module(module)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+@dataclass
+class _Entry:
+    builder: Builder
+    param_sets: Dict[str, Dict[str, Any]]
+    description: str
+
+
+_REGISTRY: Dict[str, _Entry] = {}
+
+
+def register_tracker(name: str, builder: Builder, param_sets: Optional[Dict[str, Dict[str, Any]]] = None,
+                     description: str = "", overwrite: bool = False) -> None:
+    """Register a tracker.
+
+    Args:
+        name: registry key (also the results folder name).
+        builder: ``"module:attr"`` or a module-level callable returning an object with
+            ``initialize(image, info)`` and ``track(image, info)``.
+        param_sets: name -> keyword arguments; ``"default"`` is added (empty) if absent.
+        description: one line shown by ``tools/eval_tracking.py --list-trackers``.
+    """
+    if name in _REGISTRY and not overwrite:
+        raise KeyError(f"tracker {name!r} is already registered")
+    sets = {"default": {}}
+    sets.update(param_sets or {})
+    _REGISTRY[name] = _Entry(builder, sets, description)
+
+
+def tracker_names() -> List[str]:
+    return sorted(_REGISTRY)
+
+
+def describe_trackers() -> Dict[str, Dict[str, Any]]:
+    """name -> {"description", "params": [parameter-set names]}."""
+    return {n: {"description": e.description, "params": sorted(e.param_sets)} for n, e in sorted(_REGISTRY.items())}
+
+
+def get_tracker_factory(name: str, params: str = "default", **overrides: Any) -> TrackerFactory:
+    """Factory for registered tracker ``name`` with parameter set ``params`` (plus keyword overrides).
+
+    ``name`` may also be an import string ``"package.module:attr"`` (then ``params`` only names the
+    results folder and ``overrides`` are the keyword arguments).
+    """
+    if name in _REGISTRY:
+        entry = _REGISTRY[name]
+        if params not in entry.param_sets:
+            raise KeyError(f"tracker {name!r} has no parameter set {params!r}; "
+                           f"available: {', '.join(sorted(entry.param_sets))}")
+        kwargs = dict(entry.param_sets[params])
+        kwargs.update(overrides)
+        return TrackerFactory(name, params, entry.builder, kwargs)
+    if ":" in name:
+        resolve_builder(name)  # fail now, in the parent, rather than in every worker
+        short = name.rsplit(":", 1)[1].split(".")[-1]
+        return TrackerFactory(short, params, name, dict(overrides))
+    raise KeyError(f"unknown tracker {name!r}; registered: {', '.join(tracker_names())} "
+                   f"(or pass 'package.module:Class')")
+
+
+_BASELINES = "ebm_refine.tracking.evaluation.baselines"
+register_tracker(
+    "ncc", f"{_BASELINES}:NCCTracker",
+    {"fixed_scale": {"scales": (1.0,)},
+     "fixed_template": {"template_lr": 0.0}},
+    description="baseline: OpenCV normalised cross-correlation template matching (not our method)")
+register_tracker("identity", f"{_BASELINES}:IdentityTracker",
+                 description="baseline: reports the first-frame box in every frame")

@@ -1,0 +1,108 @@
+"""Result files: layout, atomic writing and strict reading.
+
+Layout (pytracking's)::
+
+    <results_root>/<tracker>/<params>/<seq>.txt        one box per frame: x,y,w,h
+    <results_root>/<tracker>/<params>/<seq>_time.txt   one wall-clock time per frame, in seconds
+
+Boxes are written comma-separated with 4 decimals (pytracking writes tab-separated integers, which
+throws away sub-pixel precision; got10k writes comma-separated floats). Every reader in this package, and
+pytracking's and got10k's, accept commas. The first row is the initialisation box, as in pytracking.
+
+Each file is written to a temporary name in the same folder and moved into place with ``os.replace``, so a
+killed run never leaves a truncated ``<seq>.txt`` that a resumed run would take as finished. The box file
+is written last: its presence marks a finished sequence.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Iterable, Optional
+
+import numpy as np
+
+from ..datasets.io import AnnotationError, read_box_file
+
+BOX_DECIMALS = 4
+
+
+def tracker_results_dir(results_root: str, tracker: str, params: str = "default") -> str:
+    """``<results_root>/<tracker>/<params>``."""
+    return os.path.join(results_root, tracker, params)
+
+
+def result_path(results_dir: str, seq_name: str) -> str:
+    return os.path.join(results_dir, f"{seq_name}.txt")
+
+
+def time_path(results_dir: str, seq_name: str) -> str:
+    return os.path.join(results_dir, f"{seq_name}_time.txt")
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (temp file in the same folder + fsync + ``os.replace``)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def format_boxes(boxes: np.ndarray, decimals: int = BOX_DECIMALS, delimiter: str = ",") -> str:
+    """One ``x<d>y<d>w<d>h`` line per row with ``decimals`` decimals."""
+    boxes = np.asarray(boxes, dtype=np.float64)
+    fmt = delimiter.join([f"{{:.{decimals}f}}"] * 4)
+    return "".join(fmt.format(*row) + "\n" for row in boxes)
+
+
+def write_boxes(path: str, boxes: np.ndarray, decimals: int = BOX_DECIMALS) -> None:
+    atomic_write_text(path, format_boxes(boxes, decimals))
+
+
+def write_times(path: str, times: Iterable[float]) -> None:
+    atomic_write_text(path, "".join(f"{t:.6f}\n" for t in times))
+
+
+def read_result(path: str) -> np.ndarray:
+    """Read a result file (commas, tabs or spaces) as (N, 4) float64.
+
+    Raises:
+        FileNotFoundError, or :class:`~ebm_refine.tracking.datasets.io.AnnotationError` naming
+        ``path:line`` for a non-numeric line or a line without exactly 4 values.
+    """
+    return read_box_file(path, ncols=(4,), allow_nan=True)
+
+
+def read_times(path: str) -> Optional[np.ndarray]:
+    """Per-frame times (N,) in seconds, or None when the file does not exist."""
+    if not os.path.isfile(path):
+        return None
+    values = []
+    with open(path) as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if line.strip():
+                try:
+                    values.append(float(line.split()[0].strip(",")))
+                except ValueError:
+                    raise AnnotationError(f"{path}:{lineno}: non-numeric time {line.strip()!r}") from None
+    return np.asarray(values, dtype=np.float64)
+
+
+def count_rows(path: str) -> int:
+    """Number of non-empty lines of a file (cheap completeness check)."""
+    with open(path, "rb") as fh:
+        return sum(1 for line in fh if line.strip())
+
+
+def is_finished(results_dir: str, seq_name: str, n_frames: int) -> bool:
+    """True when ``<seq>.txt`` exists with one row per frame (a resumed run skips such sequences)."""
+    path = result_path(results_dir, seq_name)
+    return os.path.isfile(path) and count_rows(path) == n_frames

@@ -1,0 +1,165 @@
+"""Run a tracker over sequences, in parallel worker processes, resumably.
+
+Any object with pytracking's API works::
+
+    tracker.initialize(image, {"init_bbox": [x, y, w, h], ...})
+    tracker.track(image, info) -> {"target_bbox": [x, y, w, h], ...}
+
+with ``image`` an (H, W, 3) uint8 RGB array. A fresh tracker is built for every sequence by a picklable
+zero-argument ``tracker_factory`` (see :class:`~ebm_refine.tracking.evaluation.registry.TrackerFactory`),
+inside the worker that runs the sequence.
+
+Outputs follow :mod:`.results`: ``<results_dir>/<seq>.txt`` and ``<seq>_time.txt``, each written
+atomically, the box file last. A sequence whose box file exists with one row per frame is skipped, so an
+interrupted run resumes where it stopped and never rewrites finished sequences.
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Any, Callable, List, Optional, Sequence as _Seq, Tuple
+
+import numpy as np
+
+from ..datasets.sequence import Sequence, read_frame
+from .results import is_finished, result_path, time_path, write_boxes, write_times
+
+TrackerFactoryType = Callable[[], Any]
+
+
+@dataclass
+class SequenceRun:
+    """Outcome for one sequence: ``status`` is ``"done"``, ``"skipped"`` (already finished) or
+    ``"failed"`` (``error`` holds the traceback); ``seconds`` is the summed per-frame time."""
+
+    name: str
+    status: str
+    n_frames: int
+    seconds: float = 0.0
+    error: Optional[str] = None
+
+
+class RunError(RuntimeError):
+    """Raised after a run in which some sequences failed; ``runs`` holds every outcome."""
+
+    def __init__(self, message: str, runs: List[SequenceRun]):
+        super().__init__(message)
+        self.runs = runs
+
+
+def _as_box(out: Any, seq: Sequence, frame: int) -> List[float]:
+    if isinstance(out, dict):
+        out = out.get("target_bbox")
+    box = np.asarray(out, dtype=np.float64).reshape(-1) if out is not None else np.zeros(0)
+    if box.shape != (4,) or not np.all(np.isfinite(box)):
+        raise ValueError(f"sequence {seq.name!r}, frame {frame} ({seq.frames[frame]}): tracker returned "
+                         f"{out!r}; expected {{'target_bbox': [x, y, w, h]}} with 4 finite numbers")
+    return box.tolist()
+
+
+def track_sequence(tracker: Any, seq: Sequence) -> Tuple[np.ndarray, np.ndarray]:
+    """Run ``tracker`` over ``seq``.
+
+    Returns:
+        boxes (N, 4) -- row 0 is the initialisation box as returned by ``initialize`` (or the init box
+        when it returns nothing) -- and per-frame wall-clock times (N,) in seconds (frame 0: initialize).
+    """
+    boxes = np.zeros((len(seq), 4))
+    times = np.zeros(len(seq))
+    info = seq.init_info()
+    image = read_frame(seq.frames[0])
+    t0 = time.perf_counter()
+    out = tracker.initialize(image, info)
+    times[0] = time.perf_counter() - t0
+    boxes[0] = _as_box(out, seq, 0) if out and isinstance(out, dict) and "target_bbox" in out else info["init_bbox"]
+    prev = {"target_bbox": boxes[0].tolist()}
+    for i in range(1, len(seq)):
+        image = read_frame(seq.frames[i])
+        t0 = time.perf_counter()
+        out = tracker.track(image, {"frame_index": i, "previous_output": prev})
+        times[i] = time.perf_counter() - t0
+        boxes[i] = _as_box(out, seq, i)
+        prev = out
+    return boxes, times
+
+
+def run_sequence(tracker_factory: TrackerFactoryType, seq: Sequence, results_dir: str) -> SequenceRun:
+    """Build a tracker, track ``seq`` and write its two result files atomically (times first)."""
+    tracker = tracker_factory()
+    boxes, times = track_sequence(tracker, seq)
+    write_times(time_path(results_dir, seq.name), times)
+    write_boxes(result_path(results_dir, seq.name), boxes)
+    return SequenceRun(seq.name, "done", len(seq), float(times.sum()))
+
+
+def _worker(args) -> SequenceRun:
+    tracker_factory, seq, results_dir = args
+    try:
+        return run_sequence(tracker_factory, seq, results_dir)
+    except Exception:  # reported to the parent; KeyboardInterrupt still stops the worker
+        return SequenceRun(seq.name, "failed", len(seq), error=traceback.format_exc())
+
+
+def _init_worker() -> None:
+    # One process per core already; stop OpenCV from spawning its own thread pool in each of them.
+    try:
+        import cv2
+
+        cv2.setNumThreads(1)
+    except ImportError:  # pragma: no cover - cv2 is a dependency
+        pass
+
+
+def run_dataset(sequences: _Seq[Sequence], tracker_factory: TrackerFactoryType, results_dir: str,
+                num_workers: int = 1, overwrite: bool = False, progress: bool = True,
+                mp_context: str = "spawn", raise_on_error: bool = True) -> List[SequenceRun]:
+    """Run ``tracker_factory()`` trackers over ``sequences`` and write results under ``results_dir``.
+
+    Args:
+        sequences: sequences to run (only the first-frame box is used).
+        tracker_factory: picklable zero-argument callable returning a fresh tracker.
+        results_dir: output folder (``<results_root>/<tracker>/<params>``).
+        num_workers: worker processes; ``<= 1`` runs in this process (no pickling, easiest to debug).
+        overwrite: re-run sequences that are already finished.
+        progress: show a tqdm progress bar over sequences.
+        mp_context: multiprocessing start method; ``spawn`` (default) is safe with CUDA and threads.
+        raise_on_error: after the run, raise :class:`RunError` if a sequence failed (finished sequences
+            are kept either way).
+
+    Returns:
+        One :class:`SequenceRun` per sequence, in input order.
+    """
+    from tqdm import tqdm
+
+    runs = {}
+    pending = []
+    for seq in sequences:
+        if not overwrite and is_finished(results_dir, seq.name, len(seq)):
+            runs[seq.name] = SequenceRun(seq.name, "skipped", len(seq))
+        else:
+            pending.append(seq)
+    bar = tqdm(total=len(pending), desc="tracking", unit="seq", disable=not progress)
+    try:
+        if num_workers <= 1 or len(pending) <= 1:
+            for seq in pending:
+                runs[seq.name] = _worker((tracker_factory, seq, results_dir))
+                bar.update(1)
+        else:
+            ctx = mp.get_context(mp_context)
+            with ctx.Pool(min(num_workers, len(pending)), initializer=_init_worker) as pool:
+                jobs = [(tracker_factory, seq, results_dir) for seq in pending]
+                for run in pool.imap_unordered(_worker, jobs):
+                    runs[run.name] = run
+                    bar.set_postfix_str(run.name)
+                    bar.update(1)
+    finally:
+        bar.close()
+    ordered = [runs[s.name] for s in sequences]
+    failed = [r for r in ordered if r.status == "failed"]
+    if failed and raise_on_error:
+        details = "\n".join(f"--- {r.name}\n{r.error}" for r in failed)
+        raise RunError(f"{len(failed)} of {len(ordered)} sequence(s) failed: "
+                       f"{', '.join(r.name for r in failed)}\n{details}", ordered)
+    return ordered
