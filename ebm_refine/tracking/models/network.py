@@ -1,0 +1,159 @@
+"""The trainable tracker network: frozen backbone + box estimator, its losses and its checkpoints.
+
+A checkpoint is self-contained: it stores the config that builds the network *and* the backbone
+weights (so a random-init test backbone, or the local MobileNetV2 file, does not need to be found again
+at tracking time).
+"""
+from __future__ import annotations
+
+import copy
+import os
+from typing import Any, Dict, Optional
+
+import torch
+from torch import Tensor, nn
+
+from ebm_refine.core.boxes import box_iou_aligned, valid_box_mask
+from ebm_refine.core.losses import iou_confidence_loss
+from ebm_refine.core.objectives import EBM_METHODS, ebm_loss, sampling_options
+from ebm_refine.core.proposal import BoxProposal
+
+from .backbone import Backbone, build_backbone
+from .box_estimator import EnergyBoxEstimator
+
+__all__ = ["TrackerNet", "build_tracker_net", "box_estimation_loss", "save_net", "load_net",
+           "DEFAULT_NET_CONFIG", "LOSS_METHODS"]
+
+LOSS_METHODS = EBM_METHODS + ("iou",)
+
+DEFAULT_NET_CONFIG: Dict[str, Any] = {
+    "backbone": {"name": "resnet18", "weights": None, "frozen": True},
+    "estimator": {"pred_dims": [256, 256], "inter_dims": [256, 256], "ref_pool": [3, 1], "test_pool": [5, 3]},
+    # Training objective of the box estimator: an EBM method ("ml_is", ...) or "iou" (IoU-Net baseline).
+    "loss": {"method": "ml_is", "sigmas": [0.05, 0.5], "num_samples": 128, "label_sigma": 0.05},
+}
+
+
+def _merge(base: Dict, over: Optional[Dict]) -> Dict:
+    out = copy.deepcopy(base)
+    for k, v in (over or {}).items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
+class TrackerNet(nn.Module):
+    """Backbone + :class:`EnergyBoxEstimator`.
+
+    Args:
+        config: dict with ``backbone``, ``estimator`` and ``loss`` sections (see
+            :data:`DEFAULT_NET_CONFIG`); missing keys take the defaults.
+        backbone: optional pre-built backbone (e.g. restored from a checkpoint).
+    """
+
+    def __init__(self, config: Optional[Dict[str, Any]] = None, backbone: Optional[Backbone] = None):
+        super().__init__()
+        self.config = _merge(DEFAULT_NET_CONFIG, config)
+        self.backbone = backbone if backbone is not None else build_backbone(self.config["backbone"])
+        ch = self.backbone.out_channels
+        est = self.config["estimator"]
+        self.estimator = EnergyBoxEstimator(
+            in_dims=(ch["layer2"], ch["layer3"]), pred_dims=est["pred_dims"], inter_dims=est["inter_dims"],
+            ref_pool=est["ref_pool"], test_pool=est["test_pool"],
+            strides=(self.backbone.strides["layer2"], self.backbone.strides["layer3"]))
+        method = self.config["loss"]["method"]
+        if method not in LOSS_METHODS:
+            raise ValueError(f"unknown loss method {method!r}; expected one of {LOSS_METHODS}")
+
+    @property
+    def method(self) -> str:
+        """Training objective of the box estimator ("ml_is", ..., or "iou")."""
+        return self.config["loss"]["method"]
+
+    def extract(self, images: Tensor) -> Dict[str, Tensor]:
+        """Backbone features of (B, 3, H, W) RGB [0, 255] crops; no graph when the backbone is frozen."""
+        if self.backbone.frozen:
+            with torch.no_grad():
+                return self.backbone(images)
+        return self.backbone(images)
+
+    def forward(self, ref_images: Tensor, ref_boxes: Tensor, test_images: Tensor, test_boxes: Tensor,
+                generator: Optional[torch.Generator] = None) -> Tensor:
+        """Training loss of a batch of (reference, test) crop pairs.
+
+        Args:
+            ref_images, test_images: (B, 3, S, S) RGB crops in [0, 255].
+            ref_boxes, test_boxes: (B, 4) target boxes, xyxy crop pixels.
+        Returns:
+            scalar loss (see :func:`box_estimation_loss`).
+        """
+        return box_estimation_loss(self.estimator, self.extract(ref_images), ref_boxes,
+                                   self.extract(test_images), test_boxes, self.config["loss"], generator)
+
+
+def box_estimation_loss(estimator: EnergyBoxEstimator, ref_feats: Dict[str, Tensor], ref_boxes: Tensor,
+                        test_feats: Dict[str, Tensor], test_boxes: Tensor, loss_cfg: Dict[str, Any],
+                        generator: Optional[torch.Generator] = None) -> Tensor:
+    """Proposals around each test ground truth, scored by the estimator, fed to the configured loss.
+
+    EBM methods draw M samples from the K-component mixture in relative box coordinates (the paper's
+    tracking setting: sigmas 0.05 and 0.5, M = 128, plus the ground truth as sample 0 for ML-IS) and use
+    :func:`ebm_refine.core.objectives.ebm_loss`. ``"iou"`` regresses 2 IoU - 1 of the same samples
+    (IoU-Net baseline, :func:`ebm_refine.core.losses.iou_confidence_loss`).
+    """
+    method = loss_cfg["method"]
+    proposal = BoxProposal(loss_cfg["sigmas"])
+    if method == "iou":
+        samples = proposal.sample(test_boxes, int(loss_cfg["num_samples"]), include_reference=True,
+                                  generator=generator)
+    else:
+        opts = sampling_options(method, loss_cfg.get("beta"))
+        samples = proposal.sample(test_boxes, int(loss_cfg["num_samples"]), include_reference=opts.include_center,
+                                  beta=opts.beta, generator=generator)
+    # Ground truths that are degenerate (a target cropped to nothing) carry no signal.
+    row_valid = valid_box_mask(test_boxes, min_size=1.0) & valid_box_mask(ref_boxes, min_size=1.0)
+    safe = torch.where(row_valid[:, None, None], samples.boxes,
+                       samples.boxes.new_tensor([0.0, 0.0, 16.0, 16.0]).expand_as(samples.boxes))
+    scores = estimator(ref_feats, torch.where(row_valid[:, None], ref_boxes,
+                                              ref_boxes.new_tensor([0.0, 0.0, 16.0, 16.0])), test_feats, safe)
+    sample_valid = valid_box_mask(samples.boxes) & row_valid[:, None]
+    if method == "iou":
+        iou = box_iou_aligned(samples.boxes, test_boxes[:, None, :])
+        return iou_confidence_loss(scores, iou, valid=sample_valid)
+    return ebm_loss(method, scores, samples.log_q, offsets=samples.rel, label_sigma=loss_cfg.get("label_sigma"),
+                    valid=sample_valid)
+
+
+def build_tracker_net(config: Optional[Dict[str, Any]] = None) -> TrackerNet:
+    """:class:`TrackerNet` from a (partial) config."""
+    return TrackerNet(config)
+
+
+def save_net(path: str, net: TrackerNet, extra: Optional[Dict[str, Any]] = None) -> None:
+    """Write a self-contained network file (config, backbone and estimator weights), atomically."""
+    state = {"format": "ebm_refine.tracker_net/1", "config": net.config,
+             "backbone": net.backbone.state_dict(), "estimator": net.estimator.state_dict()}
+    if extra:
+        state["extra"] = extra
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_net(path: str, map_location: str = "cpu") -> TrackerNet:
+    """Inverse of :func:`save_net`; also accepts a training checkpoint (it holds a ``net`` entry)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"tracker network not found: {path} (train one with tools/train_tracker.py, or point the "
+            f"tracker config's 'checkpoint' at an existing file)")
+    state = torch.load(path, map_location=map_location, weights_only=False)
+    if "net" in state and "format" not in state:
+        state = state["net"]
+    cfg = copy.deepcopy(state["config"])
+    # The stored backbone weights replace whatever the config pointed at (no file lookup, no download).
+    cfg["backbone"] = dict(cfg["backbone"], weights=None)
+    net = TrackerNet(cfg)
+    net.backbone.load_state_dict(state["backbone"])
+    net.estimator.load_state_dict(state["estimator"])
+    net.config = copy.deepcopy(state["config"])
+    return net.eval()

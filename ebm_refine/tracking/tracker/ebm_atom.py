@@ -1,0 +1,258 @@
+"""The ATOM-style tracker with energy-based box estimation (pytracking's tracker API).
+
+Per frame:
+
+1. crop a square search region around the previous position (``search_area_scale`` x the target's
+   geometric-mean size), resample it to ``image_sample_size`` and run the backbone once;
+2. the online classifier's score map on ``layer3`` gives the new centre (or says the target is lost,
+   or that a distractor makes the answer uncertain);
+3. box estimation on the same features: the classifier's box (new centre, previous size) plus random
+   perturbations are refined by gradient ascent on the estimator's output with the core refiner, and
+   the final box is the mean of the top-k refined boxes by energy (centre and log-size averaged);
+   ``mode: none`` skips this step (centre + previous size);
+4. scale and position clamps, then the classifier memory is updated with the frame.
+
+``initialize(image, info)`` takes ``info['init_bbox'] = [x, y, w, h]`` (pixels, top-left corner);
+``track(image, info=None)`` returns ``{'target_bbox': [x, y, w, h], 'energy', 'score', 'flag', 'time',
+'time_refine'}``. Images are (H, W, 3) RGB uint8 arrays (grayscale (H, W) is accepted).
+"""
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Dict, List, Optional, Tuple
+
+import cv2
+import numpy as np
+import torch
+from torch import Tensor
+
+from ebm_refine.core.boxes import cxcywh_to_xyxy, decode_relative, xyxy_to_cxcywh
+from ebm_refine.core.refine import refine_boxes
+
+from ..models.network import TrackerNet, load_net
+from .classifier import OnlineClassifier
+from .crop import CropTransform, as_rgb_image, image_to_tensor, sample_patch
+from .params import load_tracker_params
+
+__all__ = ["EBMAtomTracker", "validate_init_box"]
+
+REFINEMENT_MODES = ("ebm", "iounet", "none")
+
+
+def validate_init_box(box, image_shape: Tuple[int, int]) -> np.ndarray:
+    """Check an initial ``[x, y, w, h]`` box against an image of ``(H, W)`` pixels.
+
+    Raises:
+        ValueError if the box is not 4 finite numbers, has zero/negative size, or does not overlap the
+        image.
+    """
+    try:
+        b = np.asarray(box, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError):
+        raise ValueError(f"init_bbox must be 4 numbers [x, y, w, h], got {box!r}") from None
+    if b.shape[0] != 4 or not np.all(np.isfinite(b)):
+        raise ValueError(f"init_bbox must be 4 finite numbers [x, y, w, h], got {box!r}")
+    if b[2] <= 0 or b[3] <= 0:
+        raise ValueError(f"init_bbox has zero or negative size (w={b[2]}, h={b[3]}); the target needs an area")
+    h, w = image_shape
+    if b[0] >= w or b[1] >= h or b[0] + b[2] <= 0 or b[1] + b[3] <= 0:
+        raise ValueError(f"init_bbox {b.tolist()} lies outside the {w}x{h} image")
+    return b
+
+
+class EBMAtomTracker:
+    """ATOM-style tracker whose box estimation maximises a learned energy.
+
+    Args:
+        params: a parameter dict (see :data:`~ebm_refine.tracking.tracker.params.DEFAULT_TRACKER_PARAMS`)
+            or the name/path of a YAML file in ``configs/tracking/``.
+        net: optional :class:`TrackerNet` to use instead of loading ``params['checkpoint']``.
+    """
+
+    def __init__(self, params: Dict[str, Any] | str | None = None, net: Optional[TrackerNet] = None):
+        if params is None or isinstance(params, str):
+            params = load_tracker_params(params)
+        self.params = params
+        self.mode = params["box_refinement"]["mode"]
+        if self.mode not in REFINEMENT_MODES:
+            raise ValueError(f"box_refinement.mode must be one of {REFINEMENT_MODES}, got {self.mode!r}")
+        if net is None:
+            if not params.get("checkpoint"):
+                raise ValueError("tracker parameters name no 'checkpoint' and no network was given")
+            net = load_net(params["checkpoint"])
+        self.device = torch.device(params.get("device", "cpu"))
+        self.net = net.to(self.device).eval()
+        self.name = params.get("name", "ebm_atom")
+        self._initialized = False
+
+    # ------------------------------------------------------------------ helpers
+    def _crop(self, image: np.ndarray, center: np.ndarray, size: np.ndarray) -> Tuple[np.ndarray, CropTransform]:
+        side = math.sqrt(float(size[0] * size[1])) * float(self.params["search_area_scale"])
+        return sample_patch(image, (center[0], center[1]), side, int(self.params["image_sample_size"]))
+
+    def _features(self, crops: np.ndarray) -> Dict[str, Tensor]:
+        with torch.no_grad():
+            return self.net.backbone(image_to_tensor(crops).to(self.device))
+
+    def _stride(self) -> float:
+        return float(self.net.backbone.strides["layer3"])
+
+    def _to_cells(self, crop_xy: np.ndarray) -> Tensor:
+        return torch.as_tensor(np.asarray(crop_xy) / self._stride() - 0.5, dtype=torch.float32)
+
+    def _from_cells(self, cells: Tensor) -> np.ndarray:
+        return (cells.numpy().astype(np.float64) + 0.5) * self._stride()
+
+    def _augment(self, crop: np.ndarray) -> Tuple[List[np.ndarray], List[np.ndarray]]:
+        """First-frame augmentations of a target-centred crop, with the target centre in each."""
+        cfg = self.params["classifier"]["augmentation"]
+        s = crop.shape[0]
+        c = np.array([s / 2.0, s / 2.0])
+        crops, centers = [crop], [c]
+        if cfg.get("flip"):
+            crops.append(np.ascontiguousarray(crop[:, ::-1]))
+            centers.append(np.array([s - c[0], c[1]]))
+        for fx, fy in cfg.get("shifts", []):
+            m = np.array([[1.0, 0.0, fx * s], [0.0, 1.0, fy * s]])
+            crops.append(cv2.warpAffine(crop, m, (s, s), borderMode=cv2.BORDER_REPLICATE))
+            centers.append(c + np.array([fx * s, fy * s]))
+        for deg in cfg.get("rotations", []):
+            m = cv2.getRotationMatrix2D((s / 2.0 - 0.5, s / 2.0 - 0.5), float(deg), 1.0)
+            crops.append(cv2.warpAffine(crop, m, (s, s), borderMode=cv2.BORDER_REPLICATE))
+            centers.append(c)  # rotation about the crop centre, where the target is
+        for sigma in cfg.get("blur", []):
+            crops.append(cv2.GaussianBlur(crop, (0, 0), float(sigma)))
+            centers.append(c)
+        return crops, centers
+
+    # ------------------------------------------------------------------ API
+    def initialize(self, image, info: Dict[str, Any]) -> Dict[str, Any]:
+        """Start tracking the target ``info['init_bbox'] = [x, y, w, h]`` in ``image``.
+
+        Raises:
+            ValueError for a malformed image, or a box that is degenerate or outside the image.
+        """
+        t0 = time.perf_counter()
+        if not isinstance(info, dict) or "init_bbox" not in info:
+            raise ValueError("info must be a dict with 'init_bbox' = [x, y, w, h]")
+        image = as_rgb_image(image)
+        box = validate_init_box(info["init_bbox"], image.shape[:2])
+        self.gen = torch.Generator().manual_seed(int(self.params.get("seed", 0)))
+        self.pos = box[:2] + box[2:] / 2.0
+        self.size = box[2:].copy()
+        self.base_size = box[2:].copy()
+        self.frame_num = 1
+
+        crop, tf = self._crop(image, self.pos, self.size)
+        crops, centers = self._augment(crop)
+        feats = self._features(np.stack(crops))
+        ccfg = self.params["classifier"]
+        self.classifier = OnlineClassifier(ccfg)
+        size_cells = torch.as_tensor(self.size * tf.scale / self._stride(), dtype=torch.float32)
+        sigma = float(ccfg["output_sigma_factor"]) * torch.sqrt(size_cells.prod()) * torch.ones(2)
+        self.classifier.initialize(feats["layer3"].cpu(), torch.stack([self._to_cells(c) for c in centers]), sigma)
+
+        if self.mode != "none":
+            ref_box = torch.as_tensor(tf.boxes_to_crop(np.r_[box[:2], box[:2] + box[2:]]), dtype=torch.float32)
+            first = {k: v[:1] for k, v in feats.items()}
+            with torch.no_grad():
+                self.modulation = self.net.estimator.reference(first, ref_box[None].to(self.device))
+        self._initialized = True
+        return {"time": time.perf_counter() - t0}
+
+    def track(self, image, info: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+        """Locate the target in the next frame; returns ``{'target_bbox': [x, y, w, h], ...}``."""
+        if not self._initialized:
+            raise RuntimeError("call initialize() before track()")
+        t0 = time.perf_counter()
+        image = as_rgb_image(image)
+        self.frame_num += 1
+        crop, tf = self._crop(image, self.pos, self.size)
+        feats = self._features(crop)
+        ccfg = self.params["classifier"]
+        size_cells = torch.as_tensor(self.size * tf.scale / self._stride(), dtype=torch.float32)
+        prior = self._to_cells(tf.boxes_to_crop(np.r_[self.pos, self.pos])[:2])
+        loc = self.classifier.localize(self.classifier.scores(feats["layer3"].cpu())[0], size_cells, prior)
+
+        energy = float("nan")
+        t_refine = 0.0
+        if loc.flag != "not_found":
+            center_crop = self._from_cells(loc.center)
+            new_pos = center_crop / tf.scale + np.array([tf.x0, tf.y0])
+            new_size = self.size.copy()
+            if self.mode != "none":
+                t1 = time.perf_counter()
+                box_crop, energy = self._estimate_box(feats, center_crop, self.size * tf.scale)
+                t_refine = time.perf_counter() - t1
+                if box_crop is not None:
+                    new_pos = box_crop[:2] / tf.scale + np.array([tf.x0, tf.y0])
+                    new_size = box_crop[2:] / tf.scale
+            self.size = self._clamp_size(new_size, image.shape[:2])
+            self.pos = self._clamp_pos(new_pos, image.shape[:2])
+            if loc.flag in ("normal", "hard_negative"):
+                hard = loc.flag == "hard_negative"
+                lr = ccfg["hard_negative_learning_rate"] if hard else ccfg["learning_rate"]
+                solve = hard or (self.frame_num - 1) % int(ccfg["train_skipping"]) == 0
+                target_cells = self._to_cells(tf.boxes_to_crop(np.r_[self.pos, self.pos])[:2])
+                self.classifier.update(feats["layer3"].cpu(), target_cells, lr, solve=solve)
+        box = np.r_[self.pos - self.size / 2.0, self.size]
+        return {"target_bbox": [float(v) for v in box], "energy": energy, "score": float(loc.score),
+                "flag": loc.flag, "time": time.perf_counter() - t0, "time_refine": t_refine}
+
+    # ------------------------------------------------------------------ box estimation
+    def _estimate_box(self, feats: Dict[str, Tensor], center: np.ndarray, size: np.ndarray
+                      ) -> Tuple[Optional[np.ndarray], float]:
+        """Refine boxes around (center, size) in crop pixels; returns (cx, cy, w, h) crop pixels, energy."""
+        cfg = self.params["box_refinement"]
+        est = self.net.estimator
+        with torch.no_grad():
+            test_feats = est.test_features(feats, self.modulation)
+        init = cxcywh_to_xyxy(torch.tensor([[center[0], center[1], size[0], size[1]]], dtype=torch.float32))
+        n = int(cfg["num_init_boxes"])
+        jitter = torch.tensor([cfg["box_jitter_pos"]] * 2 + [cfg["box_jitter_size"]] * 2, dtype=torch.float32)
+        rel = (torch.rand(n - 1, 4, generator=self.gen) - 0.5) * jitter
+        boxes = torch.cat([init, decode_relative(rel, init)], dim=0).to(self.device)
+
+        def energy_fn(b: Tensor) -> Tensor:
+            return est.score(test_feats, b[None])[0]
+
+        step_c, step_s = cfg["step_size"]
+        res = refine_boxes(energy_fn, boxes, num_steps=int(cfg["num_steps"]), step_size_center=float(step_c),
+                           step_size_size=float(step_s), decay=float(cfg["step_decay"]))
+        out = xyxy_to_cxcywh(res.boxes.cpu())
+        scores = res.scores.cpu()
+        aspect = out[:, 2] / out[:, 3].clamp(min=1e-6)
+        amax = float(cfg["max_aspect_ratio"])
+        keep = torch.isfinite(scores) & torch.isfinite(out).all(1) & (out[:, 2:] > 0).all(1) \
+            & (aspect < amax) & (aspect > 1.0 / amax)
+        if not bool(keep.any()):
+            return None, float("nan")
+        scores = scores.masked_fill(~keep, float("-inf"))
+        k = min(int(cfg["top_k"]), int(keep.sum()))
+        top = torch.topk(scores, k).indices
+        sel = out[top]
+        # Average centres linearly and sizes in log-space (the space the refiner works in).
+        mean = torch.cat([sel[:, :2].mean(0), sel[:, 2:].log().mean(0).exp()])
+        return mean.double().numpy(), float(scores[top].mean())
+
+    def _clamp_size(self, size: np.ndarray, image_hw: Tuple[int, int]) -> np.ndarray:
+        s = self.params["scale"]
+        r = float(s["max_change_per_frame"])
+        size = np.clip(size, self.size / r, self.size * r)
+        size = np.clip(size, self.base_size * float(s["min_scale_factor"]), self.base_size * float(s["max_scale_factor"]))
+        h, w = image_hw
+        size = np.minimum(size, np.array([w, h], dtype=np.float64) * 1.5)
+        return np.maximum(size, float(s["min_size"]))
+
+    def _clamp_pos(self, pos: np.ndarray, image_hw: Tuple[int, int]) -> np.ndarray:
+        # Keep part of the box inside the image so a target that leaves the frame is picked up again
+        # near where it left, and the reported box always overlaps the image.
+        h, w = image_hw
+        r = float(self.params["scale"]["inside_ratio"])
+        dims = np.array([w, h], dtype=np.float64)
+        inside = np.minimum(r * self.size, dims)
+        lo = inside - self.size / 2.0
+        hi = dims - inside + self.size / 2.0
+        pos = np.where(np.isfinite(pos), pos, self.pos)
+        return np.clip(pos, lo, hi)

@@ -1,0 +1,127 @@
+"""Tracker parameters: plain YAML files under ``configs/tracking/`` merged over in-code defaults.
+
+A parameter file may name a base file with ``_base_: other.yaml`` (resolved next to it); its keys
+override the base's recursively. Unknown keys are an error, so a typo does not silently fall back to a
+default.
+
+>>> p = load_tracker_params("ebm")                       # configs/tracking/ebm.yaml   # doctest: +SKIP
+>>> p = load_tracker_params("my.yaml", {"box_refinement": {"num_steps": 5}})          # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import copy
+import os
+from typing import Any, Dict, Optional
+
+import yaml
+
+__all__ = ["DEFAULT_TRACKER_PARAMS", "CONFIG_DIR", "load_tracker_params", "merge_params", "load_yaml"]
+
+_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+CONFIG_DIR = os.path.join(_REPO, "configs", "tracking")
+
+DEFAULT_TRACKER_PARAMS: Dict[str, Any] = {
+    "name": "ebm_atom",
+    # Network file from tools/train_tracker.py; relative paths are resolved against the repository root.
+    "checkpoint": None,
+    "device": "cpu",
+    "seed": 0,
+    # Search region: a square of sqrt(w h) * search_area_scale image pixels, resampled to image_sample_size.
+    "search_area_scale": 5.0,
+    "image_sample_size": 288,
+    "classifier": {
+        "compressed_dim": 64,
+        "filter_size": 5,
+        "filter_reg": 0.05,
+        "output_sigma_factor": 0.25,  # label sigma = factor * sqrt(target area in cells)
+        "learning_rate": 0.01,
+        "hard_negative_learning_rate": 0.02,
+        "cg_iterations_init": 50,
+        "cg_iterations_update": 5,
+        "train_skipping": 5,  # CG on the memory every n-th frame (hard negatives: immediately)
+        "target_not_found_threshold": 0.25,
+        "distractor_threshold": 0.8,
+        "hard_negative_threshold": 0.5,
+        "target_neighborhood_scale": 2.2,
+        # First-frame augmentations (each one more backbone pass at initialisation).
+        "augmentation": {
+            "flip": True,
+            "shifts": [[0.1, 0.1], [-0.1, 0.1], [0.1, -0.1], [-0.1, -0.1]],  # fraction of the crop side
+            "rotations": [10, -10],  # degrees
+            "blur": [2.0],  # Gaussian sigma, crop pixels
+        },
+    },
+    "box_refinement": {
+        # "ebm": energy of an ML-IS-trained estimator; "iounet": IoU prediction of an IoU-trained one;
+        # "none": classifier centre + previous size (no box estimation at all).
+        "mode": "ebm",
+        "num_init_boxes": 10,  # the classifier's estimate plus num_init_boxes - 1 random perturbations
+        "box_jitter_pos": 0.1,  # uniform centre jitter range, fraction of sqrt(w h)
+        "box_jitter_size": 0.5,  # uniform log-size jitter range
+        "num_steps": 10,
+        "step_size": [2.0e-4, 1.0e-3],  # (centre, log-size) in the relative space of each initial box
+        "step_decay": 0.5,
+        "top_k": 3,
+        "max_aspect_ratio": 6.0,
+    },
+    "scale": {
+        "min_scale_factor": 0.2,  # size bounds relative to the first-frame size
+        "max_scale_factor": 5.0,
+        "max_change_per_frame": 1.5,  # largest size ratio between consecutive frames
+        "min_size": 4.0,  # pixels
+        "inside_ratio": 0.25,  # at least this fraction of the box's width/height stays inside the image
+    },
+}
+
+
+def merge_params(base: Dict[str, Any], override: Optional[Dict[str, Any]], path: str = "",
+                 strict: bool = True) -> Dict[str, Any]:
+    """Recursive dict merge; with ``strict`` an override key missing from ``base`` raises KeyError."""
+    out = copy.deepcopy(base)
+    for key, value in (override or {}).items():
+        where = f"{path}.{key}" if path else key
+        if strict and key not in out:
+            raise KeyError(f"unknown tracker parameter {where!r}")
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge_params(out[key], value, where, strict)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def load_yaml(path: str) -> Dict[str, Any]:
+    """Read a YAML mapping, following ``_base_`` chains (base keys first, this file's keys on top)."""
+    with open(path, "r", encoding="utf-8") as fh:
+        data = yaml.safe_load(fh) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping at the top level")
+    base = data.pop("_base_", None)
+    if base is not None:
+        base_path = base if os.path.isabs(base) else os.path.join(os.path.dirname(os.path.abspath(path)), base)
+        data = merge_params(load_yaml(base_path), data, strict=False)
+    return data
+
+
+def _resolve(name_or_path: str) -> str:
+    if os.path.isfile(name_or_path):
+        return name_or_path
+    for cand in (os.path.join(CONFIG_DIR, name_or_path), os.path.join(CONFIG_DIR, name_or_path + ".yaml")):
+        if os.path.isfile(cand):
+            return cand
+    raise FileNotFoundError(f"tracker parameters {name_or_path!r} not found (neither a file nor in {CONFIG_DIR})")
+
+
+def load_tracker_params(name_or_path: Optional[str] = None, overrides: Optional[Dict[str, Any]] = None
+                        ) -> Dict[str, Any]:
+    """Defaults <- YAML file (a path, or a name in ``configs/tracking/``) <- ``overrides``.
+
+    A relative ``checkpoint`` is made absolute against the repository root.
+    """
+    params = copy.deepcopy(DEFAULT_TRACKER_PARAMS)
+    if name_or_path is not None:
+        params = merge_params(params, load_yaml(_resolve(name_or_path)))
+    params = merge_params(params, overrides)
+    ckpt = params.get("checkpoint")
+    if ckpt and not os.path.isabs(ckpt):
+        params["checkpoint"] = os.path.join(_REPO, ckpt)
+    return params
