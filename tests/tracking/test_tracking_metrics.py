@@ -232,3 +232,93 @@ def test_otb_protocol_agrees_with_got10k_uav123_experiment(tmp_path, monkeypatch
     assert ours["precision"] / 100 == pytest.approx(perf["precision_score"], abs=1e-6)
     assert ours["op50"] / 100 == pytest.approx(perf["success_rate"], abs=1e-6)
     np.testing.assert_allclose(ours["curves"]["success"], perf["success_curve"], atol=1e-6)
+
+
+# ------------------------------------------------- scalar, frame-by-frame references of the rules
+def _ref_trackingnet(pred, gt):
+    """The devkit's steps one frame at a time with Python scalars (round() also rounds halves to even)."""
+    n = len(gt)
+    rows = []
+    for i in range(n):
+        g = [round(v) for v in gt[i]]
+        p = [round(v) for v in pred[i]] if i < len(pred) else [NAN] * 4
+        if i == 0:
+            p = list(g)
+        gx2, gy2, px2, py2 = g[0] + g[2] - 1, g[1] + g[3] - 1, p[0] + p[2] - 1, p[1] + p[3] - 1
+        iw = max(round(min(gx2, px2) - max(g[0], p[0]) + 1), 0) if not np.isnan(p[0]) else NAN
+        ih = max(round(min(gy2, py2) - max(g[1], p[1]) + 1), 0) if not np.isnan(p[0]) else NAN
+        inter = iw * ih
+        union = g[2] * g[3] + p[2] * p[3] - inter
+        iou = inter / union if union else NAN
+        dx = (g[0] + (g[2] + 1) / 2) - (p[0] + (p[2] + 1) / 2)
+        dy = (g[1] + (g[3] + 1) / 2) - (p[1] + (p[3] + 1) / 2)
+        rows.append((iou, (dx * dx + dy * dy) ** 0.5, ((dx / g[2]) ** 2 + (dy / g[3]) ** 2) ** 0.5,
+                     sum(p) > 0))
+    succ = [sum(r[0] >= t for r in rows) / n for t in np.linspace(0, 1, 21)]
+    prec = [sum(r[1] <= t for r in rows) / n for t in np.linspace(0, 50, 21)]
+    nprec = [sum(r[2] <= t for r in rows) / n for t in np.linspace(0, 0.5, 21)]
+    return succ, prec, nprec, sum(r[3] for r in rows)
+
+
+def test_trackingnet_matches_a_scalar_reference():
+    rng = np.random.default_rng(11)
+    for trial in range(20):
+        n = 30
+        gt = np.column_stack([rng.uniform(0, 200, (n, 2)), rng.uniform(5, 60, (n, 2))])
+        gt = np.round(gt * 2) / 2                                   # many exact halves: rounding matters
+        pred = gt + np.round(rng.normal(0, 6, (n, 4)) * 2) / 2
+        pred[:, 2:] = np.abs(pred[:, 2:])
+        pred[rng.choice(n, 3, replace=False)] = 0.0
+        cut = n if trial % 3 else n - 4                             # some short result files
+        res = score_sequence_trackingnet(pred[:cut], gt)
+        succ, prec, nprec, covered = _ref_trackingnet(pred[:cut], gt)
+        np.testing.assert_allclose(res["success"], succ)
+        np.testing.assert_allclose(res["precision"], prec)
+        np.testing.assert_allclose(res["norm_precision"], nprec)
+        assert res["covered_frames"] == covered
+
+
+def _ref_pytracking(pred, gt, uav):
+    """pytracking's per-frame rules written as a plain loop (UAV or a default dataset)."""
+    pred = [list(r) for r in pred]
+    n = len(gt)
+    for i in range(1, min(len(pred), n)):
+        if (pred[i][2] == 0 or pred[i][3] == 0) and not np.isnan(gt[i]).any():
+            pred[i] = list(pred[i - 1])
+    pred = pred[:n] + [[0.0] * 4] * (n - len(pred))
+    pred[0] = list(gt[0])
+    ious, ces, nces, valid = [], [], [], []
+    for p, g in zip(pred, gt):
+        ok = bool(g[2] > 0 and g[3] > 0)
+        w = max(min(p[0] + p[2], g[0] + g[2]) - max(p[0], g[0]), 0)
+        h = max(min(p[1] + p[3], g[1] + g[3]) - max(p[1], g[1]), 0)
+        dx = (p[0] + (p[2] - 1) / 2) - (g[0] + (g[2] - 1) / 2)
+        dy = (p[1] + (p[3] - 1) / 2) - (g[1] + (g[3] - 1) / 2)
+        ious.append(w * h / (p[2] * p[3] + g[2] * g[3] - w * h) if ok else -1.0)
+        ces.append((dx * dx + dy * dy) ** 0.5 if ok else (-1.0 if uav else np.inf))
+        nces.append(((dx / g[2]) ** 2 + (dy / g[3]) ** 2) ** 0.5 if ok else -1.0)
+        valid.append(ok)
+    den = n if uav else sum(valid)
+    return ([sum(v > t for v in ious) / den for t in M.PYTRACKING_IOU_THRESHOLDS],
+            [sum(v <= t for v in ces) / den for t in M.PYTRACKING_CENTER_THRESHOLDS],
+            [sum(v <= t for v in nces) / den for t in M.PYTRACKING_NORM_THRESHOLDS])
+
+
+@pytest.mark.parametrize("dataset", ["uav123", "otb"])
+def test_pytracking_matches_a_scalar_reference(dataset):
+    rng = np.random.default_rng(5)
+    for trial in range(15):
+        n = 40
+        gt = np.column_stack([rng.uniform(0, 300, (n, 2)), rng.uniform(4, 50, (n, 2))])
+        pred = gt + rng.normal(0, 5, (n, 4))
+        pred[:, 2:] = np.abs(pred[:, 2:])
+        pred[rng.choice(np.arange(1, n), 3, replace=False), 2] = 0.0
+        gt[rng.choice(np.arange(1, n), 2, replace=False), 3] = 0.0  # invalid (zero-size) ground truth
+        if dataset == "uav123":
+            gt[rng.choice(np.arange(1, n), 4, replace=False)] = NAN
+        cut = n if trial % 2 else n - 5
+        res = score_sequence_pytracking(pred[:cut], gt, dataset)
+        succ, prec, nprec = _ref_pytracking(pred[:cut], gt, dataset == "uav123")
+        np.testing.assert_allclose(res["success"], succ)
+        np.testing.assert_allclose(res["precision"], prec)
+        np.testing.assert_allclose(res["norm_precision"], nprec)

@@ -132,3 +132,14 @@ def test_tracker_registry():
     register_tracker("test_identity_copy", "ebm_refine.tracking.evaluation.baselines:IdentityTracker",
                      {"x": {}}, overwrite=True)
     assert get_tracker_factory("test_identity_copy", "x").params == "x"
+
+
+def test_stale_temp_files_of_a_killed_writer_are_removed(seqs, tmp_path):
+    out = tmp_path / "r"
+    out.mkdir()
+    stale = out / ".a.txt.k3j2.tmp"
+    stale.write_text("1,2,3,4\n")
+    other = out / ".notes.txt.tmp"
+    other.write_text("keep")
+    run_dataset(seqs[:1], get_tracker_factory("identity"), str(out), progress=False)
+    assert not stale.exists() and other.exists() and (out / "a.txt").exists()

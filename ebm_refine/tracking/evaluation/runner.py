@@ -16,6 +16,7 @@ interrupted run resumes where it stopped and never rewrites finished sequences.
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import time
 import traceback
 from dataclasses import dataclass
@@ -112,6 +113,16 @@ def _init_worker() -> None:
         pass
 
 
+def _remove_stale_temp_files(results_dir: str, names: List[str]) -> None:
+    """Delete temporary files left by a run that was killed while writing (see results.atomic_write_text)."""
+    if not os.path.isdir(results_dir):
+        return
+    prefixes = tuple(f".{n}{suffix}." for n in names for suffix in (".txt", "_time.txt"))
+    for fname in os.listdir(results_dir):
+        if fname.endswith(".tmp") and fname.startswith(prefixes):
+            os.unlink(os.path.join(results_dir, fname))
+
+
 def run_dataset(sequences: _Seq[Sequence], tracker_factory: TrackerFactoryType, results_dir: str,
                 num_workers: int = 1, overwrite: bool = False, progress: bool = True,
                 mp_context: str = "spawn", raise_on_error: bool = True) -> List[SequenceRun]:
@@ -140,6 +151,7 @@ def run_dataset(sequences: _Seq[Sequence], tracker_factory: TrackerFactoryType, 
             runs[seq.name] = SequenceRun(seq.name, "skipped", len(seq))
         else:
             pending.append(seq)
+    _remove_stale_temp_files(results_dir, [s.name for s in pending])
     bar = tqdm(total=len(pending), desc="tracking", unit="seq", disable=not progress)
     try:
         if num_workers <= 1 or len(pending) <= 1:
