@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[2]
 COCO_TINY = REPO.parent / "shared" / "data" / "coco" / "tiny"
 
 # More occlusion and truncation than the default, so that 60 images exercise every annotation rule.
-CFG = SyntheticDetectionConfig(occlusion=0.5, truncation=0.25)
+CFG = SyntheticDetectionConfig(occlusion=0.5, truncation=0.25, image_format="png")  # png: lossless
 N_IMAGES = 60
 SEED = 7
 
@@ -58,14 +58,18 @@ def test_same_seed_gives_identical_files(tmp_path):
         ia, ib = cv2.imread(str(tmp_path / "a" / "train" / name)), cv2.imread(str(tmp_path / "b" / "train" / name))
         assert ia is not None and np.array_equal(ia, ib)
         assert _sha(tmp_path / "a" / "train" / name) == _sha(tmp_path / "b" / "train" / name)
+    # JPEG (the default) keeps object edges: no chroma subsampling, small errors everywhere.
+    rendered = sd.render_image(SyntheticDetectionConfig(), sd.image_rng(3, "train", 0)).image
+    err = np.abs(cv2.imread(str(tmp_path / "a" / "train" / "000001.jpg"))[..., ::-1].astype(int) - rendered)
+    assert err.mean() < 4 and np.percentile(err, 99.9) < 30
     # Another seed gives other data; a shorter run gives the same first images (per-image streams).
     c = generate_synthetic_coco(tmp_path / "c", "train", 6, seed=4)
     assert _sha(c) != _sha(a)
     generate_synthetic_coco(tmp_path / "d", "train", 2, seed=3)
-    assert _sha(tmp_path / "d" / "train" / "000002.png") == _sha(tmp_path / "a" / "train" / "000002.png")
+    assert _sha(tmp_path / "d" / "train" / "000002.jpg") == _sha(tmp_path / "a" / "train" / "000002.jpg")
     # Train and val of the same seed are different images.
     generate_synthetic_coco(tmp_path / "a", "val", 1, seed=3)
-    assert _sha(tmp_path / "a" / "val" / "000001.png") != _sha(tmp_path / "a" / "train" / "000001.png")
+    assert _sha(tmp_path / "a" / "val" / "000001.jpg") != _sha(tmp_path / "a" / "train" / "000001.jpg")
 
 
 # ------------------------------------------------------------------------------------- box tightness
@@ -208,11 +212,11 @@ def test_idempotent_reuse_and_regeneration(tmp_path, monkeypatch):
     stamp = json.loads(path.read_text())["info"]["stamp"]
     generate_synthetic_coco(tmp_path, "train", 4, dataclasses.replace(cfg, clutter=0.9))  # new config
     assert json.loads(path.read_text())["info"]["stamp"] != stamp
-    (tmp_path / "train" / "000003.png").unlink()  # incomplete image folder -> regenerate
+    (tmp_path / "train" / "000003.jpg").unlink()  # incomplete image folder -> regenerate
     generate_synthetic_coco(tmp_path, "train", 4, dataclasses.replace(cfg, clutter=0.9))
-    assert (tmp_path / "train" / "000003.png").is_file()
+    assert (tmp_path / "train" / "000003.jpg").is_file()
     generate_synthetic_coco(tmp_path, "train", 3, dataclasses.replace(cfg, clutter=0.9))  # fewer images
-    assert sorted(os.listdir(tmp_path / "train")) == ["000001.png", "000002.png", "000003.png"]
+    assert sorted(os.listdir(tmp_path / "train")) == ["000001.jpg", "000002.jpg", "000003.jpg"]
 
 
 def _no_temp_dirs(root: Path) -> bool:
@@ -278,7 +282,7 @@ def test_config_validation():
     assert SyntheticDetectionConfig(image_size=[128, 160], size_range=[10, 50]).image_size == (128, 160)
     bad = [dict(classes=("rectangle", "blob")), dict(classes=()), dict(size_range=(50, 10)),
            dict(size_range=(12, 250)), dict(objects_per_image=(3, 1)), dict(occlusion=1.5),
-           dict(image_format="bmp"), dict(aspect_range=(0, 2))]
+           dict(image_format="bmp"), dict(aspect_range=(0, 2)), dict(jpeg_quality=101)]
     for kw in bad:
         with pytest.raises(ValueError):
             SyntheticDetectionConfig(**kw)
@@ -296,7 +300,7 @@ def test_cli_prints_counts(tmp_path, capsys):
                       "--size-range", "10", "60"]) == 0
     out = capsys.readouterr().out
     assert "[train]" in out and "3 images" in out and "[val]" in out and "2 images" in out
-    assert cv2.imread(str(tmp_path / "val" / "000002.png")).shape == (128, 128, 3)
+    assert cv2.imread(str(tmp_path / "val" / "000002.jpg")).shape == (128, 128, 3)
 
 
 @pytest.mark.skipif(not COCO_TINY.is_dir(), reason="shared COCO tiny subset not present")
@@ -306,6 +310,6 @@ def test_optional_real_coco_crops_are_deterministic(tmp_path):
     b = generate_synthetic_coco(tmp_path / "b", "val", 3, cfg)
     plain = generate_synthetic_coco(tmp_path / "c", "val", 3)
     assert _sha(a) == _sha(b)
-    assert _sha(tmp_path / "a" / "val" / "000001.png") == _sha(tmp_path / "b" / "val" / "000001.png")
-    assert _sha(tmp_path / "a" / "val" / "000001.png") != _sha(tmp_path / "c" / "val" / "000001.png")
+    assert _sha(tmp_path / "a" / "val" / "000001.jpg") == _sha(tmp_path / "b" / "val" / "000001.jpg")
+    assert _sha(tmp_path / "a" / "val" / "000001.jpg") != _sha(tmp_path / "c" / "val" / "000001.jpg")
     assert json.loads(a.read_text())["info"]["stamp"] != json.loads(plain.read_text())["info"]["stamp"]
