@@ -103,9 +103,9 @@ class SyntheticDetectionConfig:
         # Accept lists (YAML, argparse) but store tuples so the config stays hashable.
         for name in ("image_size", "classes", "objects_per_image", "size_range", "aspect_range"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
-        h, w = self.image_size
-        if len(self.image_size) != 2 or h < 16 or w < 16:
+        if len(self.image_size) != 2 or min(self.image_size) < 16:
             raise ValueError(f"image_size must be (height, width) >= 16 px, got {self.image_size}")
+        h, w = self.image_size
         if not self.classes or len(set(self.classes)) != len(self.classes):
             raise ValueError(f"classes must be non-empty and unique, got {self.classes}")
         unknown = set(self.classes) - set(CLASS_NAMES)
