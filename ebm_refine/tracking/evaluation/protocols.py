@@ -35,7 +35,9 @@
       a result longer than the sequence is truncated, missing rows are uncovered failures, and a missing
       file counts as all zeros when ``on_missing="zeros"`` (the server's rule).
 
-All summary numbers are percentages (got10k prints fractions: divide by 100 to compare).
+All summary numbers are percentages (got10k prints fractions: divide by 100 to compare). Curves are
+computed in float64; pytracking accumulates its per-sequence curves in float32, so its printed scores can
+differ from ours around the 5th significant digit.
 """
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Dict, List, Sequence as _Seq
+from typing import Any, Dict, Sequence as _Seq
 
 import numpy as np
 
