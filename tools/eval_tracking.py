@@ -33,6 +33,7 @@ from ebm_refine.tracking.datasets import dataset_names, load_dataset  # noqa: E4
 from ebm_refine.tracking.evaluation import (PROTOCOLS, RunError, SubmissionError, describe_trackers,  # noqa: E402
                                             evaluate_results, format_table, get_tracker_factory,
                                             pack_trackingnet, run_dataset, tracker_results_dir, write_report)
+from ebm_refine.tracking.evaluation.results import result_path  # noqa: E402
 
 
 def _split_tracker(spec: str, default_params: str) -> Tuple[str, str]:
@@ -158,6 +159,16 @@ def main(argv: Optional[List[str]] = None) -> int:
               f"locally (TrackingNet / GOT-10k test: use the evaluation server)")
     if not scorable:
         return 0
+    if args.on_missing == "skip" and len(folders) > 1:
+        # like pytracking's skip_missing_seq: compare every tracker on the same sequences
+        common = [s for s in scorable if all(os.path.isfile(result_path(f, s.name)) for _, f in folders)]
+        if len(common) < len(scorable):
+            print(f"scoring the {len(common)} sequence(s) every tracker has results for "
+                  f"({len(scorable) - len(common)} skipped)")
+        scorable = common
+        if not scorable:
+            print("no sequence has results for every tracker", file=sys.stderr)
+            return 1
     protocols = list(PROTOCOLS) if not args.protocol or "all" in args.protocol else list(dict.fromkeys(args.protocol))
     report_dir = args.report_dir or os.path.join(args.results, "reports", args.dataset)
     for protocol in protocols:

@@ -67,6 +67,18 @@ def test_cli_score_existing_folders_and_resume(cli, tracking_data, tmp_path, cap
         cli(["--dataset", "otb", "--root", root, "--mode", "score", "--result-dir", folder])
     assert cli(["--dataset", "otb", "--root", root, "--mode", "score", "--result-dir", folder,
                 "--on-missing", "skip", "--protocol", "pytracking", "--report-dir", str(tmp_path / "rep2")]) == 0
+    capsys.readouterr()
+    # several trackers with --on-missing skip: every row covers the same sequences
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "Crossing.txt").write_text(open(os.path.join(folder, "Crossing.txt")).read())
+    (other / "DragonBaby.txt").write_text(open(os.path.join(folder, "Crossing.txt")).read())
+    # `folder` lacks DragonBaby (deleted above), `other` has both: only Crossing is common
+    assert cli(["--dataset", "otb", "--root", root, "--mode", "score", "--result-dir", folder, "--result-dir",
+                str(other), "--on-missing", "skip", "--protocol", "otb", "--report-dir", str(tmp_path / "rep3")]) == 0
+    assert "scoring the 1 sequence(s) every tracker has results for (1 skipped)" in capsys.readouterr().out
+    data = json.loads((tmp_path / "rep3" / "otb_results.json").read_text())
+    assert [t["sequences"] for t in data["trackers"]] == [["Crossing"], ["Crossing"]]
 
 
 def test_cli_trackingnet_test_run_and_pack(cli, tmp_path, capsys):
