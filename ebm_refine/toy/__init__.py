@@ -1,0 +1,20 @@
+"""The paper's 1-D toy regression benchmark: problems with exact densities, training, KL evaluation."""
+from .benchmark import (
+    METHODS,
+    BenchmarkConfig,
+    GaussianRegressor,
+    evaluation_grid,
+    kl_divergence_on_grid,
+    make_ebm,
+    model_log_density,
+    quick_config,
+    run_benchmark,
+    run_single,
+    summarize,
+    train_ebm,
+    train_gaussian,
+    with_overrides,
+)
+from .problems import PROBLEMS, BimodalLogNormalProblem, HeteroscedasticSineProblem, ToyProblem, get_problem
+
+__all__ = [k for k in dir() if not k.startswith("_")]
