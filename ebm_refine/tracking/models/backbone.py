@@ -87,9 +87,12 @@ class Backbone(nn.Module):
         self.register_buffer("mean", torch.tensor(_IMAGENET_MEAN).view(1, 3, 1, 1) * 255.0, persistent=False)
         self.register_buffer("std", torch.tensor(_IMAGENET_STD).view(1, 3, 1, 1) * 255.0, persistent=False)
         if frozen:
+            self.eval()
+            # Frozen BatchNorm is an affine map: fold it into the preceding convolution (about 15% of
+            # the backbone's CPU time). The state dict then holds the fused weights.
+            _fold_batchnorm(self)
             for p in self.parameters():
                 p.requires_grad_(False)
-            self.eval()
 
     def train(self, mode: bool = True) -> "Backbone":
         # A frozen backbone keeps its BatchNorm statistics: never switch it to training mode.
@@ -102,6 +105,27 @@ class Backbone(nn.Module):
         l2 = self.block2(x)
         l3 = self.block3(l2)
         return {"layer2": l2, "layer3": l3}
+
+
+def _fold_batchnorm(module: nn.Module) -> None:
+    """Fuse every Conv2d -> BatchNorm2d pair (consecutive in a Sequential, or ``convN``/``bnN``
+    attributes of a ResNet block) into one convolution, in place; the BatchNorm becomes Identity."""
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    for child in module.children():
+        _fold_batchnorm(child)
+    if isinstance(module, nn.Sequential):
+        keys = list(module._modules.keys())
+        for a, b in zip(keys[:-1], keys[1:]):
+            conv, bn = module._modules[a], module._modules[b]
+            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+                module._modules[a] = fuse_conv_bn_eval(conv, bn)
+                module._modules[b] = nn.Identity()
+    for i in range(1, 4):
+        conv, bn = getattr(module, f"conv{i}", None), getattr(module, f"bn{i}", None)
+        if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+            setattr(module, f"conv{i}", fuse_conv_bn_eval(conv, bn))
+            setattr(module, f"bn{i}", nn.Identity())
 
 
 def _load_local_weights(model: nn.Module, path: str, name: str) -> None:

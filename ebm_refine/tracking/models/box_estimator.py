@@ -124,10 +124,12 @@ class EnergyBoxEstimator(nn.Module):
             (B, M) scalar outputs (energy-as-score, or IoU prediction for the IoU-Net variant).
         """
         b, m, _ = boxes.shape
-        idx = torch.arange(b, dtype=boxes.dtype, device=boxes.device)[:, None, None].expand(b, m, 1)
-        rois = torch.cat([idx, boxes], dim=2).reshape(b * m, 5)
-        x3 = box_roi_align(test_feats[0], rois, self.test_pool[0], self.scales[0]).flatten(1)
-        x4 = box_roi_align(test_feats[1], rois, self.test_pool[1], self.scales[1]).flatten(1)
+        # One pooling call per image: every image has the same M boxes, and the single-image path of
+        # box_roi_align avoids scattering results back into a shared buffer.
+        x3 = torch.cat([box_roi_align(test_feats[0][i:i + 1], [boxes[i]], self.test_pool[0], self.scales[0])
+                        for i in range(b)]).flatten(1)
+        x4 = torch.cat([box_roi_align(test_feats[1][i:i + 1], [boxes[i]], self.test_pool[1], self.scales[1])
+                        for i in range(b)]).flatten(1)
         h = torch.cat([self.box_fc3(x3), self.box_fc4(x4)], dim=1)
         return self.head(h).reshape(b, m)
 

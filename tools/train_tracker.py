@@ -1,0 +1,93 @@
+#!/usr/bin/env python
+"""Train the tracker's box estimator (EBM with ML-IS, or the IoU-Net baseline).
+
+Examples::
+
+    # single process (CPU or one GPU); resumes automatically from OUT/checkpoint.pth
+    python tools/train_tracker.py --config configs/tracking/train_ebm.yaml --out checkpoints/tracking/ebm_mobilenet
+
+    # override any config entry (dotted key = YAML value)
+    python tools/train_tracker.py --config configs/tracking/train_ebm.yaml --out /tmp/run \\
+        --set train.num_iterations=20 train.batch_size=4
+
+    # DDP on one machine: N processes (gloo on CPU, nccl with --device cuda)
+    python tools/train_tracker.py --config configs/tracking/train_ebm.yaml --out /tmp/run --world-size 2
+
+    # or launched by torchrun (RANK / WORLD_SIZE / MASTER_ADDR set by it)
+    torchrun --nproc_per_node 4 tools/train_tracker.py --config ... --out ... --device cuda
+
+The tracker loads ``OUT/net.pth`` (see ``checkpoint`` in configs/tracking/ebm.yaml).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import uuid
+from typing import Any, Dict, List
+
+import yaml
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from ebm_refine.tracking.train.trainer import load_train_config, train  # noqa: E402
+
+
+def apply_overrides(cfg: Dict[str, Any], items: List[str]) -> Dict[str, Any]:
+    """``a.b.c=value`` (value parsed as YAML) into a nested dict, creating sections as needed."""
+    for item in items:
+        if "=" not in item:
+            raise SystemExit(f"--set expects key=value, got {item!r}")
+        key, value = item.split("=", 1)
+        node = cfg
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise SystemExit(f"--set {key}: {p!r} is not a section")
+        node[parts[-1]] = yaml.safe_load(value)
+    return cfg
+
+
+def _spawned(rank: int, cfg: Dict[str, Any], out: str, world_size: int, init_method: str, device: str,
+             resume: bool) -> None:
+    train(cfg, out, resume=resume, rank=rank, world_size=world_size, init_method=init_method, device=device)
+
+
+def main(argv: List[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", required=True, help="training YAML (configs/tracking/train_*.yaml)")
+    ap.add_argument("--out", required=True, help="output folder (checkpoint.pth, net.pth, log.jsonl)")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
+    ap.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint in --out")
+    ap.add_argument("--world-size", type=int, default=1, help="DDP processes to spawn on this machine")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    args = ap.parse_args(argv)
+
+    cfg = apply_overrides(load_train_config(args.config), args.set)
+    resume = not args.no_resume
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1:
+        # Launched by torchrun: one process per rank, rendezvous through the environment.
+        result = train(cfg, args.out, resume=resume, rank=int(os.environ["RANK"]),
+                       world_size=int(os.environ["WORLD_SIZE"]), init_method="env://", device=args.device)
+    elif args.world_size > 1:
+        import torch.multiprocessing as mp
+
+        os.makedirs(args.out, exist_ok=True)
+        # File rendezvous: no port to pick, no clash with other jobs on the machine.
+        init_file = os.path.join(tempfile.gettempdir(), f"ebm_ddp_{uuid.uuid4().hex}")
+        mp.spawn(_spawned, args=(cfg, args.out, args.world_size, f"file://{init_file}", args.device, resume),
+                 nprocs=args.world_size, join=True)
+        if os.path.exists(init_file):
+            os.remove(init_file)
+        result = {"net_path": os.path.join(args.out, "net.pth"), "world_size": args.world_size}
+    else:
+        result = train(cfg, args.out, resume=resume, device=args.device)
+    print(json.dumps({k: v for k, v in result.items() if isinstance(v, (int, float, str))}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
