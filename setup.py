@@ -21,11 +21,11 @@ setup(
     long_description=(ROOT / "README.md").read_text() if (ROOT / "README.md").exists() else "",
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
-    packages=find_packages(include=["ebm_refine", "ebm_refine.*"]),
-    # Configs ship inside the package so that they work from an installed copy (no relative _BASE_
-    # into a source tree); `configs/` at the repository root is a symlink-free mirror used by tools/.
-    include_package_data=True,
-    package_data={"ebm_refine": ["model_zoo/configs/**/*.yaml", "model_zoo/configs/*.yaml"]},
+    # configs/ ships as the data package ebm_refine.configs, so shipped configs (and their relative
+    # _BASE_ links, which stay inside configs/) work from an installed copy; see ebm_config_path().
+    packages=find_packages(include=["ebm_refine", "ebm_refine.*"]) + ["ebm_refine.configs"],
+    package_dir={"ebm_refine.configs": "configs"},
+    package_data={"ebm_refine.configs": ["*.yaml", "*/*.yaml", "*/*/*.yaml"]},
     install_requires=[
         # torch is not pinned here: users bring their own CUDA build. tools/setup_env.sh pins 2.14.1.
         "torch>=2.0",
