@@ -11,6 +11,7 @@ from .benchmark import (
     run_benchmark,
     run_single,
     summarize,
+    torch_threads,
     train_ebm,
     train_gaussian,
     with_overrides,
