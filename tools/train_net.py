@@ -26,6 +26,7 @@ from detectron2.engine import (
     launch,
 )
 from detectron2.evaluation import COCOEvaluator, verify_results
+from detectron2.utils.logger import setup_logger
 
 from ebm_refine.detectron2 import EBMCheckpointer, RefinementCOCOEvaluator, add_ebm_config, freeze_detector
 
@@ -82,6 +83,8 @@ def setup(args):
     cfg.merge_from_list(args.opts)
     cfg.freeze()
     default_setup(cfg, args)
+    # Detectron2 sets up its own loggers only; ours go to the same console and log file.
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="ebm_refine")
     return cfg
 
 

@@ -88,10 +88,11 @@ class RefinementCOCOEvaluator(DatasetEvaluator):
     def evaluate(self):
         refined = self.refined.evaluate()
         unrefined = self.unrefined.evaluate()
+        # A collective: every rank must take part before non-main ranks return.
+        saw = comm.all_gather(self._saw_unrefined) if comm.get_world_size() > 1 else [self._saw_unrefined]
         # Non-main ranks get nothing back from COCOEvaluator.
         if not comm.is_main_process() or not refined:
             return {}
-        saw = comm.all_gather(self._saw_unrefined) if comm.get_world_size() > 1 else [self._saw_unrefined]
         results = OrderedDict(bbox=refined["bbox"])
         if any(saw):
             results["bbox_unrefined"] = unrefined["bbox"]
