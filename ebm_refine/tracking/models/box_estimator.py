@@ -30,7 +30,9 @@ Modulation = Tuple[Tensor, Tensor]  # (B, C3), (B, C4)
 TestFeatures = Tuple[Tensor, Tensor]  # (B, C3, H/8, W/8), (B, C4, H/16, W/16)
 
 
-def _conv(cin: int, cout: int, k: int = 3, pad: int = 1) -> nn.Sequential:
+def _conv(cin: int, cout: int, k: int = 3, pad: int = 1, norm: bool = True) -> nn.Sequential:
+    if not norm:
+        return nn.Sequential(nn.Conv2d(cin, cout, k, padding=pad), nn.ReLU(inplace=True))
     return nn.Sequential(nn.Conv2d(cin, cout, k, padding=pad, bias=False), nn.BatchNorm2d(cout),
                          nn.ReLU(inplace=True))
 
@@ -67,8 +69,9 @@ class EnergyBoxEstimator(nn.Module):
         # Reference branch: per-level conv, pooling, a "valid" conv over the bins -> vectors.
         self.ref_conv3 = _conv(c3, c3)
         self.ref_conv4 = _conv(c4, c4)
-        self.ref_fc3 = _conv(c3, p3, k=self.ref_pool[0], pad=0)
-        self.ref_fc4 = _conv(c4, p4, k=self.ref_pool[1], pad=0)
+        # No BatchNorm on pooled vectors: with one reference per batch its statistics would be undefined.
+        self.ref_fc3 = _conv(c3, p3, k=self.ref_pool[0], pad=0, norm=False)
+        self.ref_fc4 = _conv(c4, p4, k=self.ref_pool[1], pad=0, norm=False)
         # Both modulation vectors see both levels (the target's fine and coarse appearance).
         self.mod3 = nn.Sequential(nn.Linear(p3 + p4, p3), nn.ReLU(inplace=True))
         self.mod4 = nn.Sequential(nn.Linear(p3 + p4, p4), nn.ReLU(inplace=True))

@@ -176,6 +176,11 @@ def train(cfg: Dict[str, Any], out_dir: str, *, resume: bool = True, rank: int =
     workers = int(tcfg["num_workers"])
     loader = DataLoader(dataset, batch_size=batch, sampler=IndexSampler(start, n_iter, batch, rank, world_size),
                         num_workers=workers, worker_init_fn=_worker_init if workers > 0 else None,
+                        # "spawn", not fork: a forked worker can deadlock in OpenCV's thread pool when the
+                        # parent process has already run cv2 code (seen with num_workers > 0 after an
+                        # in-process run).
+                        multiprocessing_context="spawn" if workers > 0 else None,
+                        persistent_workers=workers > 0,
                         drop_last=True, pin_memory=dev.type == "cuda")
     net.train()
     t0 = time.time()

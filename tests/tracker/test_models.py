@@ -1,0 +1,119 @@
+"""Backbones, the energy box estimator, losses and network files."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ebm_refine.core.proposal import BoxProposal
+from ebm_refine.tracking.models import Backbone, EnergyBoxEstimator, TrackerNet, load_net, save_net
+from ebm_refine.tracking.models.network import box_estimation_loss
+
+from tracker_helpers import TINY_NET
+
+
+@pytest.mark.parametrize("name,channels", [("resnet18", (128, 256)), ("resnet50", (512, 1024)),
+                                           ("mobilenet_v2", (32, 96))])
+def test_backbone_levels(name, channels):
+    bb = Backbone(name, weights=None)
+    out = bb(torch.rand(1, 3, 64, 96) * 255)
+    assert out["layer2"].shape == (1, channels[0], 8, 12)
+    assert out["layer3"].shape == (1, channels[1], 4, 6)
+    assert bb.out_channels == {"layer2": channels[0], "layer3": channels[1]}
+    assert not any(p.requires_grad for p in bb.parameters())
+    bb.train()
+    assert not bb.training  # frozen backbones never leave eval mode
+
+
+def test_frozen_backbone_folds_batchnorm_exactly():
+    torch.manual_seed(1)
+    plain = Backbone("resnet18", frozen=False).eval()
+    torch.manual_seed(1)
+    folded = Backbone("resnet18", frozen=True)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    x = torch.rand(2, 3, 64, 64) * 255
+    with torch.no_grad():
+        a, b = plain(x), folded(x)
+    for k in a:
+        assert torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-4 * float(a[k].abs().max()))
+
+
+def test_backbone_errors(tmp_path):
+    with pytest.raises(ValueError, match="unknown backbone"):
+        Backbone("vgg16")
+    with pytest.raises(FileNotFoundError):
+        Backbone("resnet18", weights=str(tmp_path / "missing.pth"))
+    torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7)}, tmp_path / "partial.pth")
+    with pytest.raises(ValueError, match="lack"):
+        Backbone("resnet18", weights=str(tmp_path / "partial.pth"))
+
+
+def test_mobilenet_local_weights(mobilenet_weights):
+    bb = Backbone("mobilenet_v2", weights=str(mobilenet_weights))
+    out = bb(torch.rand(1, 3, 64, 64) * 255)
+    assert torch.isfinite(out["layer3"]).all() and out["layer3"].abs().sum() > 0
+
+
+def _feats(b, c3=8, c4=16, h=16):
+    return {"layer2": torch.randn(b, c3, h, h), "layer3": torch.randn(b, c4, h // 2, h // 2)}
+
+
+def test_estimator_scores_and_box_gradients():
+    torch.manual_seed(0)
+    est = EnergyBoxEstimator(in_dims=(8, 16), pred_dims=(8, 8), inter_dims=(16, 16)).eval()
+    feats = _feats(2)
+    ref = torch.tensor([[40.0, 40.0, 80.0, 90.0], [30.0, 20.0, 60.0, 70.0]])
+    boxes = torch.tensor([[[40.0, 40.0, 80.0, 90.0], [35.0, 42.0, 85.0, 88.0]],
+                          [[30.0, 20.0, 60.0, 70.0], [25.0, 25.0, 70.0, 60.0]]], requires_grad=True)
+    tf = est.test_features(feats, est.reference(feats, ref))
+    s = est.score(tf, boxes)
+    assert s.shape == (2, 2)
+    (g,) = torch.autograd.grad(s.sum(), boxes)
+    assert torch.isfinite(g).all() and g.abs().sum() > 0
+    # Rows are independent: scoring a box alone gives the same value (the refiner relies on it).
+    alone = est.score((tf[0][1:], tf[1][1:]), boxes[1:, 1:].detach())
+    assert torch.allclose(alone[0, 0], s[1, 1], atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["ml_is", "iou", "nce", "kld_is"])
+def test_losses_train_only_the_estimator(method):
+    net = TrackerNet(dict(TINY_NET, loss={"method": method, "sigmas": [0.05, 0.5], "num_samples": 8,
+                                          "label_sigma": 0.05}))
+    net.train()
+    imgs = torch.rand(2, 3, 64, 64) * 255
+    boxes = torch.tensor([[20.0, 20.0, 44.0, 40.0], [10.0, 12.0, 30.0, 50.0]])
+    loss = net(imgs, boxes, imgs, boxes, generator=torch.Generator().manual_seed(0))
+    assert loss.dim() == 0 and torch.isfinite(loss)
+    loss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in net.estimator.parameters())
+    assert all(p.grad is None for p in net.backbone.parameters())
+
+
+def test_loss_ignores_degenerate_ground_truth(tiny_net):
+    imgs = torch.rand(2, 3, 64, 64) * 255
+    good = torch.tensor([[20.0, 20.0, 44.0, 40.0]])
+    bad = torch.tensor([[20.0, 20.0, 20.0, 40.0]])  # zero width
+    feats = tiny_net.extract(imgs)
+    cfg = dict(tiny_net.config["loss"])
+    mixed = box_estimation_loss(tiny_net.estimator, feats, torch.cat([good, bad]), feats, torch.cat([good, bad]),
+                                cfg, torch.Generator().manual_seed(0))
+    assert torch.isfinite(mixed) and mixed != 0
+    none = box_estimation_loss(tiny_net.estimator, feats, torch.cat([bad, bad]), feats, torch.cat([bad, bad]),
+                               cfg, torch.Generator().manual_seed(0))
+    assert float(none) == 0.0
+    none.backward()  # an all-invalid batch still has a graph
+
+
+def test_save_and_load_net(tmp_path, tiny_net):
+    path = str(tmp_path / "net.pth")
+    save_net(path, tiny_net)
+    loaded = load_net(path)
+    x = torch.rand(1, 3, 64, 64) * 255
+    fa, fb = tiny_net.extract(x), loaded.extract(x)
+    assert torch.allclose(fa["layer3"], fb["layer3"])
+    box = torch.tensor([[16.0, 16.0, 48.0, 40.0]])
+    with torch.no_grad():
+        a = tiny_net.estimator(fa, box, fa, box[None])
+        b = loaded.estimator(fb, box, fb, box[None])
+    assert torch.allclose(a, b)
+    with pytest.raises(FileNotFoundError, match="train_tracker"):
+        load_net(str(tmp_path / "nope.pth"))

@@ -1,0 +1,134 @@
+"""The tracker's API contract, bad input, grayscale frames, a target leaving the frame, real footage."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ebm_refine.core.boxes import box_iou_aligned, xywh_to_xyxy
+from ebm_refine.tracking.tracker import EBMAtomTracker, load_tracker_params
+from ebm_refine.tracking.tracker.params import merge_params
+
+from tracker_helpers import TINY_TRACKER
+
+
+def _tracker(net, mode="ebm", **over):
+    params = load_tracker_params(None, merge_params(TINY_TRACKER, {"box_refinement": {"mode": mode}, **over},
+                                                    strict=False))
+    return EBMAtomTracker(params, net=net)
+
+
+def _assert_valid(box, hw):
+    assert isinstance(box, list) and len(box) == 4 and all(isinstance(v, float) for v in box)
+    x, y, w, h = box
+    assert np.isfinite(box).all() and w > 0 and h > 0
+    assert x < hw[1] and y < hw[0] and x + w > 0 and y + h > 0  # overlaps the image
+
+
+@pytest.mark.parametrize("mode", ["ebm", "iounet", "none"])
+def test_api_contract(tiny_net, small_seq, mode):
+    tr = _tracker(tiny_net, mode)
+    out = tr.initialize(small_seq.frame(0), {"init_bbox": list(small_seq.boxes[0])})
+    assert isinstance(out, dict) and out["time"] > 0
+    for i in range(1, 4):
+        res = tr.track(small_seq.frame(i), {})
+        _assert_valid(res["target_bbox"], (120, 160))
+        assert {"energy", "score", "flag", "time", "time_refine"} <= set(res)
+        assert res["flag"] in ("normal", "hard_negative", "uncertain", "not_found")
+        if mode == "none":
+            assert res["time_refine"] == 0.0
+            np.testing.assert_allclose(res["target_bbox"][2:], small_seq.boxes[0][2:])
+
+
+def test_deterministic(tiny_net, small_seq):
+    runs = []
+    for _ in range(2):
+        tr = _tracker(tiny_net)
+        tr.initialize(small_seq.frame(0), {"init_bbox": small_seq.boxes[0]})
+        runs.append([tr.track(small_seq.frame(i))["target_bbox"] for i in (1, 2)])
+    assert runs[0] == runs[1]
+
+
+@pytest.mark.parametrize("box,match", [
+    ([200.0, 10.0, 20.0, 20.0], "outside"),
+    ([-50.0, -50.0, 20.0, 20.0], "outside"),
+    ([10.0, 10.0, 0.0, 20.0], "zero"),
+    ([10.0, 10.0, 20.0, -1.0], "zero"),
+    ([10.0, float("nan"), 20.0, 20.0], "finite"),
+    ([10.0, 10.0, 20.0], "4 finite numbers"),
+])
+def test_bad_initial_box(tiny_net, small_seq, box, match):
+    with pytest.raises(ValueError, match=match):
+        _tracker(tiny_net).initialize(small_seq.frame(0), {"init_bbox": box})
+
+
+def test_bad_calls(tiny_net, small_seq):
+    tr = _tracker(tiny_net)
+    with pytest.raises(RuntimeError, match="initialize"):
+        tr.track(small_seq.frame(0))
+    with pytest.raises(ValueError, match="init_bbox"):
+        tr.initialize(small_seq.frame(0), {})
+    with pytest.raises(ValueError, match="image"):
+        tr.initialize(np.zeros((10, 10, 2), np.uint8), {"init_bbox": [1, 1, 4, 4]})
+    with pytest.raises(ValueError, match="mode"):
+        _tracker(tiny_net, mode="magic")
+    with pytest.raises(ValueError, match="checkpoint"):
+        EBMAtomTracker(load_tracker_params(None))
+
+
+def test_grayscale_frames(tiny_net, small_seq):
+    tr = _tracker(tiny_net)
+    gray = [small_seq.frame(i).mean(axis=2).astype(np.uint8) for i in range(3)]
+    tr.initialize(gray[0], {"init_bbox": small_seq.boxes[0]})
+    _assert_valid(tr.track(gray[1])["target_bbox"], (120, 160))
+    _assert_valid(tr.track(gray[2][:, :, None])["target_bbox"], (120, 160))  # (H, W, 1) too
+
+
+def test_target_leaving_the_frame(tiny_net):
+    """A square slides out through the right border and the scene stays empty: no crash, a valid box."""
+    rng = np.random.default_rng(0)
+    bg = rng.integers(60, 120, size=(96, 128, 3)).astype(np.uint8)
+    tex = rng.integers(0, 255, size=(20, 20, 3)).astype(np.uint8)
+    frames, boxes = [], []
+    for i in range(12):
+        f = bg.copy()
+        x = 60 + 12 * i
+        if x < 128:
+            f[40:60, x:min(128, x + 20)] = tex[:, :min(20, 128 - x)]
+        frames.append(f)
+        boxes.append([x, 40, 20, 20])
+    tr = _tracker(tiny_net)
+    tr.initialize(frames[0], {"init_bbox": boxes[0]})
+    for f in frames[1:]:
+        _assert_valid(tr.track(f)["target_bbox"], (96, 128))
+
+
+def test_parameter_files():
+    for name in ("ebm", "iounet", "norefine"):
+        p = load_tracker_params(name)
+        assert p["box_refinement"]["mode"] == {"ebm": "ebm", "iounet": "iounet", "norefine": "none"}[name]
+        assert p["checkpoint"].endswith("net.pth")
+    assert load_tracker_params("ebm")["box_refinement"]["step_size"] == [2e-4, 1e-3]
+    with pytest.raises(KeyError, match="box_refinement.nmu_steps"):
+        load_tracker_params("ebm", {"box_refinement": {"nmu_steps": 3}})
+
+
+def test_real_sequence_few_frames(shared_data, mobilenet_weights):
+    """OTB Crossing with ImageNet MobileNetV2 features: the classifier alone must follow the walker."""
+    from ebm_refine.tracking.datasets import load_dataset, read_frame
+    from ebm_refine.tracking.models import TrackerNet
+
+    seq = load_dataset("otb", str(shared_data / "tracking" / "otb"), sequences=["Crossing"])[0]
+    net = TrackerNet({"backbone": {"name": "mobilenet_v2", "weights": str(mobilenet_weights)},
+                      "estimator": {"pred_dims": [8, 8], "inter_dims": [8, 8]}})
+    for mode in ("none", "ebm"):
+        tr = EBMAtomTracker(load_tracker_params(None, {"box_refinement": {"mode": mode},
+                                                       "image_sample_size": 192}), net=net)
+        tr.initialize(read_frame(seq.frames[0]), seq.init_info())
+        for i in range(1, 8):
+            res = tr.track(read_frame(seq.frames[i]))
+            _assert_valid(res["target_bbox"], (240, 360))
+        if mode == "none":
+            pred = xywh_to_xyxy(torch.tensor(res["target_bbox"]))
+            gt = xywh_to_xyxy(torch.tensor(seq.ground_truth[7], dtype=torch.float32))
+            assert float(box_iou_aligned(pred, gt)) > 0.5
