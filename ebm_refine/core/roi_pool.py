@@ -19,7 +19,7 @@ be clipped or masked by the caller.
 from __future__ import annotations
 
 import math
-from typing import List, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -172,11 +172,33 @@ class MultiLevelBoxPooler(nn.Module):
         self.canonical_box_size = canonical_box_size
         self.canonical_level = canonical_level
 
-    def forward(self, features: List[Tensor], boxes: Union[Tensor, Sequence[Tensor]]) -> Tensor:
+    def level_groups(self, boxes: Union[Tensor, Sequence[Tensor]]) -> List[Tensor]:
+        """Indices of the rois pooled from each level: a list of (R_l,) long tensors.
+
+        ``boxes``: (R, 4) xyxy, (R, 5) rois, or a list of per-image (n_i, 4) boxes.
+
+        Refinement computes this once at the initial boxes and passes it to every ``forward``: a box
+        then keeps its level while it moves (no jump in the energy landscape) and each step avoids
+        one host synchronisation per level.
+        """
+        xyxy = boxes if isinstance(boxes, Tensor) and boxes.shape[-1] == 4 else boxes_to_rois(boxes)[:, 1:]
+        level = assign_boxes_to_levels(
+            xyxy, self.min_level, self.max_level, self.canonical_box_size, self.canonical_level
+        )
+        return [torch.nonzero(level == l).squeeze(1) for l in range(len(self.scales))]
+
+    def forward(
+        self,
+        features: List[Tensor],
+        boxes: Union[Tensor, Sequence[Tensor]],
+        level_groups: Optional[List[Tensor]] = None,
+    ) -> Tensor:
         """
         Args:
             features: one (B, C, H_l, W_l) map per level, in the order of ``scales``.
             boxes: (R, 5) rois or a list of B (n_i, 4) xyxy image-pixel boxes.
+            level_groups: optional fixed level assignment from :meth:`level_groups`; by default each
+                box is assigned by its current size.
         Returns:
             (R, C, Ph, Pw).
         """
@@ -185,13 +207,10 @@ class MultiLevelBoxPooler(nn.Module):
         rois = boxes_to_rois(boxes)
         if len(features) == 1:
             return box_roi_align(features[0], rois, self.output_size, self.scales[0], self.sampling_ratio)
-        level = assign_boxes_to_levels(
-            rois[:, 1:], self.min_level, self.max_level, self.canonical_box_size, self.canonical_level
-        )
+        groups = level_groups if level_groups is not None else self.level_groups(rois)
         c = features[0].shape[1]
         out = features[0].new_zeros(rois.shape[0], c, *self.output_size)
-        for l, (feat, scale) in enumerate(zip(features, self.scales)):
-            idx = torch.nonzero(level == l).squeeze(1)
+        for feat, scale, idx in zip(features, self.scales, groups):
             if idx.numel():
                 pooled = box_roi_align(feat, rois[idx], self.output_size, scale, self.sampling_ratio)
                 out = out.index_copy(0, idx, pooled)

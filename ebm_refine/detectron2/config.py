@@ -34,6 +34,10 @@ def add_ebm_config(cfg: CN) -> CN:
     # loaded from MODEL.WEIGHTS (e.g. a model-zoo Faster R-CNN). False = joint training with the
     # usual Faster R-CNN losses.
     _C.MODEL.EBM.FREEZE_DETECTOR = True
+    # Joint training only: stop the EBM loss's gradients at the backbone/FPN features, so the energy
+    # head learns on the detector's features without reshaping them. ML-IS can drive f to a sharp
+    # peak at the ground truth; letting that reach the backbone destabilises training from scratch.
+    _C.MODEL.EBM.DETACH_FEATURES = True
 
     # The energy network f(x, y), built from ENERGY_HEAD_REGISTRY.
     _C.MODEL.EBM.HEAD = CN()

@@ -52,6 +52,7 @@ class EBMROIHeads(StandardROIHeads):
         label_sigma: KLD-IS label density std.
         max_gt_per_image: ground truths per image used by the EBM loss (0 = all).
         freeze_detector: train the energy head only (detector losses are not computed).
+        detach_features: in joint training, keep the EBM loss's gradients out of the backbone.
         refine: refine detections at inference.
         refine_steps, step_size_center, step_size_size, step_decay: refiner settings.
         nms_mode: "standard" or "energy" (NMS ranked by f).
@@ -72,6 +73,7 @@ class EBMROIHeads(StandardROIHeads):
         label_sigma: float = 0.0375,
         max_gt_per_image: int = 64,
         freeze_detector: bool = True,
+        detach_features: bool = True,
         refine: bool = True,
         refine_steps: int = 10,
         step_size_center: float = 4e-4,
@@ -98,6 +100,7 @@ class EBMROIHeads(StandardROIHeads):
         self.label_sigma = label_sigma
         self.max_gt_per_image = max_gt_per_image
         self.freeze_detector = freeze_detector
+        self.detach_features = detach_features
         self.refine = refine
         self.refine_steps = refine_steps
         self.step_size_center = step_size_center
@@ -136,6 +139,7 @@ class EBMROIHeads(StandardROIHeads):
             label_sigma=e.LABEL_SIGMA,
             max_gt_per_image=e.MAX_GT_PER_IMAGE,
             freeze_detector=e.FREEZE_DETECTOR,
+            detach_features=e.DETACH_FEATURES,
             refine=e.REFINE.ENABLED,
             refine_steps=e.REFINE.NUM_STEPS,
             step_size_center=e.REFINE.STEP_SIZE_CENTER,
@@ -164,7 +168,7 @@ class EBMROIHeads(StandardROIHeads):
             losses.update(self._forward_mask(features, proposals))
             losses.update(self._forward_keypoint(features, proposals))
         feats = [features[f] for f in self.box_in_features]
-        if self.freeze_detector:
+        if self.freeze_detector or self.detach_features:
             feats = [f.detach() for f in feats]
         losses["loss_ebm"] = self.ebm_losses(feats, targets) * self.loss_weight
         return proposals, losses
@@ -187,10 +191,16 @@ class EBMROIHeads(StandardROIHeads):
         return pred_instances
 
     # ------------------------------------------------------------------ energy
-    def energy(self, feats: List[Tensor], boxes: Tensor, classes: Tensor, image_index: Tensor) -> Tensor:
-        """f for boxes (R, 4) xyxy pixels of classes (R,) in images ``image_index`` (R,) -> (R,)."""
+    def energy(
+        self, feats: List[Tensor], boxes: Tensor, classes: Tensor, image_index: Tensor,
+        level_groups: Optional[List[Tensor]] = None,
+    ) -> Tensor:
+        """f for boxes (R, 4) xyxy pixels of classes (R,) in images ``image_index`` (R,) -> (R,).
+
+        ``level_groups`` fixes the FPN level of each box (see ``MultiLevelBoxPooler.level_groups``).
+        """
         rois = torch.cat([image_index.to(boxes.dtype)[:, None], boxes], dim=1)
-        return self.energy_head(self.energy_pooler(feats, rois), classes)
+        return self.energy_head(self.energy_pooler(feats, rois, level_groups), classes)
 
     def ebm_losses(self, feats: List[Tensor], targets: List[Instances]) -> Tensor:
         """The EBM loss over all ground truths of the batch (scalar)."""
@@ -233,8 +243,10 @@ class EBMROIHeads(StandardROIHeads):
         boxes = torch.cat([x.pred_boxes.tensor for x in instances])
         classes = torch.cat([x.pred_classes for x in instances])
         index = torch.cat([torch.full_like(x.pred_classes, i) for i, x in enumerate(instances)])
+        # Each box keeps the pyramid level of its initial size while it moves.
+        groups = self.energy_pooler.level_groups(boxes)
         res = refine_boxes(
-            lambda b: self.energy(feats, b, classes, index),
+            lambda b: self.energy(feats, b, classes, index, groups),
             boxes,
             num_steps=self.refine_steps,
             step_size_center=self.step_size_center,

@@ -36,7 +36,7 @@ def test_joint_training_step_has_all_losses_and_gradients(joint_model):
     assert all(math.isfinite(v.item()) for v in losses.values())
     sum(losses.values()).backward()
     assert model.roi_heads.energy_head.score.weight.grad.abs().sum() > 0
-    assert model.backbone.bottom_up.stem[0].weight.grad.abs().sum() > 0
+    assert model.backbone.bottom_up.stem[0].weight.grad.abs().sum() > 0  # from the detector losses
 
 
 def test_frozen_detector_trains_only_the_energy_head(synthetic_names, tmp_path):
