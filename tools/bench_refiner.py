@@ -63,7 +63,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--image-size", type=int, default=512, help="square image side in pixels")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=1)
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch intra-op CPU threads; 0 keeps torch's default. Default 1 because on a shared "
+                         "2-core machine two threads made these calls >10x slower whenever other processes "
+                         "competed for the cores, which swamps what is being measured")
     ap.add_argument("--json", type=Path, help="write the numbers here")
     args = ap.parse_args(argv)
 
@@ -71,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         print("CUDA is not available on this machine", file=sys.stderr)
         return 2
-    if args.threads:
+    if args.threads > 0:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     stride = 8

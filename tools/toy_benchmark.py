@@ -91,8 +91,8 @@ def save_figure(path: Path, runs: List[RunResult], config: BenchmarkConfig, prob
             if run is not None and run.log_density is not None:
                 panels.append((f"{METHOD_LABELS.get(m, m)} (KL {run.kl:.3f})", np.exp(run.log_density)))
         for j, ax in enumerate(axes[i]):
-            ax.axis("off") if j >= len(panels) else None
-            if j >= len(panels):
+            if j >= len(panels):  # a method without a kept density (should not happen)
+                ax.axis("off")
                 continue
             title, dens = panels[j]
             ax.imshow(dens.T, origin="lower", extent=extent, aspect="auto", vmin=0.0, vmax=vmax, cmap="viridis")

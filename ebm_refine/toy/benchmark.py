@@ -51,6 +51,9 @@ __all__ = [
     "torch_threads",
     "run_benchmark",
     "summarize",
+    "RunResult",
+    "quick_config",
+    "with_overrides",
 ]
 
 METHODS = ("ml_is", "nce_plus", "gaussian")
