@@ -33,7 +33,7 @@ from ebm_refine.core.refine import refine_boxes
 from ..models.network import TrackerNet, load_net
 from .classifier import OnlineClassifier
 from .crop import CropTransform, as_rgb_image, image_to_tensor, sample_patch
-from .params import load_tracker_params
+from .params import load_tracker_params, merge_params
 
 __all__ = ["EBMAtomTracker", "validate_init_box"]
 
@@ -68,11 +68,15 @@ class EBMAtomTracker:
         params: a parameter dict (see :data:`~ebm_refine.tracking.tracker.params.DEFAULT_TRACKER_PARAMS`)
             or the name/path of a YAML file in ``configs/tracking/``.
         net: optional :class:`TrackerNet` to use instead of loading ``params['checkpoint']``.
+        overrides: nested dict merged over the parameters (e.g. ``{"checkpoint": "/x/net.pth"}``).
     """
 
-    def __init__(self, params: Dict[str, Any] | str | None = None, net: Optional[TrackerNet] = None):
+    def __init__(self, params: Dict[str, Any] | str | None = None, net: Optional[TrackerNet] = None,
+                 overrides: Optional[Dict[str, Any]] = None):
         if params is None or isinstance(params, str):
-            params = load_tracker_params(params)
+            params = load_tracker_params(params, overrides)
+        elif overrides:
+            params = merge_params(params, overrides)
         self.params = params
         self.mode = params["box_refinement"]["mode"]
         if self.mode not in REFINEMENT_MODES:
