@@ -100,27 +100,29 @@ def box_roi_align(
     if r == 0:
         return features.new_zeros(0, c, ph, pw)
     grid = _sampling_grid(rois[:, 1:].to(features.dtype), h, w, (ph, pw), spatial_scale, sampling_ratio)
-    s = sampling_ratio
     if b == 1:
-        out = _pool_single(features, grid)
-    else:
-        # One grid_sample call per image (B is small); rois are scattered back in their order.
-        batch_idx = rois[:, 0].long()
-        out = features.new_zeros(r, c, ph * s, pw * s)
-        for i in range(b):
-            idx = torch.nonzero(batch_idx == i).squeeze(1)
-            if idx.numel():
-                out = out.index_copy(0, idx, _pool_single(features[i : i + 1], grid[idx]))
-    return F.avg_pool2d(out, kernel_size=s, stride=s) if s > 1 else out
+        return _pool_single(features, grid, sampling_ratio)
+    # One grid_sample call per image (B is small); rois are scattered back in their order.
+    batch_idx = rois[:, 0].long()
+    out = features.new_zeros(r, c, ph, pw)
+    for i in range(b):
+        idx = torch.nonzero(batch_idx == i).squeeze(1)
+        if idx.numel():
+            out = out.index_copy(0, idx, _pool_single(features[i : i + 1], grid[idx], sampling_ratio))
+    return out
 
 
-def _pool_single(feature: Tensor, grid: Tensor) -> Tensor:
-    """(1, C, H, W), (R, Hs, Ws, 2) -> (R, C, Hs, Ws) bilinear samples."""
+def _pool_single(feature: Tensor, grid: Tensor, s: int) -> Tensor:
+    """(1, C, H, W) map, (R, Ph*s, Pw*s, 2) grid -> (R, C, Ph, Pw) bin averages of bilinear samples."""
     r, hs, ws, _ = grid.shape
     sampled = F.grid_sample(
         feature, grid.reshape(1, r * hs, ws, 2), mode="bilinear", padding_mode="border", align_corners=False
-    )  # (1, C, R*Hs, Ws)
-    return sampled.reshape(feature.shape[1], r, hs, ws).transpose(0, 1)
+    )  # (1, C, R*Ph*s, Pw*s): rois stacked along height
+    if s > 1:
+        # s x s windows never straddle two rois because each roi spans Ph*s rows.
+        sampled = F.avg_pool2d(sampled, kernel_size=s, stride=s)
+    c = feature.shape[1]
+    return sampled.reshape(c, r, hs // s, ws // s).transpose(0, 1)
 
 
 def assign_boxes_to_levels(
