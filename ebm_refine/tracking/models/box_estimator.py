@@ -128,11 +128,13 @@ class EnergyBoxEstimator(nn.Module):
         """
         b, m, _ = boxes.shape
         # One pooling call per image: every image has the same M boxes, and the single-image path of
-        # box_roi_align avoids scattering results back into a shared buffer.
-        x3 = torch.cat([box_roi_align(test_feats[0][i:i + 1], [boxes[i]], self.test_pool[0], self.scales[0])
-                        for i in range(b)]).flatten(1)
-        x4 = torch.cat([box_roi_align(test_feats[1][i:i + 1], [boxes[i]], self.test_pool[1], self.scales[1])
-                        for i in range(b)]).flatten(1)
+        # box_roi_align avoids scattering results back into a shared buffer. (b = 1 while tracking.)
+        parts3, parts4 = [], []
+        for i in range(b):
+            parts3.append(box_roi_align(test_feats[0][i:i + 1], [boxes[i]], self.test_pool[0], self.scales[0]))
+            parts4.append(box_roi_align(test_feats[1][i:i + 1], [boxes[i]], self.test_pool[1], self.scales[1]))
+        x3 = (parts3[0] if b == 1 else torch.cat(parts3)).flatten(1)
+        x4 = (parts4[0] if b == 1 else torch.cat(parts4)).flatten(1)
         h = torch.cat([self.box_fc3(x3), self.box_fc4(x4)], dim=1)
         return self.head(h).reshape(b, m)
 
