@@ -47,6 +47,8 @@ def main() -> int:
     ap.add_argument("--params", nargs="+", default=["ebm", "iounet", "norefine"])
     ap.add_argument("--frames", type=int, default=60)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--num-steps", type=int, help="override box_refinement.num_steps")
+    ap.add_argument("--num-init-boxes", type=int, help="override box_refinement.num_init_boxes")
     ap.add_argument("--json", help="write results here")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -55,7 +57,9 @@ def main() -> int:
     out = {"video": name, "resolution": [w, h], "frames_timed": len(frames) - 1, "threads": args.threads,
            "cpu": platform.processor() or platform.machine(), "torch": torch.__version__, "variants": {}}
     for p in args.params:
-        params = load_tracker_params(p)
+        over = {k: v for k, v in (("num_steps", args.num_steps), ("num_init_boxes", args.num_init_boxes))
+                if v is not None}
+        params = load_tracker_params(p, {"box_refinement": over})
         tr = EBMAtomTracker(params)
         tr.initialize(frames[0], {"init_bbox": [float(v) for v in init]})
         times, refine = [], []
