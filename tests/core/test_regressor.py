@@ -13,6 +13,16 @@ def make_data(n: int, g: torch.Generator):
 
 
 def test_ml_is_training_learns_a_2d_regression_and_prediction_refines():
+    # Many tiny ops: one thread avoids oversubscription slow-downs when the CPU is shared.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _train_and_refine()
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_and_refine():
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
     model = EBMRegressor(mlp(1, [32], 32), 32, y_dim=2, hidden=32)
