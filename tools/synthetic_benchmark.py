@@ -86,6 +86,7 @@ def main(argv=None) -> dict:
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     setup_logger(str(out), name="ebm_refine")
+    setup_logger(str(out), name="detectron2", abbrev_name="d2")  # training progress, AP tables
     iters = args.iters or (30 if args.quick else 500)
     base_iters = args.baseline_iters if args.baseline_iters is not None else (10 if args.quick else 150)
     common = list(args.opts)

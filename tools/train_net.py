@@ -41,6 +41,8 @@ class Trainer(DefaultTrainer):
         # (Detectron2 passes [local_rank], which DDP rejects for CPU modules under gloo), and the
         # checkpointer says whether the energy head came from the checkpoint.
         TrainerBase.__init__(self)
+        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):  # setup_logger not called yet
+            setup_logger()
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
