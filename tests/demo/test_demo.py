@@ -1,0 +1,258 @@
+"""demo/demo.py: both modes on a few frames with tiny random-init models, and the bad-input exits.
+
+The happy paths call ``main(argv)`` in-process (Detectron2 and torch are imported once); the exit-code
+cases run the script as a subprocess, which is cheap because it validates input and output before it
+imports any model code.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import List, Tuple
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "demo" / "demo.py"
+sys.path.insert(0, str(REPO / "tests" / "detectron2"))
+sys.path.insert(0, str(REPO / "tests" / "tracker"))
+
+from d2_helpers import small_cfg  # noqa: E402
+from tracker_helpers import TINY_NET, TINY_TRACKER  # noqa: E402
+
+# The tiny detector of tests/detectron2 (128 px, narrow heads) as --opts for the demo's config file.
+TINY_DET_OPTS = [
+    "INPUT.MIN_SIZE_TEST", "128", "INPUT.MAX_SIZE_TEST", "128",
+    "MODEL.EBM_BACKBONE.WIDTHS", "[16, 16, 32, 32]", "MODEL.FPN.OUT_CHANNELS", "32",
+    "MODEL.ROI_BOX_HEAD.FC_DIM", "64", "MODEL.EBM.HEAD.FC_DIM", "64", "MODEL.EBM.NUM_SAMPLES", "16",
+    "MODEL.RPN.POST_NMS_TOPK_TEST", "50", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0",
+]
+CONFIG = "configs/Synthetic/ebm_compact_fpn_synthetic.yaml"
+
+
+def _load_demo():
+    spec = importlib.util.spec_from_file_location("ebm_demo", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+demo = _load_demo()
+
+
+def _flatten(d: dict, prefix: str = "") -> List[str]:
+    """Nested tracker overrides as the demo's ``--set key=value`` items (values in YAML flow style)."""
+    import yaml
+
+    items = []
+    for k, v in d.items():
+        if isinstance(v, dict) and k != "augmentation":
+            items += _flatten(v, f"{prefix}{k}.")
+        else:
+            items.append(f"{prefix}{k}={yaml.safe_dump(v, default_flow_style=True).strip()}")
+    return items
+
+
+def video_info(path: Path) -> Tuple[int, int, int]:
+    """(frame count, width, height) as OpenCV reads them back."""
+    cap = cv2.VideoCapture(str(path))
+    assert cap.isOpened(), path
+    info = (int(cap.get(cv2.CAP_PROP_FRAME_COUNT)), int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)),
+            int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+    cap.release()
+    return info
+
+
+def no_partials(folder: Path) -> bool:
+    return not [p for p in folder.rglob("*") if ".partial" in p.name or ".probe" in p.name]
+
+
+def run_script(*args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, env=env,
+                          cwd=str(REPO), timeout=120)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    # Two OpenMP threads on a shared 2-core machine spin-wait; one is much faster for these tiny models.
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def _frame(i: int, w: int = 160, h: int = 120) -> np.ndarray:
+    img = np.full((h, w, 3), 40, np.uint8)
+    cv2.rectangle(img, (20 + 6 * i, 30), (80 + 6 * i, 90), (0, 200, 255), -1)
+    cv2.circle(img, (120, 40 + 5 * i), 15, (255, 80, 0), -1)
+    return img
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> dict:
+    """A 4-frame mp4, 3 images (the last one larger) and tiny random-init detector weights."""
+    root = tmp_path_factory.mktemp("demo_data")
+    video = root / "clip.mp4"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 5.0, (160, 120))
+    for i in range(4):
+        writer.write(_frame(i))
+    writer.release()
+    images = []
+    for i in range(3):
+        p = root / f"img{i}.png"
+        cv2.imwrite(str(p), _frame(i, *((200, 150) if i == 2 else (160, 120))))
+        images.append(str(p))
+    torch.manual_seed(0)
+    from detectron2.modeling import build_model
+
+    model = build_model(small_cfg(root / "unused"))
+    weights = root / "tiny_det.pth"
+    torch.save({"model": model.state_dict()}, weights)
+    return {"root": root, "video": video, "images": images, "weights": weights}
+
+
+def det_args(data: dict, *extra: str) -> List[str]:
+    return ["--config-file", str(REPO / CONFIG), "--confidence-threshold", "0.0", *extra,
+            "--opts", *TINY_DET_OPTS, "MODEL.WEIGHTS", str(data["weights"])]
+
+
+# ----------------------------------------------------------------------------------------- detection
+def test_detect_video_to_mp4(data, tmp_path):
+    out = tmp_path / "out" / "det.mp4"
+    assert demo.main(["detect", "--video-input", str(data["video"]), "--output", str(out), *det_args(data)]) == 0
+    assert video_info(out) == (4, 160, 120)
+    assert no_partials(tmp_path)
+
+
+def test_detect_images_to_mp4_and_folder(data, tmp_path):
+    out = tmp_path / "imgs.mp4"
+    assert demo.main(["--mode", "detect", "--input", *data["images"], "--output", str(out), *det_args(data)]) == 0
+    # Later frames are resized to the first frame's size.
+    assert video_info(out) == (3, 160, 120)
+    folder = tmp_path / "frames"
+    assert demo.main(["detect", "--input", *data["images"][:2], "--output", str(folder), *det_args(data)]) == 0
+    assert sorted(p.name for p in folder.iterdir()) == ["img0.png", "img1.png"]
+    assert cv2.imread(str(folder / "img1.png")).shape == (120, 160, 3)
+    assert no_partials(tmp_path)
+
+
+def test_detect_predictor_outputs(data):
+    """The predictor returns refined and unrefined boxes, scores, classes and energies."""
+    cfg = demo.load_detection_cfg(str(REPO / CONFIG), [*TINY_DET_OPTS, "MODEL.WEIGHTS", str(data["weights"])], 0.0)
+    inst = demo.EBMPredictor(cfg)(_frame(0))
+    assert len(inst) > 0
+    for field in ("pred_boxes", "pred_boxes_unrefined", "scores", "pred_classes", "pred_energies"):
+        assert inst.has(field), field
+    drawn = demo.draw_detections(_frame(0), inst, demo.class_names(cfg), 0.0)
+    assert drawn.shape == (120, 160, 3) and not np.array_equal(drawn, _frame(0))
+
+
+def test_failure_mid_run_leaves_no_output(data, tmp_path):
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"not an image")
+    out = tmp_path / "o" / "x.mp4"
+    rc = demo.main(["detect", "--input", data["images"][0], str(bad), "--output", str(out), *det_args(data)])
+    assert rc == 1
+    assert not out.exists() and no_partials(tmp_path)
+
+
+# ----------------------------------------------------------------------------------------- tracking
+@pytest.fixture(scope="module")
+def tiny_tracker(tmp_path_factory) -> List[str]:
+    """--checkpoint/--set arguments for the tests' tiny random-init TrackerNet and small tracker settings."""
+    from ebm_refine.tracking.models import TrackerNet
+    from ebm_refine.tracking.models.network import save_net
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("tracker") / "net.pth"
+    save_net(str(path), TrackerNet(TINY_NET).eval())
+    return ["--checkpoint", str(path), "--threads", "1", "--set", *_flatten(TINY_TRACKER)]
+
+
+def shared_data_dir() -> Path:
+    return Path(os.environ.get("EBM_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+def test_track_otb_sequence(tiny_tracker, tmp_path):
+    seq = shared_data_dir() / "tracking" / "otb" / "Crossing"
+    if not (seq / "img").is_dir():
+        pytest.skip(f"OTB Crossing not found under {shared_data_dir()} (set EBM_SHARED_DATA)")
+    h, w = cv2.imread(str(seq / "img" / "0001.jpg")).shape[:2]
+    rc = demo.main(["track", "--input", str(seq / "img"), "--ground-truth", str(seq / "groundtruth_rect.txt"),
+                    "--max-frames", "5", "--output", str(tmp_path), *tiny_tracker])
+    assert rc == 0
+    # A folder output is named after the sequence, not after its img/ subfolder.
+    assert video_info(tmp_path / "Crossing.mp4") == (5, w, h)
+    assert no_partials(tmp_path)
+
+
+def test_track_generated_frames_numeric_order(tiny_tracker, tmp_path):
+    """A frame folder without zero padding (1.png … 12.png) and --init-box; no shared data needed."""
+    frames = tmp_path / "seq"
+    frames.mkdir()
+    for i in range(1, 13):
+        cv2.imwrite(str(frames / f"{i}.png"), _frame(i % 6))
+    assert [Path(p).name for p in demo.list_images(str(frames))][:3] == ["1.png", "2.png", "3.png"]
+    out = tmp_path / "track.mp4"
+    rc = demo.main(["track", "--input", str(frames), "--init-box", "20,30,60,60", "--max-frames", "4",
+                    "--output", str(out), *tiny_tracker])
+    assert rc == 0
+    assert video_info(out) == (4, 160, 120)
+
+
+def test_track_video_file(tiny_tracker, data, tmp_path):
+    out = tmp_path / "t.mp4"
+    assert demo.main(["--mode", "track", "--video-input", str(data["video"]), "--init-box", "20,30,60,60",
+                      "--output", str(out), *tiny_tracker]) == 0
+    assert video_info(out) == (4, 160, 120)
+
+
+# ----------------------------------------------------------------------------------------- bad input
+def test_missing_video_exits_nonzero(tmp_path):
+    r = run_script("detect", "--video-input", str(tmp_path / "nope.mp4"), "--output", str(tmp_path / "o.mp4"))
+    assert r.returncode == 1 and "does not exist" in r.stderr
+    assert not (tmp_path / "o.mp4").exists()
+
+
+def test_unreadable_video_exits_nonzero(tmp_path):
+    fake = tmp_path / "fake.mp4"
+    fake.write_bytes(b"\x00" * 1000)
+    r = run_script("track", "--video-input", str(fake), "--init-box", "1,1,5,5", "--output", str(tmp_path / "o"))
+    assert r.returncode == 1 and ("cannot open" in r.stderr or "no frames" in r.stderr)
+    assert not (tmp_path / "o" / "fake.mp4").exists()
+
+
+def test_empty_folder_exits_nonzero_without_output(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    out = tmp_path / "out"
+    r = run_script("track", "--input", str(empty), "--init-box", "1,1,5,5", "--output", str(out))
+    assert r.returncode == 1 and "no images" in r.stderr
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_unwritable_output_exits_nonzero(data, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where a folder should be")
+    r = run_script("detect", "--video-input", str(data["video"]), "--output", str(blocker / "sub" / "o.mp4"))
+    assert r.returncode == 1 and "not writable" in r.stderr
+
+
+def test_usage_errors_exit_2(tmp_path):
+    assert run_script("detect", "--output", str(tmp_path / "o.mp4")).returncode == 2  # no input
+    with pytest.raises(SystemExit) as e:
+        demo.main(["track", "--webcam", "--output", str(tmp_path)])
+    assert e.value.code == 2
+
+
+def test_track_needs_start_box(tmp_path, data):
+    rc = demo.main(["track", "--video-input", str(data["video"]), "--output", str(tmp_path / "o.mp4")])
+    assert rc == 1 and not (tmp_path / "o.mp4").exists()
