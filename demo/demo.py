@@ -332,18 +332,24 @@ def color(i: int) -> Tuple[int, int, int]:
     return (b, g, r)
 
 
+def dashed_line(img: np.ndarray, a: Tuple[float, float], b: Tuple[float, float], col: Tuple[int, int, int],
+                thickness: int = 1, dash: int = 6) -> None:
+    """A dashed segment from ``a`` to ``b``: dashes and gaps of ``dash`` pixels, starting with a dash."""
+    length = math.hypot(b[0] - a[0], b[1] - a[1])
+    steps = max(int(length // dash), 1)
+    for s in range(0, steps, 2):
+        t0, t1 = s / steps, min((s + 1) / steps, 1.0)
+        p = (int(round(a[0] + (b[0] - a[0]) * t0)), int(round(a[1] + (b[1] - a[1]) * t0)))
+        q = (int(round(a[0] + (b[0] - a[0]) * t1)), int(round(a[1] + (b[1] - a[1]) * t1)))
+        cv2.line(img, p, q, col, thickness, cv2.LINE_AA)
+
+
 def dashed_rect(img: np.ndarray, box: Sequence[float], col: Tuple[int, int, int], thickness: int = 1,
                 dash: int = 6) -> None:
     """A dashed rectangle (OpenCV has none); ``box`` is x0, y0, x1, y1."""
-    x0, y0, x1, y1 = (int(round(v)) for v in box)
-    for (a, b) in (((x0, y0), (x1, y0)), ((x1, y0), (x1, y1)), ((x1, y1), (x0, y1)), ((x0, y1), (x0, y0))):
-        length = math.hypot(b[0] - a[0], b[1] - a[1])
-        steps = max(int(length // dash), 1)
-        for s in range(0, steps, 2):
-            t0, t1 = s / steps, min((s + 1) / steps, 1.0)
-            p = (int(a[0] + (b[0] - a[0]) * t0), int(a[1] + (b[1] - a[1]) * t0))
-            q = (int(a[0] + (b[0] - a[0]) * t1), int(a[1] + (b[1] - a[1]) * t1))
-            cv2.line(img, p, q, col, thickness, cv2.LINE_AA)
+    x0, y0, x1, y1 = (float(v) for v in box)
+    for a, b in (((x0, y0), (x1, y0)), ((x1, y0), (x1, y1)), ((x1, y1), (x0, y1)), ((x0, y1), (x0, y0))):
+        dashed_line(img, a, b, col, thickness, dash)
 
 
 def font_scale(img: np.ndarray) -> float:
@@ -381,7 +387,7 @@ def legend(img: np.ndarray, entries: Sequence[Tuple[str, Tuple[int, int, int], b
     for text, col, dashed in entries:
         yl = y - th // 2 - 1
         if dashed:
-            dashed_rect(img, (6, yl, 6 + sample, yl), col, 1, dash=4)
+            dashed_line(img, (6, yl), (6 + sample, yl), col, 1, dash=4)
         else:
             cv2.line(img, (6, yl), (6 + sample, yl), col, 2, cv2.LINE_AA)
         cv2.putText(img, text, (10 + sample, y - 2), cv2.FONT_HERSHEY_SIMPLEX, fs, (255, 255, 255), 1, cv2.LINE_AA)
