@@ -58,6 +58,10 @@ def train_and_test(cfg) -> dict:
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=False)
     trainer.train()
+    # DefaultTrainer's EvalHook already evaluated after the last iteration: reuse it, don't evaluate twice.
+    results = getattr(trainer, "_last_eval_results", None)
+    if results:
+        return results
     model = trainer.model.module if hasattr(trainer.model, "module") else trainer.model
     return Trainer.test(cfg, model)
 
