@@ -97,12 +97,11 @@ def decode_relative(rel: Tensor, reference: Tensor) -> Tensor:
     Returns:
         (..., 4) xyxy pixels.
     """
-    r = xyxy_to_cxcywh(reference)
-    cx = r[..., 0] + rel[..., 0] * r[..., 2]
-    cy = r[..., 1] + rel[..., 1] * r[..., 3]
-    w = r[..., 2] * torch.exp(rel[..., 2])
-    h = r[..., 3] * torch.exp(rel[..., 3])
-    return cxcywh_to_xyxy(torch.stack([cx, cy, w, h], dim=-1))
+    # Slices and one cat rather than per-coordinate ops: refinement calls this every step.
+    size = reference[..., 2:] - reference[..., :2]
+    center = (reference[..., :2] + reference[..., 2:]) * 0.5 + rel[..., :2] * size
+    half = size * torch.exp(rel[..., 2:]) * 0.5
+    return torch.cat([center - half, center + half], dim=-1)
 
 
 def box_area(boxes: Tensor) -> Tensor:

@@ -11,7 +11,7 @@ there is no per-element Python work and no host synchronisation inside the loop.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -21,6 +21,8 @@ from .boxes import decode_relative, valid_box_mask
 __all__ = ["RefinementResult", "gradient_ascent", "BoxRefinementResult", "refine_boxes"]
 
 EnergyFn = Callable[[Tensor], Tensor]
+# An energy that also returns its gradient, (N, D) -> ((N,), (N, D)): analytic or fused fast paths.
+EnergyAndGradFn = Callable[[Tensor], Tuple[Tensor, Tensor]]
 
 
 @dataclass
@@ -51,14 +53,23 @@ def _value_and_grad(energy_fn: EnergyFn, y: Tensor) -> tuple[Tensor, Tensor]:
     return f.detach(), g.detach()
 
 
+def _given_value_and_grad(energy_fn: EnergyAndGradFn, y: Tensor) -> tuple[Tensor, Tensor]:
+    f, g = energy_fn(y)
+    if f.shape != y.shape[:1] or g.shape != y.shape:
+        raise ValueError(f"energy_fn must return shapes ({y.shape[0]},) and {tuple(y.shape)}, "
+                         f"got {tuple(f.shape)} and {tuple(g.shape)}")
+    return f.detach(), g.detach()
+
+
 def gradient_ascent(
-    energy_fn: EnergyFn,
+    energy_fn: Union[EnergyFn, EnergyAndGradFn],
     init: Tensor,
     *,
     step_size: Union[float, Sequence[float], Tensor],
     num_steps: int = 10,
     decay: float = 0.5,
     active: Optional[Tensor] = None,
+    returns_grad: bool = False,
 ) -> RefinementResult:
     """Maximise ``energy_fn`` from ``init`` by gradient ascent with per-element backtracking.
 
@@ -67,12 +78,14 @@ def gradient_ascent(
     whose gradient becomes non-finite after an accepted step stops there.
 
     Args:
-        energy_fn: maps (N, D) points to (N,) scores f; must treat rows independently.
+        energy_fn: maps (N, D) points to (N,) scores f; must treat rows independently. With
+            ``returns_grad`` it returns ``(f, df/dy)`` itself ((N,), (N, D)) and autograd is not used.
         init: (N, D) initial points.
         step_size: lambda, a scalar, D values (one per coordinate) or an (N, D) tensor.
         num_steps: T, number of proposed steps (T + 1 energy evaluations).
         decay: eta in (0, 1], step-size factor after a rejected step.
         active: optional (N,) bool mask of elements to refine.
+        returns_grad: see ``energy_fn``.
     Returns:
         :class:`RefinementResult`.
     """
@@ -85,8 +98,9 @@ def gradient_ascent(
         return RefinementResult(y, empty, empty, torch.zeros(0, dtype=torch.long, device=init.device))
     lam = torch.as_tensor(step_size, dtype=init.dtype, device=init.device)
     lam = lam.expand(n, d).clone() if lam.dim() < 2 else lam.clone()
-    with torch.enable_grad():
-        f, g = _value_and_grad(energy_fn, y)
+    value_and_grad = _given_value_and_grad if returns_grad else _value_and_grad
+    with torch.enable_grad() if not returns_grad else torch.no_grad():
+        f, g = value_and_grad(energy_fn, y)
         f0 = f.clone()
         ok = torch.isfinite(f) & torch.isfinite(g).all(dim=1)
         if active is not None:
@@ -94,7 +108,7 @@ def gradient_ascent(
         accepted = torch.zeros(n, dtype=torch.long, device=init.device)
         for _ in range(num_steps):
             candidate = torch.where(ok[:, None], y + lam * g, y)
-            f_c, g_c = _value_and_grad(energy_fn, candidate)
+            f_c, g_c = value_and_grad(energy_fn, candidate)
             accept = ok & torch.isfinite(f_c) & (f_c > f)
             y = torch.where(accept[:, None], candidate, y)
             f = torch.where(accept, f_c, f)
@@ -124,13 +138,14 @@ class BoxRefinementResult:
 
 
 def refine_boxes(
-    energy_fn: EnergyFn,
+    energy_fn: Union[EnergyFn, EnergyAndGradFn],
     boxes: Tensor,
     *,
     num_steps: int = 10,
     step_size_center: float = 4e-4,
     step_size_size: float = 1.6e-3,
     decay: float = 0.5,
+    returns_grad: bool = False,
 ) -> BoxRefinementResult:
     """Refine boxes by gradient ascent in the relative space of each initial box.
 
@@ -141,7 +156,9 @@ def refine_boxes(
     finite are returned unchanged with their (non-finite) energy.
 
     Args:
-        energy_fn: maps (N, 4) xyxy pixel boxes to (N,) scores; rows independent.
+        energy_fn: maps (N, 4) xyxy pixel boxes to (N,) scores; rows independent. With
+            ``returns_grad`` it returns ``(f, df/dboxes)`` ((N,), (N, 4)), which is chained to the
+            relative space here without autograd.
         boxes: (N, 4) initial boxes, xyxy pixels.
         num_steps, decay: see :func:`gradient_ascent`.
         step_size_center: lambda for the two centre offsets.
@@ -160,9 +177,21 @@ def refine_boxes(
     def energy_in_relative_space(u: Tensor) -> Tensor:
         return energy_fn(decode_relative(u, safe_ref))
 
+    ref_size = safe_ref[:, 2:] - safe_ref[:, :2]
+
+    def energy_and_grad_in_relative_space(u: Tensor) -> Tuple[Tensor, Tensor]:
+        f, g = energy_fn(decode_relative(u, safe_ref))
+        if g.shape != u.shape:
+            raise ValueError(f"energy_fn must return shapes ({u.shape[0]},) and {tuple(u.shape)}, "
+                             f"got {tuple(f.shape)} and {tuple(g.shape)}")
+        # x1 = cx - w / 2, x2 = cx + w / 2 with cx = cx_ref + u0 w_ref and w = w_ref exp(u2) (same for y).
+        half = ref_size * torch.exp(u[:, 2:]) * 0.5
+        return f, torch.cat([ref_size * (g[:, :2] + g[:, 2:]), half * (g[:, 2:] - g[:, :2])], dim=1)
+
     res = gradient_ascent(
-        energy_in_relative_space, torch.zeros_like(ref), step_size=step, num_steps=num_steps,
-        decay=decay, active=valid,
+        energy_and_grad_in_relative_space if returns_grad else energy_in_relative_space,
+        torch.zeros_like(ref), step_size=step, num_steps=num_steps, decay=decay, active=valid,
+        returns_grad=returns_grad,
     )
     refined = torch.where(valid[:, None], decode_relative(res.values, safe_ref), ref)
     # Scores of the stand-in mean nothing: invalid boxes report -inf (sorts last, never kept by NMS).

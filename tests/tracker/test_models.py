@@ -117,3 +117,49 @@ def test_save_and_load_net(tmp_path, tiny_net):
     assert torch.allclose(a, b)
     with pytest.raises(FileNotFoundError, match="train_tracker"):
         load_net(str(tmp_path / "nope.pth"))
+
+
+def _trained_like_estimator():
+    """A small estimator whose hidden units are partly active (random init leaves most ReLUs on)."""
+    torch.manual_seed(3)
+    est = EnergyBoxEstimator(in_dims=(8, 16), pred_dims=(8, 8), inter_dims=(16, 16)).eval()
+    feats = {"layer2": torch.randn(1, 8, 32, 32), "layer3": torch.randn(1, 16, 16, 16)}
+    with torch.no_grad():
+        mod = est.reference(feats, torch.tensor([[100.0, 90.0, 160.0, 170.0]]))
+    return est, feats, mod
+
+
+def test_fused_score_and_grad_equals_autograd_through_score():
+    est, feats, mod = _trained_like_estimator()
+    with torch.no_grad():
+        tf = est.test_features(feats, mod)
+    boxes = torch.tensor([[100.0, 90.0, 160.0, 170.0], [95.3, 97.1, 171.2, 160.4], [2.0, 3.0, 60.5, 41.0],
+                          [200.0, 180.0, 262.0, 250.0]])  # the last one hangs over the border
+    b = boxes.clone().requires_grad_(True)
+    s = est.score(tf, b[None])[0]
+    (g,) = torch.autograd.grad(s.sum(), b)
+    s2, g2 = est.score_and_grad(tf, boxes)
+    torch.testing.assert_close(s2, s.detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(g2, g, rtol=1e-4, atol=1e-7)
+    assert g.abs().max() > 1e-4
+
+
+def test_test_features_on_a_window_are_exact_inside_it():
+    est, feats, mod = _trained_like_estimator()
+    boxes = torch.tensor([[100.0, 90.0, 160.0, 170.0], [95.3, 97.1, 171.2, 160.4]])
+    region = [80.0, 70.0, 190.0, 190.0]
+    with torch.no_grad():
+        full = est.test_features(feats, mod)
+        win = est.test_features(feats, mod, region)
+        corner = est.test_features(feats, mod, [-30.0, -20.0, 40.0, 50.0])  # clipped at the map's border
+    assert win.level3.shape[-1] < full.level3.shape[-1] and win.offset == (64.0, 48.0)
+    assert corner.offset == (0.0, 0.0)
+    for tf in (win, corner):
+        assert tf.level3.shape[-2:] == (2 * tf.level4.shape[-2], 2 * tf.level4.shape[-1])
+    torch.testing.assert_close(est.score(win, boxes[None]), est.score(full, boxes[None]), rtol=1e-5, atol=1e-6)
+    s_win, g_win = est.score_and_grad(win, boxes)
+    s_full, g_full = est.score_and_grad(full, boxes)
+    torch.testing.assert_close(s_win, s_full, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(g_win, g_full, rtol=1e-4, atol=1e-7)
+    small = torch.tensor([[0.0, 0.0, 30.0, 30.0]])
+    torch.testing.assert_close(est.score(corner, small[None]), est.score(full, small[None]), rtol=1e-5, atol=1e-6)

@@ -49,6 +49,20 @@ def test_deterministic(tiny_net, small_seq):
     assert runs[0] == runs[1]
 
 
+def test_feature_window_does_not_change_the_track(tiny_net, small_seq):
+    # The estimator's test maps computed only around the initial boxes give the same boxes as whole maps.
+    runs = []
+    for window in (None, 0.5):
+        tr = _tracker(tiny_net, image_sample_size=256, box_refinement={"mode": "ebm", "feature_window": window})
+        tr.initialize(small_seq.frame(0), {"init_bbox": small_seq.boxes[0]})
+        runs.append([tr.track(small_seq.frame(i)) for i in range(1, 6)])
+    # Equal up to float rounding (the window's convolution sums in another order), which the tracker
+    # feeds back frame to frame: 1e-4 px after 3 frames, ~1e-2 px after 5.
+    for a, b in zip(*runs):
+        np.testing.assert_allclose(a["target_bbox"], b["target_bbox"], rtol=0, atol=0.05)
+        assert a["energy"] == pytest.approx(b["energy"], rel=1e-3, abs=1e-4)
+
+
 @pytest.mark.parametrize("box,match", [
     ([200.0, 10.0, 20.0, 20.0], "outside"),
     ([-50.0, -50.0, 20.0, 20.0], "outside"),

@@ -17,17 +17,38 @@ All boxes are xyxy in pixels of the search crop the features were computed on.
 """
 from __future__ import annotations
 
-from typing import Dict, Sequence, Tuple
+import math
+from typing import Dict, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
 
 from ebm_refine.core.roi_pool import box_roi_align
+from ebm_refine.core.separable_pool import (separable_box_roi_align, separable_roi_align_box_grad,
+                                            separable_roi_align_forward)
 
 __all__ = ["EnergyBoxEstimator", "Modulation", "TestFeatures"]
 
 Modulation = Tuple[Tensor, Tensor]  # (B, C3), (B, C4)
-TestFeatures = Tuple[Tensor, Tensor]  # (B, C3, H/8, W/8), (B, C4, H/16, W/16)
+
+# Candidate sets up to this size use the matrix-product RoI Align (few boxes: refinement while
+# tracking); larger ones (training: 129 boxes per image) the sampling-grid one. Same numbers either way.
+_SEPARABLE_MAX_BOXES = 64
+# Receptive-field radius, in cells, of the two 3x3 convolutions of each test branch.
+_TEST_CONV_RADIUS = 2
+
+
+class TestFeatures(NamedTuple):
+    """Modulated test maps of B images, possibly a window of the search region.
+
+    ``level3``: (B, P3, h3, w3) stride-8 map; ``level4``: (B, P4, h4, w4) stride-16 map;
+    ``offset``: (x, y) crop pixels of the window's top-left cell corner ((0, 0) for the whole crop,
+    always a multiple of 16 so that both levels share it).
+    """
+
+    level3: Tensor
+    level4: Tensor
+    offset: Tuple[float, float] = (0.0, 0.0)
 
 
 def _conv(cin: int, cout: int, k: int = 3, pad: int = 1, norm: bool = True) -> nn.Sequential:
@@ -104,18 +125,46 @@ class EnergyBoxEstimator(nn.Module):
         v = torch.cat([self.ref_fc3(r3).flatten(1), self.ref_fc4(r4).flatten(1)], dim=1)
         return self.mod3(v), self.mod4(v)
 
-    def test_features(self, feats: Dict[str, Tensor], modulation: Modulation) -> TestFeatures:
+    def test_features(self, feats: Dict[str, Tensor], modulation: Modulation,
+                      region: Optional[Sequence[float]] = None) -> TestFeatures:
         """Modulated test maps, computed once per frame and reused for every candidate and step.
 
         Args:
             feats: backbone maps of the test crops (B images).
             modulation: from :meth:`reference`, (B, P3), (B, P4) (B may be 1 and broadcast).
+            region: optional (x1, y1, x2, y2) crop pixels that every box later passed to :meth:`score`
+                stays inside. Only the cells this region reads are computed (exactly the values of the
+                whole map there): refinement touches a small part of the search region, and the test
+                convolutions are the largest cost of box estimation. Boxes that leave the region see
+                its border cells repeated, not the rest of the map.
         Returns:
-            (B, P3, H/8, W/8), (B, P4, H/16, W/16).
+            :class:`TestFeatures` with (B, P3, h3, w3) and (B, P4, h4, w4) maps.
         """
-        t3 = self.test_conv3(feats["layer2"]) * modulation[0][:, :, None, None]
-        t4 = self.test_conv4(feats["layer3"]) * modulation[1][:, :, None, None]
-        return t3, t4
+        l2, l3 = feats["layer2"], feats["layer3"]
+        if region is None:
+            t3, t4, offset = self.test_conv3(l2), self.test_conv4(l3), (0.0, 0.0)
+        else:
+            (r0, r1), (c0, c1), unit = self._window(region, l3.shape[-2:])
+            # A window reaching the stride-16 map's last cell also takes the stride-8 map's last one
+            # (odd crop sizes), so that its border is the map's border.
+            e2r = 2 * r1 if r1 < l3.shape[-2] else l2.shape[-2]
+            e2c = 2 * c1 if c1 < l3.shape[-1] else l2.shape[-1]
+            t3 = _conv_on_window(self.test_conv3, l2, 2 * r0, e2r, 2 * c0, e2c)
+            t4 = _conv_on_window(self.test_conv4, l3, r0, r1, c0, c1)
+            offset = (c0 * unit, r0 * unit)
+        return TestFeatures(t3 * modulation[0][:, :, None, None], t4 * modulation[1][:, :, None, None], offset)
+
+    def _window(self, region: Sequence[float], shape4: Sequence[int]):
+        """Rows r0:r1, cols c0:c1 of the stride-16 map whose cells (and their stride-8 children) hold
+        every cell centre that bilinear sampling inside ``region`` reads, plus the cell size in pixels."""
+        unit = 1.0 / self.scales[1]
+        x1, y1, x2, y2 = (float(v) for v in region)
+        h4, w4 = int(shape4[0]), int(shape4[1])
+        c0 = min(max(0, math.floor(x1 / unit) - 1), w4 - 1)
+        r0 = min(max(0, math.floor(y1 / unit) - 1), h4 - 1)
+        c1 = max(min(w4, math.ceil(x2 / unit) + 1), c0 + 1)
+        r1 = max(min(h4, math.ceil(y2 / unit) + 1), r0 + 1)
+        return (r0, r1), (c0, c1), unit
 
     def score(self, test_feats: TestFeatures, boxes: Tensor) -> Tensor:
         """f for candidate boxes.
@@ -127,18 +176,84 @@ class EnergyBoxEstimator(nn.Module):
             (B, M) scalar outputs (energy-as-score, or IoU prediction for the IoU-Net variant).
         """
         b, m, _ = boxes.shape
-        # One pooling call per image: every image has the same M boxes, and the single-image path of
-        # box_roi_align avoids scattering results back into a shared buffer. (b = 1 while tracking.)
+        if not isinstance(test_feats, TestFeatures):
+            test_feats = TestFeatures(*test_feats)
+        if test_feats.offset != (0.0, 0.0):
+            ox, oy = test_feats.offset
+            boxes = boxes - boxes.new_tensor([ox, oy, ox, oy])
+        # One pooling call per image: every image has the same M boxes. (b = 1 while tracking.)
+        pool = separable_box_roi_align if m <= _SEPARABLE_MAX_BOXES else _grid_roi_align
         parts3, parts4 = [], []
         for i in range(b):
-            parts3.append(box_roi_align(test_feats[0][i:i + 1], [boxes[i]], self.test_pool[0], self.scales[0]))
-            parts4.append(box_roi_align(test_feats[1][i:i + 1], [boxes[i]], self.test_pool[1], self.scales[1]))
+            parts3.append(pool(test_feats.level3[i], boxes[i], self.test_pool[0], self.scales[0]))
+            parts4.append(pool(test_feats.level4[i], boxes[i], self.test_pool[1], self.scales[1]))
         x3 = (parts3[0] if b == 1 else torch.cat(parts3)).flatten(1)
         x4 = (parts4[0] if b == 1 else torch.cat(parts4)).flatten(1)
         h = torch.cat([self.box_fc3(x3), self.box_fc4(x4)], dim=1)
         return self.head(h).reshape(b, m)
 
+    @torch.no_grad()
+    def score_and_grad(self, test_feats: TestFeatures, boxes: Tensor) -> Tuple[Tensor, Tensor]:
+        """f and df/dbox for the candidates of one image, without autograd (the refinement fast path).
+
+        Same values as :meth:`score` and autograd through it (tested); the backward of the two
+        fully connected branches and of the pooling is written out, which makes one refinement step a
+        few dozen tensor operations instead of a few hundred.
+
+        Args:
+            test_feats: from :meth:`test_features` for one image.
+            boxes: (M, 4) candidates, xyxy crop pixels.
+        Returns:
+            (M,) scores and (M, 4) their gradients w.r.t. the box coordinates.
+        """
+        if not isinstance(test_feats, TestFeatures):
+            test_feats = TestFeatures(*test_feats)
+        if test_feats.level3.shape[0] != 1:
+            raise ValueError("score_and_grad takes the test features of one image")
+        if test_feats.offset != (0.0, 0.0):
+            ox, oy = test_feats.offset
+            boxes = boxes - boxes.new_tensor([ox, oy, ox, oy])
+        levels = ((test_feats.level3, self.test_pool[0], self.scales[0], self.box_fc3[0]),
+                  (test_feats.level4, self.test_pool[1], self.scales[1], self.box_fc4[0]))
+        pre, states = [], []
+        for feat, bins, scale, fc in levels:
+            pooled, state = separable_roi_align_forward(feat[0], boxes, (bins, bins), scale)
+            pre.append(torch.addmm(fc.bias, pooled.reshape(boxes.shape[0], -1), fc.weight.t()))
+            states.append(state)
+        hidden = torch.cat(pre, dim=1)
+        w_head = self.head.weight[0]
+        scores = torch.relu(hidden) @ w_head + self.head.bias[0]
+        grad_hidden = w_head * (hidden > 0)  # (M, i3 + i4)
+        grad = None
+        start = 0
+        for (feat, bins, _, fc), state in zip(levels, states):
+            stop = start + fc.out_features
+            grad_pooled = (grad_hidden[:, start:stop] @ fc.weight).view(-1, feat.shape[1], bins, bins)
+            g = separable_roi_align_box_grad(state, grad_pooled)
+            grad = g if grad is None else grad + g
+            start = stop
+        return scores, grad
+
     def forward(self, ref_feats: Dict[str, Tensor], ref_boxes: Tensor, test_feats: Dict[str, Tensor],
                 test_boxes: Tensor) -> Tensor:
         """Full pass: (B, 4) reference boxes, (B, M, 4) test candidates -> (B, M) scores."""
         return self.score(self.test_features(test_feats, self.reference(ref_feats, ref_boxes)), test_boxes)
+
+
+def _conv_on_window(conv: nn.Module, x: Tensor, r0: int, r1: int, c0: int, c1: int) -> Tensor:
+    """``conv(x)[..., r0:r1, c0:c1]`` computed from the input cells it depends on only.
+
+    The input is cut with a margin of the convolutions' receptive-field radius (clipped at the map's
+    border, where the zero padding is the same as for the whole map), so the kept cells are exact.
+    """
+    h, w = x.shape[-2:]
+    r1, c1 = min(r1, h), min(c1, w)
+    pad = _TEST_CONV_RADIUS
+    a0, a1, b0, b1 = max(0, r0 - pad), min(h, r1 + pad), max(0, c0 - pad), min(w, c1 + pad)
+    y = conv(x[..., a0:a1, b0:b1])
+    return y[..., r0 - a0:r1 - a0, c0 - b0:c1 - b0]
+
+
+def _grid_roi_align(feature: Tensor, boxes: Tensor, output_size: int, spatial_scale: float) -> Tensor:
+    """(C, H, W) map, (R, 4) boxes -> (R, C, P, P) with the sampling-grid RoI Align."""
+    return box_roi_align(feature[None], [boxes], output_size, spatial_scale)

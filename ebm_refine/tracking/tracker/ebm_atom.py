@@ -210,20 +210,27 @@ class EBMAtomTracker:
         """Refine boxes around (center, size) in crop pixels; returns (cx, cy, w, h) crop pixels, energy."""
         cfg = self.params["box_refinement"]
         est = self.net.estimator
-        with torch.no_grad():
-            test_feats = est.test_features(feats, self.modulation)
         init = cxcywh_to_xyxy(torch.tensor([[center[0], center[1], size[0], size[1]]], dtype=torch.float32))
         n = int(cfg["num_init_boxes"])
         jitter = torch.tensor([cfg["box_jitter_pos"]] * 2 + [cfg["box_jitter_size"]] * 2, dtype=torch.float32)
         rel = (torch.rand(n - 1, 4, generator=self.gen) - 0.5) * jitter
-        boxes = torch.cat([init, decode_relative(rel, init)], dim=0).to(self.device)
+        boxes = torch.cat([init, decode_relative(rel, init)], dim=0)
+        region = None
+        if cfg["feature_window"] is not None:
+            # Refinement moves boxes by a fraction of their size; the test maps are computed only
+            # around the initial boxes (their hull grown by feature_window x the largest box size).
+            grow = float(cfg["feature_window"]) * (boxes[:, 2:] - boxes[:, :2]).max(0).values
+            region = torch.cat([boxes[:, :2].min(0).values - grow, boxes[:, 2:].max(0).values + grow]).tolist()
+        with torch.no_grad():
+            test_feats = est.test_features(feats, self.modulation, region)
+        boxes = boxes.to(self.device)
 
-        def energy_fn(b: Tensor) -> Tensor:
-            return est.score(test_feats, b[None])[0]
+        def energy_and_grad(b: Tensor) -> Tuple[Tensor, Tensor]:
+            return est.score_and_grad(test_feats, b)
 
         step_c, step_s = cfg["step_size"]
-        res = refine_boxes(energy_fn, boxes, num_steps=int(cfg["num_steps"]), step_size_center=float(step_c),
-                           step_size_size=float(step_s), decay=float(cfg["step_decay"]))
+        res = refine_boxes(energy_and_grad, boxes, num_steps=int(cfg["num_steps"]), step_size_center=float(step_c),
+                           step_size_size=float(step_s), decay=float(cfg["step_decay"]), returns_grad=True)
         out = xyxy_to_cxcywh(res.boxes.cpu())
         scores = res.scores.cpu()
         aspect = out[:, 2] / out[:, 3].clamp(min=1e-6)

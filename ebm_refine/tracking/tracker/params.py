@@ -63,6 +63,9 @@ DEFAULT_TRACKER_PARAMS: Dict[str, Any] = {
         "step_decay": 0.5,
         "top_k": 3,
         "max_aspect_ratio": 6.0,
+        # The estimator's test maps are computed only around the initial boxes: their hull grown by this
+        # fraction of the largest box's width/height on each side (exact there; null: whole search region).
+        "feature_window": 0.5,
     },
     "scale": {
         "min_scale_factor": 0.2,  # size bounds relative to the first-frame size
