@@ -123,6 +123,10 @@ def test_parameter_files():
         assert p["box_refinement"]["mode"] == {"ebm": "ebm", "iounet": "iounet", "norefine": "none"}[name]
         assert p["checkpoint"].endswith("net.pth")
     assert load_tracker_params("ebm")["box_refinement"]["step_size"] == [2e-4, 1e-3]
+    fast, ref = load_tracker_params("ebm_fast"), load_tracker_params("ebm")
+    assert fast["box_refinement"]["num_steps"] == 3 and ref["box_refinement"]["num_steps"] == 10
+    fast["box_refinement"]["num_steps"] = 10
+    assert fast == ref  # the speed setting differs from the paper's only in the number of steps
     with pytest.raises(KeyError, match="box_refinement.nmu_steps"):
         load_tracker_params("ebm", {"box_refinement": {"nmu_steps": 3}})
 

@@ -118,9 +118,9 @@ register_tracker(
     description="baseline: OpenCV normalised cross-correlation template matching (not our method)")
 register_tracker("identity", f"{_BASELINES}:IdentityTracker",
                  description="baseline: reports the first-frame box in every frame")
-# The EBM tracker (issue 5): parameter sets are the YAML files configs/tracking/{ebm,iounet,norefine}.yaml.
+# The EBM tracker (issue 5): parameter sets are the YAML files configs/tracking/{ebm,ebm_fast,iounet,norefine}.yaml.
 register_tracker(
     "ebm_atom", "ebm_refine.tracking.tracker.ebm_atom:EBMAtomTracker",
-    {"default": {"params": "ebm"}, "ebm": {"params": "ebm"}, "iounet": {"params": "iounet"},
-     "norefine": {"params": "norefine"}},
+    {"default": {"params": "ebm"}, "ebm": {"params": "ebm"}, "ebm_fast": {"params": "ebm_fast"},
+     "iounet": {"params": "iounet"}, "norefine": {"params": "norefine"}},
     description="ATOM-style tracker, box refinement by an EBM (ebm), IoU-Net (iounet) or none (norefine)")
