@@ -558,19 +558,12 @@ def read_ground_truth(path: str) -> List[Optional[List[float]]]:
 
 def parse_sets(items: Sequence[str]) -> Dict[str, Any]:
     """``a.b=value`` items (value parsed as YAML) into a nested dict of tracker parameter overrides."""
-    import yaml
+    from ebm_refine.tracking.tracker.params import apply_dotted_overrides
 
-    out: Dict[str, Any] = {}
-    for item in items:
-        if "=" not in item:
-            raise DemoError(f"--set expects key=value, got {item!r}")
-        key, value = item.split("=", 1)
-        node = out
-        parts = key.split(".")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-        node[parts[-1]] = yaml.safe_load(value)
-    return out
+    try:
+        return apply_dotted_overrides({}, items)
+    except ValueError as exc:
+        raise DemoError(str(exc)) from None
 
 
 def xywh_rect(img: np.ndarray, box: Sequence[float], col: Tuple[int, int, int], thickness: int,

@@ -28,27 +28,18 @@ import tempfile
 import uuid
 from typing import Any, Dict, List
 
-import yaml
-
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from ebm_refine.tracking.tracker.params import apply_dotted_overrides  # noqa: E402
 from ebm_refine.tracking.train.trainer import load_train_config, train  # noqa: E402
 
 
 def apply_overrides(cfg: Dict[str, Any], items: List[str]) -> Dict[str, Any]:
-    """``a.b.c=value`` (value parsed as YAML) into a nested dict, creating sections as needed."""
-    for item in items:
-        if "=" not in item:
-            raise SystemExit(f"--set expects key=value, got {item!r}")
-        key, value = item.split("=", 1)
-        node = cfg
-        parts = key.split(".")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                raise SystemExit(f"--set {key}: {p!r} is not a section")
-        node[parts[-1]] = yaml.safe_load(value)
-    return cfg
+    """``a.b.c=value`` (value parsed as YAML) into the training config; bad items end the program."""
+    try:
+        return apply_dotted_overrides(cfg, items)
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
 
 
 def _spawned(rank: int, cfg: Dict[str, Any], out: str, world_size: int, init_method: str, device: str,

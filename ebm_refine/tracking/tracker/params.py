@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import copy
 import os
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Sequence
 
 import yaml
 
-__all__ = ["DEFAULT_TRACKER_PARAMS", "CONFIG_DIR", "load_tracker_params", "merge_params", "load_yaml"]
+__all__ = ["DEFAULT_TRACKER_PARAMS", "CONFIG_DIR", "load_tracker_params", "merge_params", "load_yaml",
+           "apply_dotted_overrides"]
 
 _REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 CONFIG_DIR = os.path.join(_REPO, "configs", "tracking")
@@ -90,6 +91,26 @@ def merge_params(base: Dict[str, Any], override: Optional[Dict[str, Any]], path:
         else:
             out[key] = copy.deepcopy(value)
     return out
+
+
+def apply_dotted_overrides(target: Dict[str, Any], items: Sequence[str]) -> Dict[str, Any]:
+    """Command-line ``a.b.c=value`` items (value parsed as YAML) written into ``target``, in place.
+
+    Missing sections are created. Raises ValueError for an item without ``=`` or a path through a
+    non-section value. Returns ``target``.
+    """
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"--set expects key=value, got {item!r}")
+        key, value = item.split("=", 1)
+        node = target
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"--set {key}: {p!r} is not a section")
+        node[parts[-1]] = yaml.safe_load(value)
+    return target
 
 
 def load_yaml(path: str) -> Dict[str, Any]:
