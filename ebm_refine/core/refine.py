@@ -16,7 +16,7 @@ from typing import Callable, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
-from .boxes import decode_relative, valid_box_mask
+from .boxes import valid_box_mask
 
 __all__ = ["RefinementResult", "gradient_ascent", "BoxRefinementResult", "refine_boxes"]
 
@@ -105,18 +105,22 @@ def gradient_ascent(
         ok = torch.isfinite(f) & torch.isfinite(g).all(dim=1)
         if active is not None:
             ok = ok & active.to(device=init.device, dtype=torch.bool)
+        # An element that must not move gets a zero gradient: its candidate is its current point, whose
+        # f is not strictly greater than itself, so it is never accepted. This keeps the loop free of
+        # per-element bookkeeping beyond the acceptance test (refinement cost is the operation count).
+        g = torch.where(ok[:, None], g, 0.0)
         accepted = torch.zeros(n, dtype=torch.long, device=init.device)
         for _ in range(num_steps):
-            candidate = torch.where(ok[:, None], y + lam * g, y)
+            candidate = torch.addcmul(y, lam, g)
             f_c, g_c = value_and_grad(energy_fn, candidate)
-            accept = ok & torch.isfinite(f_c) & (f_c > f)
-            y = torch.where(accept[:, None], candidate, y)
+            accept = (f_c > f) & torch.isfinite(f_c)
+            keep = accept[:, None]
+            y = torch.where(keep, candidate, y)
             f = torch.where(accept, f_c, f)
-            g_finite = torch.isfinite(g_c).all(dim=1)
-            g = torch.where((accept & g_finite)[:, None], g_c, g)
-            ok = ok & ~(accept & ~g_finite)
-            lam = torch.where(accept[:, None], lam, lam * decay)
-            accepted = accepted + accept.long()
+            # A non-finite gradient after an accepted step stops the element there (zero gradient).
+            g = torch.where(keep, torch.where(torch.isfinite(g_c).all(dim=1, keepdim=True), g_c, 0.0), g)
+            lam = torch.where(keep, lam, lam * decay)
+            accepted += accept
     return RefinementResult(y, f, f0, accepted)
 
 
@@ -174,26 +178,36 @@ def refine_boxes(
     safe_ref = torch.where(valid[:, None], ref, ref.new_tensor([0.0, 0.0, 1.0, 1.0]))
     step = ref.new_tensor([step_size_center, step_size_center, step_size_size, step_size_size])
 
-    def energy_in_relative_space(u: Tensor) -> Tensor:
-        return energy_fn(decode_relative(u, safe_ref))
-
     ref_size = safe_ref[:, 2:] - safe_ref[:, :2]
+    ref_center = (safe_ref[:, :2] + safe_ref[:, 2:]) * 0.5
+    ref_half = ref_size * 0.5
+
+    def decode(u: Tensor) -> Tuple[Tensor, Tensor]:
+        # decode_relative(u, safe_ref) with the reference's parts computed once (called every step),
+        # plus the half sizes the chain rule needs.
+        center = torch.addcmul(ref_center, u[:, :2], ref_size)
+        half = ref_half * torch.exp(u[:, 2:])
+        return torch.cat([center - half, center + half], dim=1), half
+
+    def energy_in_relative_space(u: Tensor) -> Tensor:
+        return energy_fn(decode(u)[0])
 
     def energy_and_grad_in_relative_space(u: Tensor) -> Tuple[Tensor, Tensor]:
-        f, g = energy_fn(decode_relative(u, safe_ref))
+        boxes, half = decode(u)
+        f, g = energy_fn(boxes)
         if g.shape != u.shape:
             raise ValueError(f"energy_fn must return shapes ({u.shape[0]},) and {tuple(u.shape)}, "
                              f"got {tuple(f.shape)} and {tuple(g.shape)}")
         # x1 = cx - w / 2, x2 = cx + w / 2 with cx = cx_ref + u0 w_ref and w = w_ref exp(u2) (same for y).
-        half = ref_size * torch.exp(u[:, 2:]) * 0.5
-        return f, torch.cat([ref_size * (g[:, :2] + g[:, 2:]), half * (g[:, 2:] - g[:, :2])], dim=1)
+        lo, hi = g[:, :2], g[:, 2:]
+        return f, torch.cat([ref_size * (lo + hi), half * (hi - lo)], dim=1)
 
     res = gradient_ascent(
         energy_and_grad_in_relative_space if returns_grad else energy_in_relative_space,
         torch.zeros_like(ref), step_size=step, num_steps=num_steps, decay=decay, active=valid,
         returns_grad=returns_grad,
     )
-    refined = torch.where(valid[:, None], decode_relative(res.values, safe_ref), ref)
+    refined = torch.where(valid[:, None], decode(res.values)[0], ref)
     # Scores of the stand-in mean nothing: invalid boxes report -inf (sorts last, never kept by NMS).
     neg_inf = torch.full_like(res.scores, float("-inf"))
     scores = torch.where(valid, res.scores, neg_inf)

@@ -8,17 +8,26 @@ samples of a bin keeps the factorisation, so for one box::
 
 where ``Ay[i, q]`` is the mean of ``hat(y_k - q)`` over the s sampling rows of bin row i (same for x).
 The sampling pattern and the border rule (positions clamped to the map's outermost pixel centres) are
-those of :func:`~ebm_refine.core.roi_pool.box_roi_align`, so the two agree to float precision.
+those of :func:`~ebm_refine.core.roi_pool.box_roi_align`, so the two agree to float precision,
+gradients included (the right derivative at pixel centres, as ``grid_sample``'s backward).
 
 Why a second formulation: refinement pools a few boxes 2 x (T + 1) times per frame, and there the
-cost is the number of tensor operations, not arithmetic. This one is a dozen operations and one
-autograd node (its backward is written out) instead of the ~30 operations of the sampling-grid
-version. Its arithmetic grows with H x W, so it is meant for a few boxes on small maps or windows of a
-map (a tracker's search region), not for whole detection feature pyramids.
+cost is the number of tensor operations, not arithmetic. :class:`SeparableRoIAlign` prepares a map
+once (layouts, constants) and then pools boxes, and chains gradients back to them, in about ten
+operations each way. Its arithmetic grows with H x W, so it is meant for a few boxes on small maps or
+windows of a map (a tracker's search region), not for whole detection feature pyramids.
+
+Two facts keep the operation count low:
+
+* the box gradient only needs d hat / d position, which is -1 / +1 on the two pixels next to a
+  sample; contracted with the gradient of the weights this is a finite difference along the axis,
+  read with one ``gather`` at ``floor(position)``;
+* pooled features come out bin-major, ``(R, Pw, C, Ph)``, the layout the two products produce without
+  a copy; a linear layer on them takes its weight reordered once with :func:`bin_major_weight`.
 
 Coordinates: boxes in image pixels; ``spatial_scale`` = 1 / stride. To pool from a window cut out of
-a larger map, shift the boxes by the window's origin (in image pixels); positions are then clamped to
-the window, so the window must contain every pixel the boxes read (see
+a larger map, give the window's origin (image pixels) as ``offset``; positions are then clamped to the
+window, so the window must contain every pixel the boxes read (see
 :meth:`ebm_refine.tracking.models.EnergyBoxEstimator.test_features`).
 """
 from __future__ import annotations
@@ -29,47 +38,175 @@ from typing import NamedTuple, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
-__all__ = ["roi_align_axis_weights", "separable_box_roi_align", "separable_roi_align_forward",
-           "separable_roi_align_box_grad", "PoolingState"]
+__all__ = ["SeparableRoIAlign", "PoolingState", "bin_major_weight", "roi_align_axis_weights",
+           "separable_box_roi_align"]
 
 
 @functools.lru_cache(maxsize=256)
-def _constants(bins: int, s: int, length: int, dtype: torch.dtype, device: torch.device) -> Tuple[Tensor, Tensor, Tensor]:
-    """Sample fractions t (bins*s,), their edge weights [(1 - t), t] / s (bins*s, 2), pixel indices (length,).
+def _axis_constants(axes: Tuple[int, ...], bins: int, s: int, scale: float, dtype: torch.dtype,
+                    device: torch.device) -> Tuple[Tensor, Tensor]:
+    """Constants of a group of axes pooled together (0 = x, 1 = y), cached per shape (never modified).
 
-    Cached: refinement asks for the same few shapes every step, and creating them costs more than the
-    arithmetic that uses them. Never modified in place.
+    Returns ``lerp`` (A, 4, bins * s), which maps xyxy box edges (image pixels) to the sample positions
+    of each axis (feature pixels, before the shift), and ``edge`` (bins * s, 2): d position / d (low,
+    high edge) in feature pixels per image pixel, over s (each bin averages s samples).
     """
     t = (torch.arange(bins * s, dtype=dtype, device=device) + 0.5) / (bins * s)
-    return t, torch.stack([1 - t, t], dim=1) / s, torch.arange(length, dtype=dtype, device=device)
+    lerp = torch.zeros(len(axes), 4, bins * s, dtype=dtype, device=device)
+    for k, axis in enumerate(axes):
+        lerp[k, axis] = (1 - t) * scale
+        lerp[k, axis + 2] = t * scale
+    return lerp, torch.stack([1 - t, t], dim=1) * (scale / s)
 
 
-def _axis_samples(lo: Tensor, hi: Tensor, bins: int, s: int, limit: Tensor, length: int
-                  ) -> Tuple[Tensor, Tensor, Tensor]:
-    """Sample positions and their hat weights along one or more axes at once.
+@functools.lru_cache(maxsize=64)
+def _pixel_centres(length: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    return torch.arange(length, dtype=dtype, device=device)
 
-    ``lo``, ``hi``: (N, A) edges in pixel-centre coordinates for A axes; ``limit``: (A, 1) last pixel
-    centre of each axis; ``length`` >= limit + 1. Returns the weights (N, A, bins, length), the
-    offsets d = clamp(pos) - p (N, A, bins*s, length) and the "inside" mask (N, A, bins*s).
+
+class PoolingState(NamedTuple):
+    """What :meth:`SeparableRoIAlign.box_grad` needs from the forward pass of one call.
+
+    Per group of axes pooled together (both axes when the output is square, else x and y apart):
+    ``inside`` (A, R, bins*s) samples not clamped, ``cell`` (A, R, bins, s) long index of the pixel at
+    or left of each sample. ``weights`` holds Ax (R, Pw, L) and Ay (R, Ph, L); ``fx`` (R, Pw * C, L)
+    is the map contracted with Ax.
     """
-    t, _, pixels = _constants(bins, s, length, lo.dtype, lo.device)
-    pos = torch.lerp(lo[..., None], hi[..., None], t)  # (N, A, bins*s)
-    # Clamping to the outermost pixel centres is roi_align's border rule; no gradient outside.
-    inside = (pos > 0) & (pos < limit)
-    d = torch.minimum(pos.clamp(min=0), limit)[..., None] - pixels
-    w = (1 - d.abs()).clamp(min=0)
-    n, a = lo.shape
-    return w.view(n, a, bins, s, length).mean(3), d, inside
+
+    ax: Tensor
+    ay: Tensor
+    fx: Tensor
+    inside: Tuple[Tensor, ...]
+    cell: Tuple[Tensor, ...]
 
 
-def _axis_edge_grads(grad_w: Tensor, d: Tensor, inside: Tensor, bins: int, s: int) -> Tensor:
-    """Chain (N, A, bins, L) gradients of the weights to the box edges: (N, A, 2) as (low, high)."""
-    n, a, _, length = grad_w.shape
-    # d hat / d pos is -1 on [0, 1) and +1 on [-1, 0): the right derivative, as grid_sample's backward.
-    band = ((d >= -1) & (d < 1)).to(d.dtype)
-    slope = torch.where(d >= 0, -band, band)
-    g_pos = (grad_w[:, :, :, None, :] * slope.view(n, a, bins, s, length)).sum(-1).view(n, a, bins * s)
-    return (g_pos * inside) @ _constants(bins, s, length, d.dtype, d.device)[1]
+class SeparableRoIAlign:
+    """RoI Align of one (C, H, W) map, prepared for pooling a few boxes many times.
+
+    Args:
+        feature: (C, H, W) or (1, C, H, W) map (a window of a larger map is fine, see ``offset``).
+        output_size: Ph, Pw bins.
+        spatial_scale: feature pixels per image pixel (1 / stride).
+        sampling_ratio: s > 0 samples per bin side.
+        offset: (x, y) image pixels of the map's top-left cell corner (the window's origin).
+
+    The map is zero-padded to a square of side ``L = max(H, W) + 1``: sample positions are clamped to
+    the real map, so padded cells always get weight 0, and one padded cell past the last pixel lets
+    the finite difference of the box gradient read ``floor(position) + 1`` without a bounds check.
+    """
+
+    def __init__(self, feature: Tensor, output_size: Union[int, Sequence[int]], spatial_scale: float,
+                 sampling_ratio: int = 2, offset: Tuple[float, float] = (0.0, 0.0)):
+        if sampling_ratio <= 0:
+            raise ValueError("sampling_ratio must be a positive integer")
+        if feature.dim() == 4:
+            if feature.shape[0] != 1:
+                raise ValueError(f"one image at a time, got a batch of {feature.shape[0]}")
+            feature = feature[0]
+        if feature.dim() != 3:
+            raise ValueError(f"feature must be (C, H, W), got {tuple(feature.shape)}")
+        self.ph, self.pw = _pair(output_size)
+        self.s = int(sampling_ratio)
+        self.scale = float(spatial_scale)
+        c, h, w = feature.shape
+        self.channels, self.height, self.width = c, h, w
+        length = max(h, w) + 1
+        self.length = length
+        padded = feature.new_zeros(c, length, length)
+        padded[:, :h, :w] = feature
+        self.feature = padded  # (C, L, L), rows q, columns p
+        self.feature_t = padded.permute(2, 0, 1).reshape(length, c * length)  # (L, C * L): [p, (c, q)]
+        dt, dev = feature.dtype, feature.device
+        self.pixels = _pixel_centres(length, dt, dev)
+        # Per group of axes: positions = boxes @ lerp + shift (box edges -> sample positions in feature
+        # pixels, with the window origin and the half-pixel shift folded into the shift), clamped to
+        # [0, limit] (the real map's outermost pixel centres).
+        ox, oy = float(offset[0]), float(offset[1])
+        self.groups = [(0, 1)] if self.ph == self.pw else [(0,), (1,)]
+        shift = {0: -ox * self.scale - 0.5, 1: -oy * self.scale - 0.5}
+        limit = {0: w - 1.0, 1: h - 1.0}
+        self._lerp, self._edge, self._shift, self._limit = [], [], [], []
+        for axes in self.groups:
+            lerp, edge = _axis_constants(axes, self.pw if axes[0] == 0 else self.ph, self.s, self.scale, dt, dev)
+            self._lerp.append(lerp)
+            self._edge.append(edge)
+            both = torch.tensor([[shift[a], limit[a]] for a in axes], dtype=dt, device=dev)
+            self._shift.append(both[:, 0, None, None])
+            self._limit.append(both[:, 1, None, None])
+        self._zero = _pixel_centres(1, dt, dev)[0]
+
+    # ------------------------------------------------------------------------------------------
+    def _weights(self, boxes: Tensor, g: int) -> Tuple[Tensor, Tensor, Tensor]:
+        """Axis weights (A, R, bins, L), inside mask (A, R, bins*s), cells (A, R, bins, s) of group g."""
+        lerp = self._lerp[g]
+        a, bins = lerp.shape[0], lerp.shape[2] // self.s
+        r = boxes.shape[0]
+        pos = torch.baddbmm(self._shift[g], boxes.expand(a, r, 4), lerp)  # (A, R, bins*s)
+        clamped = torch.clamp(pos, self._zero, self._limit[g])
+        inside = clamped == pos  # roi_align's border rule: no gradient where clamped
+        hat = (1 - (clamped[..., None] - self.pixels).abs()).clamp_(min=0)
+        weights = hat.view(a, r, bins, self.s, self.length).mean(3)
+        return weights, inside, clamped.long().view(a, r, bins, self.s)
+
+    def forward(self, boxes: Tensor) -> Tuple[Tensor, PoolingState]:
+        """Pool (R, 4) xyxy image-pixel boxes -> bin-major (R, Pw, C, Ph) features and the state for
+        :meth:`box_grad`. ``pooled[r, j, c, i]`` is RoI Align's ``out[r, c, i, j]``."""
+        r = boxes.shape[0]
+        boxes = boxes.to(self.feature.dtype)
+        parts = [self._weights(boxes, g) for g in range(len(self.groups))]
+        if len(parts) == 1:
+            ax, ay = parts[0][0][0], parts[0][0][1]
+        else:
+            ax, ay = parts[0][0][0], parts[1][0][0]
+        c, n = self.channels, self.length
+        fx = (ax.reshape(r * self.pw, n) @ self.feature_t).view(r, self.pw * c, n)  # [r, (j, c), q]
+        pooled = torch.bmm(fx, ay.transpose(1, 2)).view(r, self.pw, c, self.ph)
+        return pooled, PoolingState(ax, ay, fx, tuple(p[1] for p in parts), tuple(p[2] for p in parts))
+
+    def backward(self, state: PoolingState, grad: Tensor) -> Tuple[Tensor, Tensor]:
+        """(R, Pw, C, Ph) gradient of the pooled features -> gradients of the weights Ax (R, Pw, L),
+        Ay (R, Ph, L) and ``t[r, (j, c), q] = sum_i grad[r, j, c, i] Ay[r, i, q]`` (for the map's)."""
+        r, c, n = grad.shape[0], self.channels, self.length
+        g = grad.reshape(r, self.pw * c, self.ph)
+        grad_ay = torch.bmm(g.transpose(1, 2), state.fx)  # (R, Ph, L)
+        t = torch.bmm(g, state.ay)  # (R, Pw * C, L)
+        grad_ax = (t.view(r * self.pw, c * n) @ self.feature.view(c * n, n)).view(r, self.pw, n)
+        return grad_ax, grad_ay, t
+
+    def box_grad(self, state: PoolingState, grad: Tensor) -> Tensor:
+        """(R, Pw, C, Ph) gradient of the pooled features -> (R, 4) gradient of the xyxy boxes."""
+        return self._edges_to_boxes(state, *self.backward(state, grad)[:2])
+
+    def _edges_to_boxes(self, state: PoolingState, grad_ax: Tensor, grad_ay: Tensor) -> Tensor:
+        r = grad_ax.shape[0]
+        if len(self.groups) == 1:
+            per_group = [torch.stack([grad_ax, grad_ay])]
+        else:
+            per_group = [grad_ax[None], grad_ay[None]]
+        edges = []
+        for g, gw in enumerate(per_group):
+            # sum_p gw[p] * d hat(pos - p) / d pos = gw[floor(pos) + 1] - gw[floor(pos)]
+            diff = gw[..., 1:] - gw[..., :-1]  # (A, R, bins, L - 1)
+            g_pos = diff.gather(3, state.cell[g]).view(diff.shape[0], r, -1) * state.inside[g]
+            edges.append(g_pos @ self._edge[g])  # (A, R, 2): (low, high) edge of each axis
+        e = edges[0] if len(edges) == 1 else torch.cat(edges)
+        # (axis, box, edge) -> (x1, y1, x2, y2)
+        return e.permute(1, 2, 0).reshape(r, 4)
+
+    def feature_grad(self, state: PoolingState, t: Tensor) -> Tensor:
+        """(C, H, W) gradient of the (unpadded) map from ``t`` of :meth:`backward`."""
+        r, c, n = state.ax.shape[0], self.channels, self.length
+        # dF[c, q, p] = sum_{r, j} t[r, (j, c), q] Ax[r, j, p]
+        full = t.view(r * self.pw, c * n).t() @ state.ax.reshape(r * self.pw, n)  # (C * L, L)
+        return full.view(c, n, n)[:, :self.height, :self.width]
+
+
+def bin_major_weight(weight: Tensor, channels: int, output_size: Union[int, Sequence[int]]) -> Tensor:
+    """Reorder a linear layer's (K, C * Ph * Pw) weight, written for RoI Align's (C, Ph, Pw) flattening,
+    to the (Pw, C, Ph) flattening of :meth:`SeparableRoIAlign.forward`: (K, Pw * C * Ph), contiguous."""
+    ph, pw = _pair(output_size)
+    k = weight.shape[0]
+    return weight.reshape(k, channels, ph, pw).permute(0, 3, 1, 2).reshape(k, pw * channels * ph).contiguous()
 
 
 def roi_align_axis_weights(lo: Tensor, hi: Tensor, bins: int, sampling_ratio: int, length: int) -> Tensor:
@@ -84,96 +221,30 @@ def roi_align_axis_weights(lo: Tensor, hi: Tensor, bins: int, sampling_ratio: in
     Returns:
         (N, bins, length) weights; each row sums to 1.
     """
-    limit = lo.new_tensor([[length - 1.0]])
-    return _axis_samples(lo[:, None], hi[:, None], bins, sampling_ratio, limit, length)[0][:, 0]
+    n = lo.shape[0]
+    # As a map of one row, in pixels where spatial_scale = 1 puts box edge x at position x - 0.5.
+    pool = SeparableRoIAlign(lo.new_zeros(1, 1, length), (1, bins), 1.0, sampling_ratio)
+    boxes = torch.stack([lo + 0.5, torch.zeros_like(lo), hi + 0.5, torch.ones_like(lo)], dim=1)
+    return pool._weights(boxes, 0)[0][0, :, :, :length].reshape(n, bins, length)
 
 
-class PoolingState(NamedTuple):
-    """What :func:`separable_roi_align_box_grad` needs from the forward pass (tensors of one call)."""
-
-    feature: Tensor  # (C, H, W)
-    ax: Tensor  # (R, Pw, W) column weights
-    ay: Tensor  # (R, Ph, H) row weights
-    fx: Tensor  # (R, Pw * C, H) feature contracted with ax
-    axis: tuple  # offsets and inside masks of the sample positions (see _axis_samples)
-    spatial_scale: float
-    sampling_ratio: int
-
-
-def separable_roi_align_forward(feature: Tensor, boxes: Tensor, output_size: Tuple[int, int],
-                                spatial_scale: float, sampling_ratio: int = 2) -> Tuple[Tensor, PoolingState]:
-    """Forward pass without autograd: (C, H, W) map, (R, 4) image-pixel boxes -> (R, C, Ph, Pw), state.
-
-    For callers that chain gradients by hand (a fused energy-and-gradient function); everyone else uses
-    :func:`separable_box_roi_align`.
-    """
-    c, h, w = feature.shape
-    r = boxes.shape[0]
-    ph, pw = output_size
-    s = sampling_ratio
-    edges = boxes * spatial_scale - 0.5
-    if ph == pw:  # both axes in one pass (the usual square output)
-        limit = edges.new_tensor([[w - 1.0], [h - 1.0]])
-        wts, d, inside = _axis_samples(edges[:, :2], edges[:, 2:], pw, s, limit, max(h, w))
-        ax, ay = wts[:, 0, :, :w].contiguous(), wts[:, 1, :, :h].contiguous()
-        axis = (d, inside)
-    else:
-        ax, dx, ix = _axis_samples(edges[:, 0:1], edges[:, 2:3], pw, s, edges.new_tensor([[w - 1.0]]), w)
-        ay, dy, iy = _axis_samples(edges[:, 1:2], edges[:, 3:4], ph, s, edges.new_tensor([[h - 1.0]]), h)
-        ax, ay = ax[:, 0].contiguous(), ay[:, 0].contiguous()
-        axis = (dx, ix, dy, iy)
-    # fx[r, (j, c), q] = sum_p Ax[r, j, p] F[c, q, p]; pooled[r, (j, c), i] = fx[r] @ Ay[r]^T.
-    fx = (ax.view(r * pw, w) @ feature.permute(2, 0, 1).reshape(w, c * h)).view(r, pw * c, h)
-    out = torch.bmm(fx, ay.transpose(1, 2)).view(r, pw, c, ph).permute(0, 2, 3, 1)
-    return out, PoolingState(feature, ax, ay, fx, axis, spatial_scale, s)
-
-
-def separable_roi_align_box_grad(state: PoolingState, grad: Tensor) -> Tensor:
-    """(R, C, Ph, Pw) gradient of the pooled features -> (R, 4) gradient of the xyxy boxes."""
-    feature, ax, ay, fx, axis, spatial_scale, s = state
-    c, h, w = feature.shape
-    r, pw, ph = ax.shape[0], ax.shape[1], ay.shape[1]
-    grad_ay = torch.bmm(grad.permute(0, 2, 3, 1).reshape(r, ph, pw * c), fx)  # (R, Ph, H)
-    fy = (ay.view(r * ph, h) @ feature.transpose(0, 1).reshape(h, c * w)).view(r, ph * c, w)
-    grad_ax = torch.bmm(grad.permute(0, 3, 2, 1).reshape(r, pw, ph * c), fy)  # (R, Pw, W)
-    if len(axis) == 2:
-        d, inside = axis
-        g = grad_ax.new_zeros(r, 2, pw, d.shape[-1])
-        g[:, 0, :, :w] = grad_ax
-        g[:, 1, :, :h] = grad_ay
-        g = _axis_edge_grads(g, d, inside, pw, s)  # (R, 2 axes, 2 edges)
-    else:
-        dx, ix, dy, iy = axis
-        g = torch.cat([_axis_edge_grads(grad_ax[:, None], dx, ix, pw, s),
-                       _axis_edge_grads(grad_ay[:, None], dy, iy, ph, s)], dim=1)
-    # (axis, edge) -> (x1, y1, x2, y2)
-    return g.transpose(1, 2).reshape(r, 4) * spatial_scale
-
-
-class _SeparableRoIAlign(torch.autograd.Function):
+class _SeparableRoIAlignFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, feature: Tensor, boxes: Tensor, bins: Tuple[int, int], spatial_scale: float,
+    def forward(ctx, feature: Tensor, boxes: Tensor, output_size: Tuple[int, int], spatial_scale: float,
                 sampling_ratio: int) -> Tensor:
-        out, state = separable_roi_align_forward(feature, boxes, bins, spatial_scale, sampling_ratio)
-        ctx.save_for_backward(state.feature, state.ax, state.ay, state.fx, *state.axis)
-        ctx.config = (spatial_scale, sampling_ratio)
-        return out
+        pool = SeparableRoIAlign(feature, output_size, spatial_scale, sampling_ratio)
+        pooled, state = pool.forward(boxes)
+        ctx.pool, ctx.state, ctx.feature_shape = pool, state, feature.shape
+        return pooled.permute(0, 2, 3, 1)  # (R, C, Ph, Pw)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        feature, ax, ay, fx, *axis = ctx.saved_tensors
-        spatial_scale, s = ctx.config
-        c, h, w = feature.shape
-        r, pw, ph = ax.shape[0], ax.shape[1], ay.shape[1]
-        grad_feature = grad_boxes = None
-        if ctx.needs_input_grad[1]:
-            state = PoolingState(feature, ax, ay, fx, tuple(axis), spatial_scale, s)
-            grad_boxes = separable_roi_align_box_grad(state, grad)
+        pool, state = ctx.pool, ctx.state
+        grad_ax, grad_ay, t = pool.backward(state, grad.permute(0, 3, 1, 2))
+        grad_feature = None
         if ctx.needs_input_grad[0]:
-            # dF[c, q, p] = sum_{r, i, j} Ay[r, i, q] grad[r, c, i, j] Ax[r, j, p]
-            gx = torch.bmm(grad.reshape(r, c * ph, pw), ax).view(r, c, ph, w)
-            gx = gx.permute(0, 2, 1, 3).reshape(r * ph, c * w)
-            grad_feature = (ay.reshape(r * ph, h).t() @ gx).view(h, c, w).transpose(0, 1).contiguous()
+            grad_feature = pool.feature_grad(state, t).reshape(ctx.feature_shape)
+        grad_boxes = pool._edges_to_boxes(state, grad_ax, grad_ay) if ctx.needs_input_grad[1] else None
         return grad_feature, grad_boxes, None, None, None
 
 
@@ -197,14 +268,17 @@ def separable_box_roi_align(
     """
     if sampling_ratio <= 0:
         raise ValueError("sampling_ratio must be a positive integer")
-    if feature.dim() == 4:
-        if feature.shape[0] != 1:
-            raise ValueError(f"one image at a time, got a batch of {feature.shape[0]}")
-        feature = feature[0]
     if boxes.dim() != 2 or boxes.shape[1] != 4:
         raise ValueError(f"boxes must be (R, 4), got {tuple(boxes.shape)}")
-    ph, pw = (output_size, output_size) if isinstance(output_size, int) else (int(output_size[0]), int(output_size[1]))
+    ph, pw = _pair(output_size)
     if boxes.shape[0] == 0:
-        return feature.new_zeros(0, feature.shape[0], ph, pw)
-    return _SeparableRoIAlign.apply(feature, boxes.to(feature.dtype), (ph, pw), float(spatial_scale),
-                                    int(sampling_ratio))
+        c = feature.shape[-3]
+        return feature.new_zeros(0, c, ph, pw)
+    return _SeparableRoIAlignFn.apply(feature, boxes.to(feature.dtype), (ph, pw), float(spatial_scale),
+                                      int(sampling_ratio))
+
+
+def _pair(size: Union[int, Sequence[int]]) -> Tuple[int, int]:
+    if isinstance(size, int):
+        return size, size
+    return int(size[0]), int(size[1])

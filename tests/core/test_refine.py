@@ -121,3 +121,27 @@ def test_refine_boxes_with_a_supplied_gradient_matches_autograd():
     assert (given.scores / given.initial_scores < 0.1).all()  # squared error down more than 10x
     with pytest.raises(ValueError, match="shapes"):
         refine_boxes(lambda b: (energy(b), torch.zeros(2)), init, returns_grad=True)
+
+
+def test_gradient_that_turns_non_finite_stops_the_point_after_its_last_good_step():
+    target = torch.tensor([[1.0, 1.0], [1.0, 1.0]])
+
+    def energy_and_grad(y):
+        f = -((y - target) ** 2).sum(-1)
+        g = -2.0 * (y - target)
+        # Row 0: past y = 0.3 the gradient is NaN (the step there is still accepted); row 1 is fine.
+        g = torch.where((y[:, :1] > 0.3) & (torch.arange(2)[:, None] == 0), float("nan"), g)
+        return f, g
+
+    res = gradient_ascent(energy_and_grad, torch.zeros(2, 2), step_size=0.25, num_steps=6, returns_grad=True)
+    torch.testing.assert_close(res.values[0], torch.tensor([0.5, 0.5]))  # one step of 0.25 * 2, then stuck
+    assert res.num_accepted.tolist() == [1, 6]
+    torch.testing.assert_close(res.values[1], torch.tensor([1.0, 1.0]) - 0.5 ** 6, atol=1e-6, rtol=0)
+
+
+def test_inactive_elements_are_evaluated_but_never_move():
+    target = torch.tensor([[1.0, 1.0], [2.0, -1.0]])
+    res = gradient_ascent(quadratic(target), torch.zeros(2, 2), step_size=0.25, num_steps=4,
+                          active=torch.tensor([True, False]))
+    assert res.values[1].tolist() == [0.0, 0.0] and res.num_accepted.tolist() == [4, 0]
+    assert res.scores[1] == res.initial_scores[1]

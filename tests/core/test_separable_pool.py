@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from ebm_refine.core import box_roi_align
-from ebm_refine.core.separable_pool import roi_align_axis_weights, separable_box_roi_align
+from ebm_refine.core.separable_pool import (SeparableRoIAlign, bin_major_weight, roi_align_axis_weights,
+                                            separable_box_roi_align)
 
 from test_roi_pool import random_boxes
 
@@ -58,3 +59,26 @@ def test_axis_weights_are_a_partition_of_unity_and_match_bilinear_sampling():
     assert w[1, 0, 0].item() == 1.0
     # Box 2, bin 3: samples at 5 + 0.5 * (6.5, 7.5) / 8 = 5.406, 5.469 -> pixel 5: 0.5625, pixel 6: 0.4375.
     torch.testing.assert_close(w[2, 3, 5:7], torch.tensor([0.5625, 0.4375], dtype=torch.float64))
+
+
+def test_prepared_map_bin_major_layout_offset_and_box_grad():
+    # A linear layer on the bin-major output with the reordered weight equals the layer on RoI Align's
+    # (C, Ph, Pw) flattening; the window offset equals shifting the boxes; box_grad equals autograd.
+    g = torch.Generator().manual_seed(3)
+    feat = torch.randn(5, 12, 14, generator=g, dtype=torch.float64)
+    boxes = random_boxes(6, 14 * 8, 12 * 8, g, dtype=torch.float64) + 40.0
+    weight = torch.randn(7, 5 * 3 * 3, generator=g, dtype=torch.float64)
+    pool = SeparableRoIAlign(feat, 3, 1 / 8, offset=(40.0, 40.0))
+    pooled, state = pool.forward(boxes)
+    assert pooled.shape == (6, 3, 5, 3)
+    b = (boxes - 40.0).requires_grad_(True)
+    ref = box_roi_align(feat[None], [b], 3, 1 / 8, 2)
+    out_ref = ref.flatten(1) @ weight.t()
+    torch.testing.assert_close(pooled.reshape(6, -1) @ bin_major_weight(weight, 5, 3).t(), out_ref.detach())
+    upstream = torch.randn(6, 7, generator=g, dtype=torch.float64)
+    (grad_ref,) = torch.autograd.grad((out_ref * upstream).sum(), b)
+    grad_pooled = (upstream @ bin_major_weight(weight, 5, 3)).view(6, 3, 5, 3)
+    torch.testing.assert_close(pool.box_grad(state, grad_pooled), grad_ref)
+    assert grad_ref.abs().max() > 0.01
+    with pytest.raises(ValueError, match="one image"):
+        SeparableRoIAlign(feat[None].expand(2, -1, -1, -1), 3, 1 / 8)

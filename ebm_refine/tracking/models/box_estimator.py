@@ -24,10 +24,9 @@ import torch
 from torch import Tensor, nn
 
 from ebm_refine.core.roi_pool import box_roi_align
-from ebm_refine.core.separable_pool import (separable_box_roi_align, separable_roi_align_box_grad,
-                                            separable_roi_align_forward)
+from ebm_refine.core.separable_pool import SeparableRoIAlign, bin_major_weight, separable_box_roi_align
 
-__all__ = ["EnergyBoxEstimator", "Modulation", "TestFeatures"]
+__all__ = ["BoxEnergy", "EnergyBoxEstimator", "Modulation", "TestFeatures"]
 
 Modulation = Tuple[Tensor, Tensor]  # (B, C3), (B, C4)
 
@@ -193,12 +192,16 @@ class EnergyBoxEstimator(nn.Module):
         return self.head(h).reshape(b, m)
 
     @torch.no_grad()
-    def score_and_grad(self, test_feats: TestFeatures, boxes: Tensor) -> Tuple[Tensor, Tensor]:
-        """f and df/dbox for the candidates of one image, without autograd (the refinement fast path).
+    def box_energy(self, test_feats: TestFeatures) -> "BoxEnergy":
+        """The refinement fast path for one image: a callable (M, 4) boxes -> f (M,), df/dbox (M, 4).
 
-        Same values as :meth:`score` and autograd through it (tested); the backward of the two
-        fully connected branches and of the pooling is written out, which makes one refinement step a
-        few dozen tensor operations instead of a few hundred.
+        Prepares the pooling of both levels and the reordered box layers once; every call is then a
+        few dozen tensor operations without autograd (see :class:`BoxEnergy`).
+        """
+        return BoxEnergy(self, test_feats)
+
+    def score_and_grad(self, test_feats: TestFeatures, boxes: Tensor) -> Tuple[Tensor, Tensor]:
+        """f and df/dbox for the candidates of one image, without autograd; ``box_energy(...)(boxes)``.
 
         Args:
             test_feats: from :meth:`test_features` for one image.
@@ -206,38 +209,58 @@ class EnergyBoxEstimator(nn.Module):
         Returns:
             (M,) scores and (M, 4) their gradients w.r.t. the box coordinates.
         """
-        if not isinstance(test_feats, TestFeatures):
-            test_feats = TestFeatures(*test_feats)
-        if test_feats.level3.shape[0] != 1:
-            raise ValueError("score_and_grad takes the test features of one image")
-        if test_feats.offset != (0.0, 0.0):
-            ox, oy = test_feats.offset
-            boxes = boxes - boxes.new_tensor([ox, oy, ox, oy])
-        levels = ((test_feats.level3, self.test_pool[0], self.scales[0], self.box_fc3[0]),
-                  (test_feats.level4, self.test_pool[1], self.scales[1], self.box_fc4[0]))
-        pre, states = [], []
-        for feat, bins, scale, fc in levels:
-            pooled, state = separable_roi_align_forward(feat[0], boxes, (bins, bins), scale)
-            pre.append(torch.addmm(fc.bias, pooled.reshape(boxes.shape[0], -1), fc.weight.t()))
-            states.append(state)
-        hidden = torch.cat(pre, dim=1)
-        w_head = self.head.weight[0]
-        scores = torch.relu(hidden) @ w_head + self.head.bias[0]
-        grad_hidden = w_head * (hidden > 0)  # (M, i3 + i4)
-        grad = None
-        start = 0
-        for (feat, bins, _, fc), state in zip(levels, states):
-            stop = start + fc.out_features
-            grad_pooled = (grad_hidden[:, start:stop] @ fc.weight).view(-1, feat.shape[1], bins, bins)
-            g = separable_roi_align_box_grad(state, grad_pooled)
-            grad = g if grad is None else grad + g
-            start = stop
-        return scores, grad
+        return self.box_energy(test_feats)(boxes)
 
     def forward(self, ref_feats: Dict[str, Tensor], ref_boxes: Tensor, test_feats: Dict[str, Tensor],
                 test_boxes: Tensor) -> Tensor:
         """Full pass: (B, 4) reference boxes, (B, M, 4) test candidates -> (B, M) scores."""
         return self.score(self.test_features(test_feats, self.reference(ref_feats, ref_boxes)), test_boxes)
+
+
+class BoxEnergy:
+    """f(x, y) and its box gradient for one image's candidates, with the backward written out.
+
+    Same values as :meth:`EnergyBoxEstimator.score` and autograd through it (tested). The two
+    per-level box layers take their weights reordered to the pooling's bin-major layout
+    (:func:`~ebm_refine.core.separable_pool.bin_major_weight`), so nothing is copied per call.
+    Weights are read when this object is built: build a new one after changing the network.
+    """
+
+    def __init__(self, estimator: EnergyBoxEstimator, test_feats: TestFeatures):
+        if not isinstance(test_feats, TestFeatures):
+            test_feats = TestFeatures(*test_feats)
+        if test_feats.level3.shape[0] != 1:
+            raise ValueError("BoxEnergy takes the test features of one image")
+        est = estimator
+        with torch.no_grad():
+            self.levels = []
+            for feat, bins, scale, fc in ((test_feats.level3, est.test_pool[0], est.scales[0], est.box_fc3[0]),
+                                          (test_feats.level4, est.test_pool[1], est.scales[1], est.box_fc4[0])):
+                pool = SeparableRoIAlign(feat[0], bins, scale, offset=test_feats.offset)
+                weight = bin_major_weight(fc.weight, feat.shape[1], bins)  # (K, Pw * C * Ph)
+                self.levels.append((pool, weight, weight.t(), fc.bias))
+            self.split = est.box_fc3[0].out_features
+            self.head_weight = est.head.weight[0].detach()
+            self.head_bias = est.head.bias.detach()
+
+    @torch.no_grad()
+    def __call__(self, boxes: Tensor) -> Tuple[Tensor, Tensor]:
+        """(M, 4) xyxy crop-pixel boxes -> (M,) scores, (M, 4) gradients w.r.t. the coordinates."""
+        m = boxes.shape[0]
+        pre, states = [], []
+        for pool, weight, weight_t, bias in self.levels:
+            pooled, state = pool.forward(boxes)
+            pre.append(torch.addmm(bias, pooled.view(m, -1), weight_t))
+            states.append(state)
+        hidden = torch.cat(pre, dim=1)  # (M, i3 + i4) before the ReLU
+        scores = torch.addmv(self.head_bias, torch.relu(hidden), self.head_weight)
+        grad_hidden = self.head_weight * (hidden > 0)
+        grads = []
+        for (pool, weight, _, _), state, g in zip(self.levels, states,
+                                                  (grad_hidden[:, :self.split], grad_hidden[:, self.split:])):
+            grad_pooled = (g @ weight).view(m, pool.pw, pool.channels, pool.ph)
+            grads.append(pool.box_grad(state, grad_pooled))
+        return scores, grads[0] + grads[1]
 
 
 def _conv_on_window(conv: nn.Module, x: Tensor, r0: int, r1: int, c0: int, c1: int) -> Tensor:

@@ -225,9 +225,7 @@ class EBMAtomTracker:
             test_feats = est.test_features(feats, self.modulation, region)
         boxes = boxes.to(self.device)
 
-        def energy_and_grad(b: Tensor) -> Tuple[Tensor, Tensor]:
-            return est.score_and_grad(test_feats, b)
-
+        energy_and_grad = est.box_energy(test_feats)
         step_c, step_s = cfg["step_size"]
         res = refine_boxes(energy_and_grad, boxes, num_steps=int(cfg["num_steps"]), step_size_center=float(step_c),
                            step_size_size=float(step_s), decay=float(cfg["step_decay"]), returns_grad=True)
