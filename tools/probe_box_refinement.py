@@ -7,7 +7,7 @@ log-size error), refined with the core refiner on the network's output, and scor
 ground truth. Several step sizes can be compared, which is how the ``step_size`` entries of
 ``configs/tracking/*.yaml`` are chosen for a trained network (the energy's scale depends on training).
 
-    python tools/probe_box_refinement.py --net checkpoints/tracking/ebm_mobilenet/net.pth \\
+    python tools/probe_box_refinement.py --net checkpoints/tracking/ebm_mobilenet_w64/net.pth \\
         --steps 2e-4,1e-3 1e-4,5e-4 --pairs 64 --json probe.json
 """
 from __future__ import annotations

@@ -67,10 +67,10 @@ def _pixel_centres(length: int, dtype: torch.dtype, device: torch.device) -> Ten
 class PoolingState(NamedTuple):
     """What :meth:`SeparableRoIAlign.box_grad` needs from the forward pass of one call.
 
-    Per group of axes pooled together (both axes when the output is square, else x and y apart):
-    ``inside`` (A, R, bins*s) samples not clamped, ``cell`` (A, R, bins, s) long index of the pixel at
-    or left of each sample. ``weights`` holds Ax (R, Pw, L) and Ay (R, Ph, L); ``fx`` (R, Pw * C, L)
-    is the map contracted with Ax.
+    ``ax`` (R, Pw, L) and ``ay`` (R, Ph, L) are the axis weights, ``fx`` (R, Pw * C, L) the map
+    contracted with ``ax``. Per group of axes pooled together (both axes when the output is square,
+    else x and y apart): ``inside`` (A, R, bins * s) marks samples that were not clamped, ``cell``
+    (A, R, bins, s) is the long index of the pixel at or left of each sample.
     """
 
     ax: Tensor
@@ -163,7 +163,7 @@ class SeparableRoIAlign:
         pooled = torch.bmm(fx, ay.transpose(1, 2)).view(r, self.pw, c, self.ph)
         return pooled, PoolingState(ax, ay, fx, tuple(p[1] for p in parts), tuple(p[2] for p in parts))
 
-    def backward(self, state: PoolingState, grad: Tensor) -> Tuple[Tensor, Tensor]:
+    def backward(self, state: PoolingState, grad: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
         """(R, Pw, C, Ph) gradient of the pooled features -> gradients of the weights Ax (R, Pw, L),
         Ay (R, Ph, L) and ``t[r, (j, c), q] = sum_i grad[r, j, c, i] Ay[r, i, q]`` (for the map's)."""
         r, c, n = grad.shape[0], self.channels, self.length

@@ -150,3 +150,24 @@ def test_real_sequence_few_frames(shared_data, mobilenet_weights):
             pred = xywh_to_xyxy(torch.tensor(res["target_bbox"]))
             gt = xywh_to_xyxy(torch.tensor(seq.ground_truth[7], dtype=torch.float32))
             assert float(box_iou_aligned(pred, gt)) > 0.5
+
+
+def test_shipped_networks_load_and_the_ebm_tracker_follows_a_real_walker(shared_data):
+    """The networks the parameter files name (committed, 64-channel estimators) and their refinement."""
+    from ebm_refine.tracking.datasets import load_dataset, read_frame
+
+    for name, method in (("ebm", "ml_is"), ("iounet", "iou")):
+        tr = EBMAtomTracker(name)
+        assert tr.net.config["loss"]["method"] == method
+        assert tr.net.estimator.box_fc3[0].out_features == 64 and tr.net.estimator.test_pool == (5, 3)
+    seq = load_dataset("otb", str(shared_data / "tracking" / "otb"), sequences=["Crossing"])[0]
+    tr = EBMAtomTracker("ebm_fast")
+    tr.initialize(read_frame(seq.frames[0]), seq.init_info())
+    ious = []
+    for i in range(1, 12):
+        res = tr.track(read_frame(seq.frames[i]))
+        assert res["time_refine"] > 0 and np.isfinite(res["energy"])
+        pred = xywh_to_xyxy(torch.tensor(res["target_bbox"]))
+        gt = xywh_to_xyxy(torch.tensor(seq.ground_truth[i], dtype=torch.float32))
+        ious.append(float(box_iou_aligned(pred, gt)))
+    assert min(ious) > 0.6 and np.mean(ious) > 0.7, ious  # measured: 0.71 .. 0.89, mean 0.80
