@@ -4,9 +4,13 @@
 Video: OTB DragonBaby (640x360, from ``$EBM_SHARED_DATA`` / ``<repo>/../shared/data``) when present,
 otherwise a synthetic 640x360 sequence. Frames are decoded before timing; the time of ``track()`` is
 measured per frame (first frame's ``initialize`` excluded), and ``time_refine`` is what the tracker
-reports for candidate generation + gradient-ascent refinement + top-k averaging.
+reports for everything box estimation adds to a frame: the estimator's test maps (on a window around the
+initial boxes), candidate generation, gradient-ascent refinement and top-k averaging.
 
-    python tools/benchmark_tracker.py --params ebm iounet norefine --frames 60 --json bench.json
+    python tools/benchmark_tracker.py --params ebm ebm_fast iounet norefine --frames 100 --json bench.json
+
+``--params`` takes parameter-set names or YAML paths (e.g. a file with ``_base_: ebm.yaml`` and another
+``checkpoint``).
 """
 from __future__ import annotations
 
