@@ -154,10 +154,7 @@ class SeparableRoIAlign:
         r = boxes.shape[0]
         boxes = boxes.to(self.feature.dtype)
         parts = [self._weights(boxes, g) for g in range(len(self.groups))]
-        if len(parts) == 1:
-            ax, ay = parts[0][0][0], parts[0][0][1]
-        else:
-            ax, ay = parts[0][0][0], parts[1][0][0]
+        ax, ay = parts[0][0][0], parts[-1][0][-1]  # x is the first axis of the first group, y the last
         c, n = self.channels, self.length
         fx = (ax.reshape(r * self.pw, n) @ self.feature_t).view(r, self.pw * c, n)  # [r, (j, c), q]
         pooled = torch.bmm(fx, ay.transpose(1, 2)).view(r, self.pw, c, self.ph)
@@ -221,11 +218,10 @@ def roi_align_axis_weights(lo: Tensor, hi: Tensor, bins: int, sampling_ratio: in
     Returns:
         (N, bins, length) weights; each row sums to 1.
     """
-    n = lo.shape[0]
     # As a map of one row, in pixels where spatial_scale = 1 puts box edge x at position x - 0.5.
     pool = SeparableRoIAlign(lo.new_zeros(1, 1, length), (1, bins), 1.0, sampling_ratio)
     boxes = torch.stack([lo + 0.5, torch.zeros_like(lo), hi + 0.5, torch.ones_like(lo)], dim=1)
-    return pool._weights(boxes, 0)[0][0, :, :, :length].reshape(n, bins, length)
+    return pool._weights(boxes, 0)[0][0, :, :, :length]
 
 
 class _SeparableRoIAlignFn(torch.autograd.Function):

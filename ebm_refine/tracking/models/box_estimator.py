@@ -191,7 +191,6 @@ class EnergyBoxEstimator(nn.Module):
         h = torch.cat([self.box_fc3(x3), self.box_fc4(x4)], dim=1)
         return self.head(h).reshape(b, m)
 
-    @torch.no_grad()
     def box_energy(self, test_feats: TestFeatures) -> "BoxEnergy":
         """The refinement fast path for one image: a callable (M, 4) boxes -> f (M,), df/dbox (M, 4).
 
@@ -238,7 +237,7 @@ class BoxEnergy:
                                           (test_feats.level4, est.test_pool[1], est.scales[1], est.box_fc4[0])):
                 pool = SeparableRoIAlign(feat[0], bins, scale, offset=test_feats.offset)
                 weight = bin_major_weight(fc.weight, feat.shape[1], bins)  # (K, Pw * C * Ph)
-                self.levels.append((pool, weight, weight.t(), fc.bias))
+                self.levels.append((pool, weight, fc.bias))
             self.split = est.box_fc3[0].out_features
             self.head_weight = est.head.weight[0].detach()
             self.head_bias = est.head.bias.detach()
@@ -248,15 +247,15 @@ class BoxEnergy:
         """(M, 4) xyxy crop-pixel boxes -> (M,) scores, (M, 4) gradients w.r.t. the coordinates."""
         m = boxes.shape[0]
         pre, states = [], []
-        for pool, weight, weight_t, bias in self.levels:
+        for pool, weight, bias in self.levels:
             pooled, state = pool.forward(boxes)
-            pre.append(torch.addmm(bias, pooled.view(m, -1), weight_t))
+            pre.append(torch.addmm(bias, pooled.view(m, -1), weight.t()))
             states.append(state)
         hidden = torch.cat(pre, dim=1)  # (M, i3 + i4) before the ReLU
         scores = torch.addmv(self.head_bias, torch.relu(hidden), self.head_weight)
         grad_hidden = self.head_weight * (hidden > 0)
         grads = []
-        for (pool, weight, _, _), state, g in zip(self.levels, states,
+        for (pool, weight, _), state, g in zip(self.levels, states,
                                                   (grad_hidden[:, :self.split], grad_hidden[:, self.split:])):
             grad_pooled = (g @ weight).view(m, pool.pw, pool.channels, pool.ph)
             grads.append(pool.box_grad(state, grad_pooled))
