@@ -21,11 +21,15 @@ setup(
     long_description=(ROOT / "README.md").read_text() if (ROOT / "README.md").exists() else "",
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
-    # configs/ ships as the data package ebm_refine.configs, so shipped configs (and their relative
-    # _BASE_ links, which stay inside configs/) work from an installed copy; see ebm_config_path().
-    packages=find_packages(include=["ebm_refine", "ebm_refine.*"]) + ["ebm_refine.configs"],
-    package_dir={"ebm_refine.configs": "configs"},
-    package_data={"ebm_refine.configs": ["*.yaml", "*/*.yaml", "*/*/*.yaml"]},
+    # configs/ (Detectron2 configs, tracker parameter files) and checkpoints/ (the shipped tracker
+    # networks) are installed into the package as ebm_refine/configs and ebm_refine/checkpoints, so an
+    # installed copy finds them (ebm_refine.utils.resources); _BASE_ links stay inside configs/.
+    packages=find_packages(include=["ebm_refine", "ebm_refine.*"]) + ["ebm_refine.configs", "ebm_refine.checkpoints"],
+    package_dir={"ebm_refine.configs": "configs", "ebm_refine.checkpoints": "checkpoints"},
+    package_data={
+        "ebm_refine.configs": ["*.yaml", "*/*.yaml", "*/*/*.yaml"],
+        "ebm_refine.checkpoints": ["*/*/net.pth", "*/*/config.yaml", "*/*/log.jsonl"],
+    },
     install_requires=[
         # torch is not pinned here: users bring their own CUDA build. tools/setup_env.sh pins 2.14.1.
         "torch>=2.0",

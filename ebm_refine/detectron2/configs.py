@@ -1,33 +1,24 @@
-"""Locate the shipped YAML configs, from a source checkout or an installed package."""
+"""Locate the shipped Detectron2 configs, from a source checkout or an installed package."""
 from __future__ import annotations
 
-import importlib.resources
-from pathlib import Path
 from typing import List, Optional
+
+from ..utils.resources import MissingResourceError, list_resources, resource_path
 
 __all__ = ["ebm_config_path", "get_ebm_cfg", "list_ebm_configs"]
 
 
-def _config_root() -> Path:
-    # Source checkout (also editable installs): <repo>/configs next to the package.
-    repo = Path(__file__).resolve().parents[2] / "configs"
-    if (repo / "Base-EBM-RCNN-FPN.yaml").is_file():
-        return repo
-    # Installed wheel: setup.py ships configs/ as the data package ebm_refine.configs.
-    return Path(str(importlib.resources.files("ebm_refine.configs")))
-
-
 def ebm_config_path(relative: str) -> str:
     """Absolute path of a shipped config, e.g. ``"COCO-Detection/ebm_faster_rcnn_R_50_FPN_1x.yaml"``."""
-    path = _config_root() / relative
+    path = resource_path("configs", must_exist=True) / relative
     if not path.is_file():
-        raise FileNotFoundError(f"no shipped config {relative!r}; available: {list_ebm_configs()}")
+        raise MissingResourceError(f"no shipped config {relative!r}; available: {', '.join(list_ebm_configs())}")
     return str(path)
 
 
 def list_ebm_configs() -> List[str]:
-    root = _config_root()
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*.yaml"))
+    """The shipped Detectron2 configs, relative to ``configs/`` (tracker parameter files excluded)."""
+    return [p for p in list_resources("configs", "*.yaml") if not p.startswith("tracking/")]
 
 
 def get_ebm_cfg(relative: Optional[str] = None, opts: Optional[list] = None):

@@ -28,6 +28,8 @@ import torch
 import torchvision
 from torch import Tensor, nn
 
+from ...utils.resources import source_checkout
+
 __all__ = ["Backbone", "BACKBONES", "build_backbone"]
 
 # name -> (layer2 channels, layer3 channels)
@@ -148,13 +150,15 @@ def build_backbone(cfg: Dict) -> Backbone:
     """Backbone from a config dict ``{'name': ..., 'weights': ..., 'frozen': ...}``.
 
     A relative ``weights`` path is resolved against the current directory, then against
-    ``$EBM_WEIGHTS_DIR`` (default ``<repo>/../shared/weights``) so the shared MobileNetV2 file can be
-    named by its file name alone.
+    ``$EBM_WEIGHTS_DIR`` (in a source checkout the default is ``<repo>/../shared/weights``) so the shared
+    MobileNetV2 file can be named by its file name alone.
     """
     weights = cfg.get("weights")
     if weights is not None and str(weights).lower() != "imagenet" and not os.path.isabs(str(weights)):
         if not os.path.isfile(str(weights)):
-            repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-            base = os.environ.get("EBM_WEIGHTS_DIR", os.path.join(os.path.dirname(repo), "shared", "weights"))
-            weights = os.path.join(base, str(weights))
+            repo = source_checkout()
+            default = os.path.join(os.path.dirname(repo), "shared", "weights") if repo is not None else ""
+            base = os.environ.get("EBM_WEIGHTS_DIR", default)
+            if base:
+                weights = os.path.join(base, str(weights))
     return Backbone(cfg.get("name", "resnet18"), weights, bool(cfg.get("frozen", True)))

@@ -4,6 +4,11 @@ A parameter file may name a base file with ``_base_: other.yaml`` (resolved next
 override the base's recursively. Unknown keys are an error, so a typo does not silently fall back to a
 default.
 
+Paths: a relative ``checkpoint`` written in a parameter file names a shipped file (``checkpoints/...``,
+found through :func:`ebm_refine.utils.resource_path`, so it works from an installed package) or, if no
+shipped file has that name, a file next to the parameter file. Paths given as overrides (``--set``, the
+``overrides`` argument) are the user's and stay as given (relative to the current directory).
+
 >>> p = load_tracker_params("ebm")                       # configs/tracking/ebm.yaml   # doctest: +SKIP
 >>> p = load_tracker_params("my.yaml", {"box_refinement": {"num_steps": 5}})          # doctest: +SKIP
 """
@@ -15,15 +20,18 @@ from typing import Any, Dict, Optional, Sequence
 
 import yaml
 
+from ...utils.resources import data_root, resource_path
+
 __all__ = ["DEFAULT_TRACKER_PARAMS", "CONFIG_DIR", "load_tracker_params", "merge_params", "load_yaml",
            "apply_dotted_overrides"]
 
-_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-CONFIG_DIR = os.path.join(_REPO, "configs", "tracking")
+CONFIG_DIR = str(resource_path("configs/tracking"))
+# Parameter keys that hold file paths (resolved as the module docstring says).
+PATH_KEYS = ("checkpoint",)
 
 DEFAULT_TRACKER_PARAMS: Dict[str, Any] = {
     "name": "ebm_atom",
-    # Network file from tools/train_tracker.py; relative paths are resolved against the repository root.
+    # Network file from tools/train_tracker.py (see the module docstring for how relative paths resolve).
     "checkpoint": None,
     "device": "cpu",
     "seed": 0,
@@ -119,11 +127,23 @@ def load_yaml(path: str) -> Dict[str, Any]:
         data = yaml.safe_load(fh) or {}
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping at the top level")
+    _resolve_file_paths(data, path)
     base = data.pop("_base_", None)
     if base is not None:
         base_path = base if os.path.isabs(base) else os.path.join(os.path.dirname(os.path.abspath(path)), base)
         data = merge_params(load_yaml(base_path), data, strict=False)
     return data
+
+
+def _resolve_file_paths(data: Dict[str, Any], yaml_path: str) -> None:
+    """Make the relative ``PATH_KEYS`` values of one parameter file absolute (shipped file, else next to it)."""
+    for key in PATH_KEYS:
+        value = data.get(key)
+        if not isinstance(value, str) or not value or os.path.isabs(os.path.expanduser(value)):
+            continue
+        shipped = data_root() / value
+        local = os.path.join(os.path.dirname(os.path.abspath(yaml_path)), value)
+        data[key] = str(shipped) if shipped.exists() or not os.path.exists(local) else local
 
 
 def _resolve(name_or_path: str) -> str:
@@ -139,13 +159,10 @@ def load_tracker_params(name_or_path: Optional[str] = None, overrides: Optional[
                         ) -> Dict[str, Any]:
     """Defaults <- YAML file (a path, or a name in ``configs/tracking/``) <- ``overrides``.
 
-    A relative ``checkpoint`` is made absolute against the repository root.
+    A relative ``checkpoint`` from a file is resolved as the module docstring says; one from
+    ``overrides`` stays as given.
     """
     params = copy.deepcopy(DEFAULT_TRACKER_PARAMS)
     if name_or_path is not None:
         params = merge_params(params, load_yaml(_resolve(name_or_path)))
-    params = merge_params(params, overrides)
-    ckpt = params.get("checkpoint")
-    if ckpt and not os.path.isabs(ckpt):
-        params["checkpoint"] = os.path.join(_REPO, ckpt)
-    return params
+    return merge_params(params, overrides)

@@ -40,13 +40,13 @@ import torch.distributed as dist
 import yaml
 from torch.utils.data import DataLoader
 
+from ...utils.resources import shared_data_dir
 from ..models.network import TrackerNet, save_net
 from ..synthetic import SyntheticConfig, SyntheticDataset
 from .data import FileSequence, IndexSampler, PairDataset, coco_sequences
 
 __all__ = ["DEFAULT_TRAIN", "train", "build_sources", "load_train_config"]
 
-_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 DEFAULT_TRAIN: Dict[str, Any] = {
     "batch_size": 8,
@@ -65,9 +65,12 @@ DEFAULT_TRAIN: Dict[str, Any] = {
 
 
 def _expand(path: str) -> str:
-    os.environ.setdefault("EBM_SHARED_DATA", os.path.join(os.path.dirname(_REPO), "shared", "data"))
-    path = os.path.expanduser(os.path.expandvars(str(path)))
-    return path if os.path.isabs(path) else os.path.join(_REPO, path)
+    """``~`` and ``$VARS`` expanded (``$EBM_SHARED_DATA`` defaults to the checkout's ``../shared/data``);
+    relative paths stay relative to the current directory."""
+    shared = shared_data_dir()
+    if shared is not None:
+        os.environ.setdefault("EBM_SHARED_DATA", str(shared))
+    return os.path.expanduser(os.path.expandvars(str(path)))
 
 
 def load_train_config(path: str) -> Dict[str, Any]:
