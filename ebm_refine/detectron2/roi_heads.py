@@ -4,15 +4,20 @@ Training adds ``loss_ebm``: noisy boxes are drawn around every ground-truth box 
 proposal sampler, pooled with box-differentiable RoI Align, scored by the energy head and fed to
 the configured loss. Inference runs the detector as usual, then refines the final detections by
 gradient ascent on f (core refiner), keeping the unrefined boxes in ``pred_boxes_unrefined``.
+
+The meta-architecture :class:`~ebm_refine.detectron2.meta_arch.EBMRCNN` owns what concerns the whole
+model: frozen-detector training (it calls :meth:`EBMROIHeads.ebm_loss_dict` alone) and rescaling both box
+sets to the original image. Under another meta-architecture the head refuses settings that need it.
 """
 from __future__ import annotations
 
 import logging
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional
 
 import torch
 from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
+from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, StandardROIHeads
 from detectron2.structures import Boxes, ImageList, Instances
 from torch import Tensor, nn
@@ -27,8 +32,10 @@ from ..core import (
     sampling_options,
     valid_box_mask,
 )
+from .config import ConfigValueError, validate_ebm_config
 from .energy_head import build_energy_head
 from .inference import energy_ranked_inference
+from .meta_arch import EBMRCNN
 
 __all__ = ["EBMROIHeads"]
 
@@ -51,7 +58,6 @@ class EBMROIHeads(StandardROIHeads):
         nce_beta: NCE+ beta.
         label_sigma: KLD-IS label density std.
         max_gt_per_image: ground truths per image used by the EBM loss (0 = all).
-        freeze_detector: train the energy head only (detector losses are not computed).
         detach_features: in joint training, keep the EBM loss's gradients out of the backbone.
         refine: refine detections at inference.
         refine_steps, step_size_center, step_size_size, step_decay: refiner settings.
@@ -72,7 +78,6 @@ class EBMROIHeads(StandardROIHeads):
         nce_beta: float = 0.1,
         label_sigma: float = 0.0375,
         max_gt_per_image: int = 64,
-        freeze_detector: bool = True,
         detach_features: bool = True,
         refine: bool = True,
         refine_steps: int = 10,
@@ -99,7 +104,6 @@ class EBMROIHeads(StandardROIHeads):
         self.nce_beta = nce_beta
         self.label_sigma = label_sigma
         self.max_gt_per_image = max_gt_per_image
-        self.freeze_detector = freeze_detector
         self.detach_features = detach_features
         self.refine = refine
         self.refine_steps = refine_steps
@@ -108,14 +112,11 @@ class EBMROIHeads(StandardROIHeads):
         self.step_decay = step_decay
         self.nms_mode = nms_mode
         self.keep_unrefined = keep_unrefined
-        if freeze_detector:
-            # The ROI heads' own detector parts; backbone and RPN are frozen by `freeze_detector()`.
-            for module in (self.box_head, self.box_predictor):
-                for p in module.parameters():
-                    p.requires_grad_(False)
 
     @classmethod
     def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
+        validate_ebm_config(cfg)
+        _check_meta_architecture(cfg)
         ret = super().from_config(cfg, input_shape)
         e = cfg.MODEL.EBM
         in_features = cfg.MODEL.ROI_HEADS.IN_FEATURES
@@ -138,7 +139,6 @@ class EBMROIHeads(StandardROIHeads):
             nce_beta=e.NCE_BETA,
             label_sigma=e.LABEL_SIGMA,
             max_gt_per_image=e.MAX_GT_PER_IMAGE,
-            freeze_detector=e.FREEZE_DETECTOR,
             detach_features=e.DETACH_FEATURES,
             refine=e.REFINE.ENABLED,
             refine_steps=e.REFINE.NUM_STEPS,
@@ -161,17 +161,21 @@ class EBMROIHeads(StandardROIHeads):
         if not self.training:
             return super().forward(images, features, proposals, targets)
         assert targets is not None, "'targets' argument is required during training"
+        # Joint training: the detector's losses plus the EBM loss.
+        proposals = self.label_and_sample_proposals(proposals, targets)
         losses: Dict[str, Tensor] = {}
-        if not self.freeze_detector:
-            proposals = self.label_and_sample_proposals(proposals, targets)
-            losses.update(self._forward_box(features, proposals))
-            losses.update(self._forward_mask(features, proposals))
-            losses.update(self._forward_keypoint(features, proposals))
-        feats = [features[f] for f in self.box_in_features]
-        if self.freeze_detector or self.detach_features:
-            feats = [f.detach() for f in feats]
-        losses["loss_ebm"] = self.ebm_losses(feats, targets) * self.loss_weight
+        losses.update(self._forward_box(features, proposals))
+        losses.update(self._forward_mask(features, proposals))
+        losses.update(self._forward_keypoint(features, proposals))
+        if self.detach_features:
+            features = {f: features[f].detach() for f in self.box_in_features}
+        losses.update(self.ebm_loss_dict(features, targets))
         return proposals, losses
+
+    def ebm_loss_dict(self, features: Dict[str, Tensor], targets: List[Instances]) -> Dict[str, Tensor]:
+        """``{"loss_ebm": weighted EBM loss}`` from the FPN ``features`` and ground-truth ``targets``."""
+        feats = [features[f] for f in self.box_in_features]
+        return {"loss_ebm": self.ebm_losses(feats, targets) * self.loss_weight}
 
     def _forward_box(self, features: Dict[str, Tensor], proposals: List[Instances]):
         if self.training:
@@ -256,8 +260,12 @@ class EBMROIHeads(StandardROIHeads):
         start = 0
         for x in instances:
             n = len(x)
-            refined = Boxes(res.boxes[start : start + n])
+            refined = Boxes(res.boxes[start : start + n].clone())
             refined.clip(x.image_size)
+            # A box refined out of the image (empty after clipping) keeps its unrefined value, so
+            # refinement never drops a detection that post-processing would keep.
+            lost = ~refined.nonempty() & x.pred_boxes.nonempty()
+            refined.tensor[lost] = x.pred_boxes.tensor[lost]
             if self.keep_unrefined:
                 x.pred_boxes_unrefined = x.pred_boxes
                 x.pred_energies_unrefined = res.initial_scores[start : start + n]
@@ -267,16 +275,17 @@ class EBMROIHeads(StandardROIHeads):
         return instances
 
 
-def freeze_detector(model: nn.Module, trainable_prefixes: Sequence[str] = ("roi_heads.energy_head.",)) -> int:
-    """Freeze every parameter of ``model`` except those under ``trainable_prefixes``.
-
-    Returns the number of trainable parameters left. Call it after building the model when
-    ``MODEL.EBM.FREEZE_DETECTOR`` is set (our ``tools/train_net.py`` does).
-    """
-    trainable = 0
-    target = model.module if hasattr(model, "module") else model
-    for name, p in target.named_parameters():
-        keep = any(name.startswith(prefix) for prefix in trainable_prefixes)
-        p.requires_grad_(keep)
-        trainable += p.numel() if keep else 0
-    return trainable
+def _check_meta_architecture(cfg) -> None:
+    """Settings that need :class:`EBMRCNN` are refused under a meta-architecture that lacks them."""
+    name = cfg.MODEL.META_ARCHITECTURE
+    if issubclass(META_ARCH_REGISTRY.get(name), EBMRCNN):
+        return
+    needs = [k for k, on in (("MODEL.EBM.FREEZE_DETECTOR", cfg.MODEL.EBM.FREEZE_DETECTOR),
+                             ("MODEL.EBM.REFINE.KEEP_UNREFINED",
+                              cfg.MODEL.EBM.REFINE.ENABLED and cfg.MODEL.EBM.REFINE.KEEP_UNREFINED)) if on]
+    if needs:
+        raise ConfigValueError(
+            f"MODEL.META_ARCHITECTURE {name!r} with EBMROIHeads cannot honour {' and '.join(needs)} "
+            "(frozen-detector training; unrefined boxes rescaled to the image): set MODEL.META_ARCHITECTURE "
+            f"'EBMRCNN', or set {' and '.join(needs)} False"
+        )
