@@ -85,6 +85,23 @@ def add_ebm_config(cfg: CN) -> CN:
     _C.MODEL.EBM_BACKBONE.WIDTHS = [32, 64, 96, 128]  # channels of res2..res5
     _C.MODEL.EBM_BACKBONE.BLOCKS = [1, 1, 1, 1]  # basic blocks per stage
     _C.MODEL.EBM_BACKBONE.NORM = "GN"
+
+    # The ImageNet MobileNetV2-FPN backbone (MODEL.BACKBONE.NAME = "build_mobilenet_v2_fpn_backbone").
+    _C.MODEL.MOBILENET_V2 = CN()
+    # "imagenet" (torchvision's weights, downloaded once), a local state dict (torchvision key names; a
+    # bare file name is looked up in $EBM_WEIGHTS_DIR), or "" (random initialisation).
+    _C.MODEL.MOBILENET_V2.WEIGHTS = "imagenet"
+    # Keep the ImageNet layers fixed (BatchNorm folded, eval mode); only the FPN and heads train.
+    _C.MODEL.MOBILENET_V2.FROZEN = True
+
+    # The box refiner (MODEL.META_ARCHITECTURE = "EBMBoxRefiner") refines another detector's boxes.
+    _C.MODEL.EBM.REFINER = CN()
+    # Input detections scoring below this are not refined (nor evaluated); at most
+    # TEST.DETECTIONS_PER_IMAGE per image, highest scores first.
+    _C.MODEL.EBM.REFINER.MIN_SCORE = 0.0
+    # COCO results files with the detections to refine, one per dataset in DATASETS.TEST (like
+    # DATASETS.PROPOSAL_FILES_TEST); empty when the test datasets carry their detections.
+    _C.DATASETS.DETECTION_FILES_TEST = ()
     return cfg
 
 

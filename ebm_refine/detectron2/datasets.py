@@ -8,6 +8,8 @@ Registered when the plugin is imported (like Detectron2's builtin datasets; noth
 * ``coco128_train2017``, ``coco_tiny_train2017``, ``coco_val2017_first128``: the small real COCO sets of
   the project's data folder (``$EBM_SHARED_DATA``; in a source checkout ``../shared/data``), with the 80
   COCO categories. Loading one whose files are absent is a one-line error.
+* ``coco128_train2017_fit`` / ``coco128_train2017_holdout``: the first 104 / last 24 images of
+  ``coco128_train2017`` (file order), so settings can be chosen on training images the model did not fit.
 
 :func:`register_coco` registers any COCO-format json + image folder (``tools/train_net.py --register-coco``).
 """
@@ -94,6 +96,28 @@ def register_coco(name: str, json_file: os.PathLike, image_root: os.PathLike, hi
     MetadataCatalog.get(name).set(json_file=json_file, image_root=image_root, evaluator_type="coco")
 
 
+# name -> (parent dataset, first image, end image) in the parent's file order
+SUBSETS = {"coco128_train2017_fit": ("coco128_train2017", 0, 104),
+           "coco128_train2017_holdout": ("coco128_train2017", 104, 128)}
+
+
+def register_subset(name: str, parent: str, start: int, stop: int) -> None:
+    """Register images ``start:stop`` of the registered COCO-format dataset ``parent`` as ``name``."""
+    def load():
+        records = DatasetCatalog.get(parent)
+        if len(records) < stop:
+            raise DatasetError(f"dataset {name!r} needs images {start}:{stop} of {parent!r}, which has {len(records)}")
+        parent_meta = MetadataCatalog.get(parent)
+        MetadataCatalog.get(name).set(thing_classes=parent_meta.thing_classes,
+                                      thing_dataset_id_to_contiguous_id=parent_meta.thing_dataset_id_to_contiguous_id)
+        return records[start:stop]
+
+    DatasetCatalog.register(name, load)
+    parent_meta = MetadataCatalog.get(parent)
+    MetadataCatalog.get(name).set(json_file=parent_meta.json_file, image_root=parent_meta.image_root,
+                                  evaluator_type="coco")
+
+
 def _register_defaults() -> None:
     for name, (split, n) in SYNTHETIC_SPLITS.items():
         if name not in DatasetCatalog.list():
@@ -103,6 +127,9 @@ def _register_defaults() -> None:
         if name not in DatasetCatalog.list():
             register_coco(name, root / json_rel, root / images_rel,
                           hint="; set EBM_SHARED_DATA to the folder that holds coco/")
+    for name, (parent, start, stop) in SUBSETS.items():
+        if name not in DatasetCatalog.list():
+            register_subset(name, parent, start, stop)
 
 
 _register_defaults()

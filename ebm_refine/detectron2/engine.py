@@ -25,12 +25,14 @@ import detectron2.engine.defaults as d2_defaults
 from detectron2.config import CfgNode, get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import DefaultTrainer
-from detectron2.evaluation import COCOEvaluator
+from detectron2.evaluation import COCOEvaluator, DatasetEvaluators
 
 from ..utils.errors import UserError
 from .checkpoint import EBMCheckpointer
 from .config import add_ebm_config
-from .data import CheckedDatasetMapper, load_dataset_dicts
+from .box_change import BoxChangeEvaluator
+from .data import CheckedDatasetMapper, DatasetError, load_dataset_dicts
+from .detections import DetectionsMapper, RefinedDetectionsWriter, load_detections_into_dataset
 from .evaluation import RefinementCOCOEvaluator
 
 __all__ = ["EBMTrainer", "load_config", "ConfigError"]
@@ -113,7 +115,22 @@ class EBMTrainer(DefaultTrainer):
 
     @classmethod
     def build_test_loader(cls, cfg: CfgNode, dataset_name: str):
-        return build_detection_test_loader(cfg, dataset_name, mapper=CheckedDatasetMapper(cfg, False))
+        if not is_refiner(cfg):
+            return build_detection_test_loader(cfg, dataset_name, mapper=CheckedDatasetMapper(cfg, False))
+        # The box refiner refines another detector's detections: attach them like precomputed proposals.
+        dataset = DatasetCatalog.get(dataset_name)
+        if not all("detections" in r for r in dataset):
+            files = list(cfg.DATASETS.DETECTION_FILES_TEST)
+            tests = list(cfg.DATASETS.TEST)
+            if len(files) != len(tests) or dataset_name not in tests:
+                raise DatasetError(f"dataset {dataset_name!r} carries no detections: set DATASETS.DETECTION_FILES_TEST "
+                                   f"to one COCO results file per DATASETS.TEST entry ({len(tests)})")
+            dataset = [dict(r) for r in dataset]
+            load_detections_into_dataset(dataset, files[tests.index(dataset_name)], dataset_name,
+                                         min_score=cfg.MODEL.EBM.REFINER.MIN_SCORE,
+                                         max_per_image=cfg.TEST.DETECTIONS_PER_IMAGE)
+        return build_detection_test_loader(dataset=dataset, mapper=DetectionsMapper(cfg, False),
+                                           num_workers=cfg.DATALOADER.NUM_WORKERS)
 
     @classmethod
     def build_evaluator(cls, cfg: CfgNode, dataset_name: str, output_folder: Optional[str] = None):
@@ -121,6 +138,21 @@ class EBMTrainer(DefaultTrainer):
         json_file = getattr(MetadataCatalog.get(dataset_name), "json_file", None)
         if json_file and not os.path.exists(json_file):
             DatasetCatalog.get(dataset_name)  # datasets generated on first use (the synthetic benchmark)
+        if is_refiner(cfg):
+            return DatasetEvaluators([
+                RefinementCOCOEvaluator(dataset_name, output_folder),
+                BoxChangeEvaluator(dataset_name),
+                RefinedDetectionsWriter(dataset_name, os.path.join(output_folder, "refined_detections.json")),
+            ])
         if cfg.MODEL.ROI_HEADS.NAME == "EBMROIHeads" and cfg.MODEL.EBM.REFINE.ENABLED:
             return RefinementCOCOEvaluator(dataset_name, output_folder)
         return COCOEvaluator(dataset_name, output_dir=output_folder, use_fast_impl=False)
+
+
+def is_refiner(cfg: CfgNode) -> bool:
+    """Whether ``cfg`` builds :class:`~.refiner.EBMBoxRefiner` (or a subclass)."""
+    from detectron2.modeling import META_ARCH_REGISTRY
+
+    from .refiner import EBMBoxRefiner
+
+    return issubclass(META_ARCH_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE), EBMBoxRefiner)

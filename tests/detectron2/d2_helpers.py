@@ -50,3 +50,16 @@ def run_train_net(tmp_path, cfg, *flags, datasets=(), check=True, env=None):
     if check:
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
+
+
+def refiner_cfg(output_dir, train="test_synth_train", extra=()):
+    """The COCO-Refine config shrunk for tests: random 128-px MobileNetV2 trunk, tiny FPN and head."""
+    opts = [
+        "DATASETS.TRAIN", f"('{train}',)", "MODEL.MOBILENET_V2.WEIGHTS", "",
+        "INPUT.MIN_SIZE_TRAIN", "(128,)", "INPUT.MAX_SIZE_TRAIN", "160", "INPUT.MIN_SIZE_TEST", "128",
+        "INPUT.MAX_SIZE_TEST", "160", "MODEL.FPN.OUT_CHANNELS", "16", "MODEL.EBM.HEAD.FC_DIM", "32",
+        "MODEL.EBM.NUM_SAMPLES", "8", "SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", "3",
+        "SOLVER.WARMUP_ITERS", "1", "SOLVER.STEPS", "()", "DATALOADER.NUM_WORKERS", "0",
+        "OUTPUT_DIR", str(output_dir), *extra,
+    ]
+    return get_ebm_cfg("COCO-Refine/ebm_refiner_mobilenet_v2_fpn.yaml", opts)
