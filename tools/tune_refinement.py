@@ -25,7 +25,8 @@ from detectron2.data import DatasetCatalog
 from detectron2.utils.logger import setup_logger
 
 from ebm_refine.detectron2 import load_config
-from ebm_refine.detectron2.refine_detections import jittered_ground_truth, refine_detection_file
+from ebm_refine.detectron2 import load_detections_into_dataset
+from ebm_refine.detectron2.refine_detections import compare_refinement_settings, jittered_ground_truth, load_refiner
 from ebm_refine.utils.cli import add_debug_argument, run_cli
 from ebm_refine.utils.errors import UserError
 from ebm_refine.utils.fileio import atomic_write_text
@@ -56,41 +57,39 @@ def main(argv=None) -> int:
         sizes = [tuple(float(v) for v in s.split(",")) for s in args.step_sizes]
     except ValueError:
         raise UserError(f"--step-sizes takes CENTER,SIZE pairs, got {args.step_sizes}") from None
-    records = DatasetCatalog.get(args.dataset)
-    rows, best = [], None
+    cfg = load_config(args.config_file, list(args.opts))
+    cfg.freeze()
+    model = load_refiner(cfg, args.weights)
+    settings = [{"num_steps": n, "step_size_center": c, "step_size_size": z} for n in args.steps for c, z in sizes]
+    per_input = []  # per stand-in input: one result per setting
     with tempfile.TemporaryDirectory() as tmp:
-        inputs = []
         for sigma in args.sigmas:
             for draw in range(args.draws):
+                records = [dict(r) for r in DatasetCatalog.get(args.dataset)]
                 path = os.path.join(tmp, f"standins_{sigma}_{draw}.json")
                 atomic_write_text(path, json.dumps(jittered_ground_truth(records, args.dataset, sigma, seed=draw)))
-                inputs.append(path)
-        for steps in args.steps:
-            for center, size in sizes:
-                cfg = load_config(args.config_file, list(args.opts) + [
-                    "MODEL.EBM.REFINE.NUM_STEPS", str(steps), "MODEL.EBM.REFINE.STEP_SIZE_CENTER", str(center),
-                    "MODEL.EBM.REFINE.STEP_SIZE_SIZE", str(size)])
-                cfg.freeze()
-                ap_in, ap_out, gain = [], [], []
-                for path in inputs:
-                    s = refine_detection_file(cfg, args.weights, path, args.dataset, os.path.join(tmp, "out.json"))
-                    ap_in.append(s["ap"]["unrefined"]["AP"])
-                    ap_out.append(s["ap"]["refined"]["AP"])
-                    bc = s["box_change"]
-                    gain.append(bc["mean_iou_refined"] - bc["mean_iou_unrefined"])
-                row = {"steps": steps, "step_size_center": center, "step_size_size": size,
-                       "ap_standins": float(np.mean(ap_in)), "ap_refined": float(np.mean(ap_out)),
-                       "ap_refined_per_input": ap_out, "mean_iou_gain": float(np.mean(gain))}
-                rows.append(row)
-                print(f"steps {steps:3d}  step sizes ({center:g}, {size:g}):  AP {row['ap_standins']:.2f} -> "
-                      f"{row['ap_refined']:.2f}  mean IoU gain {row['mean_iou_gain']:+.4f}", flush=True)
-                if best is None or row["ap_refined"] > best["ap_refined"]:
-                    best = row
-    print(f"best by AP on {args.dataset}: steps {best['steps']}, step sizes ({best['step_size_center']:g}, "
-          f"{best['step_size_size']:g}): AP {best['ap_standins']:.2f} -> {best['ap_refined']:.2f}")
+                load_detections_into_dataset(records, path, args.dataset)
+                per_input.append(compare_refinement_settings(cfg, model, records, args.dataset, settings))
+    rows = []
+    for k, setting in enumerate(settings):
+        runs = [results[k] for results in per_input]
+        row = {**setting,
+               "ap_standins": float(np.mean([r["ap"]["unrefined"]["AP"] for r in runs])),
+               "ap_refined": float(np.mean([r["ap"]["refined"]["AP"] for r in runs])),
+               "ap_refined_per_input": [r["ap"]["refined"]["AP"] for r in runs],
+               "mean_iou_gain": float(np.mean([r["box_change"]["mean_iou_refined"] - r["box_change"]["mean_iou_unrefined"]
+                                               for r in runs]))}
+        rows.append(row)
+    best = max(rows, key=lambda r: r["ap_refined"])
+    print(f"\nRefinement settings on {args.dataset} (stand-ins: ground truth jittered by sigma {args.sigmas}, "
+          f"{args.draws} draws each):")
+    for row in rows:
+        mark = "  <- best" if row is best else ""
+        print(f"  steps {row['num_steps']:3d}  step sizes ({row['step_size_center']:g}, {row['step_size_size']:g}):  "
+              f"AP {row['ap_standins']:.2f} -> {row['ap_refined']:.2f}  mean IoU gain {row['mean_iou_gain']:+.4f}{mark}")
     if args.json:
         atomic_write_text(args.json, json.dumps({"dataset": args.dataset, "sigmas": args.sigmas, "draws": args.draws,
-                                                 "rows": rows, "best": best}, indent=2))
+                                                 "weights": args.weights, "rows": rows, "best": best}, indent=2))
     return 0
 
 

@@ -16,6 +16,8 @@ from typing import Dict, List, Optional
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluator
 from detectron2.utils import comm
 
+from ..utils.fileio import atomic_write_text
+
 __all__ = ["RefinementCOCOEvaluator", "format_refinement_table", "METRICS"]
 
 logger = logging.getLogger(__name__)
@@ -72,24 +74,32 @@ class RefinementCOCOEvaluator(DatasetEvaluator):
         self.unrefined = COCOEvaluator(
             dataset_name, output_dir=os.path.join(output_dir, "unrefined") if output_dir else None, **kw
         )
+        self.distributed = distributed
         self._saw_unrefined = False
+        self._image_ids: set = set()
 
     def reset(self) -> None:
         self.refined.reset()
         self.unrefined.reset()
         self._saw_unrefined = False
+        self._image_ids = set()
 
     def process(self, inputs, outputs) -> None:
+        self._image_ids.update(x["image_id"] for x in inputs)
         self.refined.process(inputs, outputs)
         if any(o["instances"].has("pred_boxes_unrefined") for o in outputs if "instances" in o):
             self._saw_unrefined = True
         self.unrefined.process(inputs, _with_unrefined_boxes(outputs))
 
     def evaluate(self):
-        refined = self.refined.evaluate()
-        unrefined = self.unrefined.evaluate()
-        # A collective: every rank must take part before non-main ranks return.
-        saw = comm.all_gather(self._saw_unrefined) if comm.get_world_size() > 1 else [self._saw_unrefined]
+        # Collectives first: every rank must take part before non-main ranks return. Evaluate on the images
+        # that were processed (a whole dataset as usual; a registered subset of a json file correctly).
+        gathered = comm.all_gather((self._saw_unrefined, self._image_ids)) \
+            if self.distributed and comm.get_world_size() > 1 else [(self._saw_unrefined, self._image_ids)]
+        saw = [g[0] for g in gathered]
+        img_ids = sorted(set().union(*(g[1] for g in gathered)))
+        refined = self.refined.evaluate(img_ids=img_ids)
+        unrefined = self.unrefined.evaluate(img_ids=img_ids)
         # Non-main ranks get nothing back from COCOEvaluator.
         if not comm.is_main_process() or not refined:
             return {}
@@ -99,10 +109,6 @@ class RefinementCOCOEvaluator(DatasetEvaluator):
             table = {"unrefined": unrefined["bbox"], "refined": refined["bbox"]}
             logger.info("EBM refinement on %s:\n%s", self.dataset_name, format_refinement_table(table))
             if self.output_dir:
-                os.makedirs(self.output_dir, exist_ok=True)
-                path = os.path.join(self.output_dir, "ebm_refinement_results.json")
-                tmp = path + ".tmp"
-                with open(tmp, "w") as f:
-                    json.dump({"dataset": self.dataset_name, **table}, f, indent=2)
-                os.replace(tmp, path)
+                atomic_write_text(os.path.join(self.output_dir, "ebm_refinement_results.json"),
+                                  json.dumps({"dataset": self.dataset_name, **table}, indent=2))
         return results

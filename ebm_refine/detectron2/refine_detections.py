@@ -9,11 +9,13 @@ the refined box), and — when the dataset has ground truth — reports COCO AP 
 """
 from __future__ import annotations
 
+import contextlib
+import copy
 import logging
 import os
 import tempfile
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Iterator, List, Optional, Sequence
 
 import torch
 from detectron2.structures import BoxMode
@@ -30,8 +32,10 @@ from .datasets import register_coco
 from .detections import DetectionsMapper, RefinedDetectionsWriter, load_detections_into_dataset
 from .engine import is_refiner
 from .evaluation import RefinementCOCOEvaluator, format_refinement_table
+from .postprocessing import ebm_detector_postprocess
 
-__all__ = ["refine_detection_file", "dataset_from_files", "jittered_ground_truth", "format_summary"]
+__all__ = ["refine_detection_file", "dataset_from_files", "jittered_ground_truth", "format_summary",
+           "compare_refinement_settings", "load_refiner"]
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +72,72 @@ def jittered_ground_truth(records: List[dict], dataset_name: str, sigma: float, 
     return out
 
 
+def load_refiner(cfg, weights: str):
+    """An ``EBMBoxRefiner`` from ``cfg`` with its trained weights, in eval mode (one-line errors otherwise)."""
+    if not is_refiner(cfg):
+        raise UserError(f"the config builds {cfg.MODEL.META_ARCHITECTURE}, not EBMBoxRefiner: pass a "
+                        "COCO-Refine config (e.g. configs/COCO-Refine/ebm_refiner_mobilenet_v2_fpn.yaml)")
+    if not weights:
+        raise UserError("no weights: pass the trained refiner's checkpoint (--weights model_final.pth)")
+    model = build_model(cfg).eval()
+    checkpointer = EBMCheckpointer(model)
+    checkpointer.load(weights)
+    if not checkpointer.energy_head_loaded:
+        raise UserError(f"{weights}: the checkpoint has no trained energy head for this config "
+                        "(train one with tools/train_net.py and a COCO-Refine config)")
+    return model
+
+
+@contextlib.contextmanager
+def refinement_settings(heads, num_steps: int, step_size_center: float, step_size_size: float) -> Iterator[None]:
+    """Temporarily refine with other steps / step sizes (the energy heads' attributes)."""
+    keys = ("refine_steps", "step_size_center", "step_size_size")
+    old = [getattr(heads, k) for k in keys]
+    for k, v in zip(keys, (num_steps, step_size_center, step_size_size)):
+        setattr(heads, k, v)
+    try:
+        yield
+    finally:
+        for k, v in zip(keys, old):
+            setattr(heads, k, v)
+
+
+@torch.no_grad()
+def compare_refinement_settings(cfg, model, records: List[dict], dataset: str,
+                                settings: Sequence[Dict[str, float]]) -> List[Dict]:
+    """Refine the detections attached to ``records`` with every setting; one backbone pass per image.
+
+    Args:
+        settings: dicts with ``num_steps``, ``step_size_center``, ``step_size_size``.
+    Returns:
+        per setting: ``{"ap": {"unrefined", "refined"}, "box_change": {...}}`` (COCO AP and per-box change).
+    """
+    mapper = DetectionsMapper(cfg, False)
+    evaluators = [(RefinementCOCOEvaluator(dataset, None, distributed=False), BoxChangeEvaluator(dataset, distributed=False))
+                  for _ in settings]
+    for pair in evaluators:
+        for e in pair:
+            e.reset()
+    heads = model.roi_heads
+    for record in records:
+        inputs = [mapper(record)]
+        feats = model.backbone(model.preprocess_image(inputs).tensor)
+        for setting, pair in zip(settings, evaluators):
+            detections = [copy.deepcopy(inputs[0]["detections"])]
+            with refinement_settings(heads, int(setting["num_steps"]), setting["step_size_center"],
+                                     setting["step_size_size"]):
+                heads(feats, detections)
+            outputs = [{"instances": ebm_detector_postprocess(detections[0], record["height"], record["width"])}]
+            for e in pair:
+                e.process(inputs, outputs)
+    results = []
+    for coco, change in evaluators:
+        ap = coco.evaluate()
+        results.append({"ap": {"unrefined": ap["bbox_unrefined"], "refined": ap["bbox"]},
+                        "box_change": change.evaluate()["box_change"]})
+    return results
+
+
 def refine_detection_file(cfg, weights: str, detections: str, dataset: str, output: str, *,
                           min_score: float = 0.0, max_per_image: int = 100, evaluate: Optional[bool] = None,
                           eval_dir: Optional[str] = None) -> Dict:
@@ -86,17 +156,7 @@ def refine_detection_file(cfg, weights: str, detections: str, dataset: str, outp
         ``{"ap": {"unrefined": {...}, "refined": {...}}, "box_change": {...}, "seconds_per_image": float,
         "images": int, "detections": DetectionStats as dict}`` (no ``ap`` / ``box_change`` without evaluation).
     """
-    if not is_refiner(cfg):
-        raise UserError(f"the config builds {cfg.MODEL.META_ARCHITECTURE}, not EBMBoxRefiner: pass a "
-                        "COCO-Refine config (e.g. configs/COCO-Refine/ebm_refiner_mobilenet_v2_fpn.yaml)")
-    if not weights:
-        raise UserError("no weights: pass the trained refiner's checkpoint (--weights model_final.pth)")
-    model = build_model(cfg).eval()
-    checkpointer = EBMCheckpointer(model)
-    checkpointer.load(weights)
-    if not checkpointer.energy_head_loaded:
-        raise UserError(f"{weights}: the checkpoint has no trained energy head for this config "
-                        "(train one with tools/train_net.py and a COCO-Refine config)")
+    model = load_refiner(cfg, weights)
     records = [dict(r) for r in DatasetCatalog.get(dataset)]
     stats = load_detections_into_dataset(records, detections, dataset, min_score=min_score,
                                          max_per_image=max_per_image)

@@ -133,3 +133,23 @@ def test_refiner_eval_only_with_detection_files(synthetic_names, tmp_path):
     cfg2 = refiner_cfg(tmp_path, extra=["DATASETS.TEST", f"('{name}',)"])
     with pytest.raises(Exception, match="DETECTION_FILES_TEST"):
         EBMTrainer.test(cfg2, model)
+
+
+def test_settings_compared_on_one_backbone_pass_and_on_processed_images_only(synthetic_names, tmp_path):
+    from ebm_refine.detectron2.refine_detections import compare_refinement_settings
+
+    name = "test_synth_val"
+    cfg = refiner_cfg(tmp_path)
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    records = [dict(r) for r in DatasetCatalog.get(name)][:3]  # a subset of the dataset's json
+    load_detections_into_dataset(records, _detections_file(tmp_path, jittered_ground_truth(records, name, 0.05)), name)
+    settings = [{"num_steps": 0, "step_size_center": 1e-3, "step_size_size": 1e-3},
+                {"num_steps": 5, "step_size_center": 0.05, "step_size_size": 0.05}]
+    still, moved = compare_refinement_settings(cfg, model, records, name, settings)
+    assert still["ap"]["refined"]["AP"] == still["ap"]["unrefined"]["AP"]
+    assert still["box_change"]["mean_iou_refined"] == still["box_change"]["mean_iou_unrefined"]
+    assert moved["ap"]["unrefined"]["AP"] == still["ap"]["unrefined"]["AP"]
+    assert moved["box_change"]["mean_iou_refined"] != moved["box_change"]["mean_iou_unrefined"]
+    # Evaluated on the 3 processed images only: jittered ground truth (IoU ~0.9) is found at IoU 0.5.
+    assert still["ap"]["unrefined"]["AP50"] > 90
