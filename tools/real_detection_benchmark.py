@@ -1,0 +1,123 @@
+#!/usr/bin/env python
+"""Refining real detectors' boxes on COCO val2017 images: unrefined vs EBM vs IoU-Net, over training seeds.
+
+For every trained refiner run (a tools/train_net.py output folder: config.yaml + model_final.pth) and every
+detections file, refines the detections with the settings chosen on held-out training images
+(tools/tune_refinement.py JSON, one per head type) and prints, per detector, COCO AP / AP50 / AP75 / APs /
+APm / APl of the unrefined boxes and the mean ± std (min-max) over runs of the refined ones, the per-box IoU
+change, and the Wilcoxon p of every run.
+
+    python tools/real_detection_benchmark.py \\
+        --ebm-runs out/ebm_s0 out/ebm_s1 out/ebm_s2 --ebm-settings tune_ebm.json \\
+        --iounet-runs out/iounet_s0 out/iounet_s1 out/iounet_s2 --iounet-settings tune_iounet.json \\
+        --detections yolox_nano=$EBM_SHARED_DATA/coco/detections/yolox_nano_val2017_first128.json \\
+                     fastestdet=$EBM_SHARED_DATA/coco/detections/fastestdet_val2017_first128.json \\
+        --json real_detection_benchmark.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+
+import numpy as np
+import torch
+from detectron2.utils.logger import setup_logger
+
+from ebm_refine.detectron2 import load_config
+from ebm_refine.detectron2.evaluation import METRICS
+from ebm_refine.detectron2.refine_detections import refine_detection_file
+from ebm_refine.utils.cli import add_debug_argument, run_cli
+from ebm_refine.utils.errors import UserError
+from ebm_refine.utils.fileio import atomic_write_text
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ebm-runs", nargs="+", required=True)
+    p.add_argument("--ebm-settings", required=True, help="tools/tune_refinement.py JSON of an EBM run")
+    p.add_argument("--iounet-runs", nargs="*", default=[])
+    p.add_argument("--iounet-settings")
+    p.add_argument("--detections", nargs="+", required=True, metavar="NAME=FILE")
+    p.add_argument("--dataset", default="coco_val2017_first128")
+    p.add_argument("--json", help="write every figure as JSON")
+    p.add_argument("--threads", type=int)
+    add_debug_argument(p)
+    return p.parse_args(argv)
+
+
+def best_setting(path: str) -> list:
+    try:
+        best = json.loads(open(path).read())["best"]
+    except (OSError, ValueError, KeyError) as e:
+        raise UserError(f"{path}: not a tools/tune_refinement.py JSON ({e})") from None
+    return ["MODEL.EBM.REFINE.NUM_STEPS", str(best["num_steps"]), "MODEL.EBM.REFINE.STEP_SIZE_CENTER",
+            str(best["step_size_center"]), "MODEL.EBM.REFINE.STEP_SIZE_SIZE", str(best["step_size_size"])]
+
+
+def spread(values) -> str:
+    v = np.asarray(values, dtype=np.float64)
+    if v.size == 1:
+        return f"{v[0]:.2f}"
+    return f"{v.mean():.2f} ± {v.std(ddof=1):.2f} ({v.min():.2f}–{v.max():.2f})"
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    setup_logger(name="ebm_refine")
+    detections = dict(d.split("=", 1) for d in args.detections if "=" in d)
+    if len(detections) != len(args.detections):
+        raise UserError(f"--detections takes NAME=FILE items, got {args.detections}")
+    heads = {"EBM": (args.ebm_runs, best_setting(args.ebm_settings))}
+    if args.iounet_runs:
+        if not args.iounet_settings:
+            raise UserError("--iounet-runs needs --iounet-settings")
+        heads["IoU-Net"] = (args.iounet_runs, best_setting(args.iounet_settings))
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for det_name, det_file in detections.items():
+            results[det_name] = {}
+            for head, (runs, setting) in heads.items():
+                per_run = []
+                for run in runs:
+                    cfg = load_config(os.path.join(run, "config.yaml"), setting)
+                    cfg.freeze()
+                    s = refine_detection_file(cfg, os.path.join(run, "model_final.pth"), det_file, args.dataset,
+                                              os.path.join(tmp, "refined.json"))
+                    per_run.append({"run": run, **s})
+                results[det_name][head] = per_run
+    lines = []
+    for det_name, by_head in results.items():
+        first = next(iter(by_head.values()))[0]
+        lines += [f"\n{det_name} ({first['detections']['used']} detections on {first['images']} images):",
+                  "| | unrefined | " + " | ".join(by_head) + " |", "|---" * (len(by_head) + 2) + "|"]
+        for m in METRICS:
+            row = [f"{first['ap']['unrefined'][m]:.2f}"] + [spread([r["ap"]["refined"][m] for r in runs])
+                                                             for runs in by_head.values()]
+            lines.append(f"| {m} | " + " | ".join(row) + " |")
+        for key, label in (("mean_iou_change", "mean IoU change (matched)"), ("improved", "improved (%)"),
+                           ("worsened", "worsened (%)"), ("median_iou_change", "median IoU change")):
+            cells = []
+            for runs in by_head.values():
+                vals = [r["box_change"]["mean_iou_refined"] - r["box_change"]["mean_iou_unrefined"] if key == "mean_iou_change"
+                        else 100 * r["box_change"][key] if key in ("improved", "worsened") else r["box_change"][key]
+                        for r in runs]
+                cells.append(spread(vals) if key in ("improved", "worsened") else
+                             " / ".join(f"{v:+.4f}" for v in vals))
+            lines.append(f"| {label} | | " + " | ".join(cells) + " |")
+        lines.append("| Wilcoxon p per run | | " + " | ".join(
+            " / ".join(f"{r['box_change']['wilcoxon_p']:.2g}" for r in runs) for runs in by_head.values()) + " |")
+        lines.append("| s per image | | " + " | ".join(
+            spread([r["seconds_per_image"] for r in runs]) for runs in by_head.values()) + " |")
+    print("\n".join(lines))
+    if args.json:
+        atomic_write_text(args.json, json.dumps({"dataset": args.dataset, "results": results}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
