@@ -15,13 +15,15 @@ Usage in a script::
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from typing import Any, Callable, List, Optional, Sequence
 
 from .errors import UserError
 
-__all__ = ["run_cli", "add_debug_argument", "debug_enabled", "user_message", "EXIT_USER_ERROR", "EXIT_INTERRUPTED"]
+__all__ = ["run_cli", "add_debug_argument", "debug_enabled", "user_message", "log_to_stderr", "EXIT_USER_ERROR",
+           "EXIT_INTERRUPTED"]
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -59,6 +61,29 @@ def user_message(error: BaseException) -> Optional[str]:
         where = f"{mark.name}:{mark.line + 1}: " if mark is not None else ""
         return f"{where}invalid YAML ({getattr(error, 'problem', None) or error}); fix the file's syntax"
     return None
+
+
+class _StderrHandler(logging.Handler):
+    """Writes each record as one plain line to the *current* ``sys.stderr`` (which tests may swap)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            print(self.format(record), file=sys.stderr)
+        except Exception:  # noqa: BLE001 - logging must never raise
+            self.handleError(record)
+
+
+def log_to_stderr(level: int = logging.INFO, name: str = "ebm_refine") -> None:
+    """Show the package's log lines (``name`` and below, ``level`` and above) as plain lines on stderr.
+
+    For scripts that do not set up logging themselves; calling it again changes nothing but the level.
+    """
+    log = logging.getLogger(name)
+    if not any(isinstance(h, _StderrHandler) for h in log.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(handler)
+    log.setLevel(level)
 
 
 def run_cli(main: Callable[[Optional[List[str]]], Any], argv: Optional[Sequence[str]] = None,
