@@ -4,7 +4,8 @@ Expected failures (a bad path, an unreadable or malformed file, an unknown confi
 range, a checkpoint of the wrong kind) end the command with **one line** on stderr that names the file or
 key and says what to do, and exit status 2. Real bugs keep their traceback (status 1). ``--debug`` on the
 command line, or ``EBM_DEBUG=1`` in the environment, shows the traceback of expected failures too.
-Ctrl-C ends with status 130 and one line.
+Ctrl-C ends with status 130 and one line (``KeyboardInterrupt("after 44 frames; ...")`` raised by the
+script adds its message to that line).
 
 Usage in a script::
 
@@ -96,8 +97,8 @@ def run_cli(main: Callable[[Optional[List[str]]], Any], argv: Optional[Sequence[
     prog = prog or os.path.basename(sys.argv[0] or "ebm_refine")
     try:
         status = main(argv)
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:  # a KeyboardInterrupt raised with a message says what was kept
+        print(f"{prog}: interrupted" + (f" {e}" if str(e) else ""), file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as e:  # noqa: BLE001 - sorted into expected failures and bugs below
         message = user_message(e)

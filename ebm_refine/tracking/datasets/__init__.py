@@ -18,6 +18,5 @@ __all__ = [
     "AnnotationError", "DatasetError", "LASOT_TEST_SEQUENCES", "Sequence", "UAV123_10FPS_FRAMES", "UAV123_FRAMES",
     "UAV20L_FRAMES", "dataset_names", "load_dataset", "load_folder", "load_folder_sequence", "load_got10k",
     "load_frame", "load_lasot", "load_otb", "load_trackingnet", "load_uav", "load_vot", "polygon_to_xywh",
-    "read_box_file",
-    "read_frame", "register_dataset", "select_sequences",
+    "read_box_file", "read_frame", "register_dataset", "select_sequences",
 ]
