@@ -295,7 +295,8 @@ def test_ctrl_c_keeps_a_complete_earlier_output(data, tmp_path, monkeypatch, cap
     capsys.readouterr()
     assert demo.main(["detect", "--input", str(frames), "--output", str(out), *det_args(data)]) == 130
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert err == f"demo.py: interrupted after 2 frame(s); the partial render was discarded and {out} was left as it was"
+    assert err == (f"demo.py: interrupted after 2 frame(s); the partial render was discarded and {out} was left "
+                   "as it was")
     assert out.read_bytes() == before and no_partials(tmp_path)
     # a first run interrupted the same way writes nothing at all
     calls.clear()

@@ -27,3 +27,19 @@ class BadOutputTracker:
 
     def track(self, image, info):
         return {"target_bbox": [np.nan] * 4 if info["frame_index"] >= 2 else self.box}
+
+
+class SlowIdentityTracker:
+    """Identity tracker that takes ``seconds`` per frame, so that two runners overlap in time."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+
+    def initialize(self, image, info):
+        self.box = list(info["init_bbox"])
+
+    def track(self, image, info):
+        import time
+
+        time.sleep(self.seconds)
+        return {"target_bbox": self.box}
