@@ -59,7 +59,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from ebm_refine.utils import UserError, file_lock  # noqa: E402
+from ebm_refine.utils import UserError, check_writable, file_lock  # noqa: E402
 from ebm_refine.utils import read_image as decode_image  # noqa: E402
 from ebm_refine.utils.cli import add_debug_argument, run_cli  # noqa: E402
 
@@ -363,17 +363,6 @@ class ImageFolderOutput(_Output):
     def abort(self) -> None:
         shutil.rmtree(self.tmp, ignore_errors=True)
         self._unlock()
-
-
-def check_writable(folder: str) -> None:
-    """Create ``folder`` and prove a file can be made in it, before any slow model loading."""
-    try:
-        os.makedirs(folder, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".probe.", dir=folder)
-        os.close(fd)
-        os.remove(probe)
-    except OSError as e:
-        raise DemoError(f"output folder {folder!r} is not writable: {e.strerror or e}") from None
 
 
 def output_path(output: str, source: FrameSource, want_video: bool) -> Tuple[str, bool]:

@@ -4,7 +4,7 @@ convention.
 Nothing here imports Detectron2; everything is usable from the core, the plugin, the tracker and the tools.
 """
 from .errors import BadValueError, MissingFileError, UnknownNameError, UserError
-from .fileio import atomic_save_torch, atomic_write_bytes, atomic_write_text, atomic_writer, file_lock
+from .fileio import atomic_save_torch, atomic_write_bytes, atomic_write_text, atomic_writer, check_writable, file_lock
 from .images import ImageDecodeError, read_image
 from .resources import data_root, resource_path, shared_data_dir
 
@@ -18,6 +18,7 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_save_torch",
     "file_lock",
+    "check_writable",
     "ImageDecodeError",
     "read_image",
     "data_root",

@@ -21,10 +21,10 @@ import os
 import sys
 from typing import Any, Callable, List, Optional, Sequence
 
-from .errors import UserError
+from .errors import BadValueError, UserError
 
-__all__ = ["run_cli", "add_debug_argument", "debug_enabled", "user_message", "log_to_stderr", "EXIT_USER_ERROR",
-           "EXIT_INTERRUPTED"]
+__all__ = ["run_cli", "add_debug_argument", "debug_enabled", "user_message", "log_to_stderr", "device_arg",
+           "EXIT_USER_ERROR", "EXIT_INTERRUPTED"]
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -49,7 +49,8 @@ def user_message(error: BaseException) -> Optional[str]:
     """The one-line message for an expected failure, or None when ``error`` looks like a bug."""
     if isinstance(error, UserError):
         return " ".join(str(error).split("\n")).strip() or type(error).__name__
-    if isinstance(error, (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)):
+    if isinstance(error, (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError,
+                          FileExistsError)):
         name = error.filename if error.filename is not None else ""
         what = error.strerror or str(error)
         return f"{name}: {what}" if name else what
@@ -62,6 +63,19 @@ def user_message(error: BaseException) -> Optional[str]:
         where = f"{mark.name}:{mark.line + 1}: " if mark is not None else ""
         return f"{where}invalid YAML ({getattr(error, 'problem', None) or error}); fix the file's syntax"
     return None
+
+
+def device_arg(name: str, option: str = "--device"):
+    """A ``--device`` value as a ``torch.device``; a one-line error for a bad name or a GPU that is not there."""
+    import torch
+
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise BadValueError(f"{option} {name!r}: not a device name; use cpu or cuda") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise BadValueError(f"{option} {name}: CUDA is not available on this machine; use {option} cpu")
+    return device
 
 
 class _StderrHandler(logging.Handler):

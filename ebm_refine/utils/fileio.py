@@ -16,8 +16,10 @@ import os
 import tempfile
 from typing import IO, Any, Iterator
 
+from .errors import BadValueError
+
 __all__ = ["atomic_writer", "atomic_write_text", "atomic_write_bytes", "atomic_save_torch", "default_file_mode",
-           "file_lock"]
+           "file_lock", "check_writable"]
 
 
 def default_file_mode() -> int:
@@ -47,6 +49,26 @@ def atomic_writer(path: str, mode: str = "w", encoding: str | None = None) -> It
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def check_writable(folder: str) -> None:
+    """Create ``folder`` (with its parents) and prove a file can be made in it.
+
+    Scripts call it for their output folders before any slow work, so that a typo or a read-only disk
+    fails at once instead of after hours of computing.
+
+    Raises:
+        BadValueError naming the folder and the reason.
+    """
+    folder = os.fspath(folder) or "."
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".probe.", dir=folder)
+        os.close(fd)
+        os.remove(probe)
+    except OSError as e:
+        raise BadValueError(f"{folder}: folder is not writable ({e.strerror or e}); choose another output "
+                            "location") from None
 
 
 def atomic_write_text(path: str, text: str, encoding: str = "utf-8") -> None:
