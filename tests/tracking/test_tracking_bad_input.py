@@ -70,7 +70,7 @@ def otb(tmp_path) -> Path:
     (["--tracker", "ncc/nope"], ["tracker 'ncc' has no parameter set 'nope'; available: default"]),
     (["--tracker", "no_such_pkg.mod:Tracker"], ["cannot import 'no_such_pkg.mod'", "PYTHONPATH"]),
     (["--mode", "score", "--tracker", "ncc"], ["{tmp}/res/ncc/default: results folder not found", "--mode run"]),
-])
+], ids=["root", "sequence", "sequence_list", "tracker", "params", "import", "results_dir"])
 def test_bad_names_and_paths(cli, otb, tmp_path, capsys, args, fragments):
     tmp = str(tmp_path)
     argv = ["--dataset", "otb", "--root", str(otb), "--results", f"{tmp}/res", "--no-progress"]

@@ -46,6 +46,8 @@ def test_worked_example_numbers():
     tn = _scores("trackingnet", tn_res)
     r = lambda d: {k: round(v, 2) for k, v in d.items()}  # noqa: E731
     assert r(py) == {"auc": 46.67, "precision": 80.0, "norm_precision": 60.0, "op50": 40.0, "op75": 40.0}
+    py_ex = _scores("pytracking", score_sequence_pytracking(EX_PRED, EX_GT, "uav123", exclude_invalid_frames=True))
+    assert r(py_ex) == {"auc": 58.33, "precision": 75.0, "norm_precision": 50.0, "op50": 50.0, "op75": 50.0}
     assert r(otb) == {"auc": 58.33, "precision": 75.0, "norm_precision": 50.0, "op50": 50.0, "op75": 50.0}
     assert r(tn) == {"auc": 49.5, "precision": 62.5, "norm_precision": 49.0, "op50": 60.0, "op75": 40.0}
     assert tn_res["covered_frames"] == 5
