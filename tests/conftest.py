@@ -1,4 +1,5 @@
-"""Shared pytest fixtures: the location of the real test data (never copied into the repo)."""
+"""Shared pytest fixtures: the location of the real test data (never copied into the repo), and the check of
+the command-line error convention."""
 import os
 from pathlib import Path
 
@@ -18,3 +19,18 @@ def shared_data() -> Path:
     if not root.is_dir():
         pytest.skip(f"real test data not found at {root} (set EBM_SHARED_DATA)")
     return root
+
+
+@pytest.fixture()
+def one_line_error():
+    """``check(stderr, prog, *fragments)``: stderr ends in ``<prog>: error: ...`` holding every fragment, with
+    no traceback (ebm_refine.utils.cli's convention); returns that line."""
+    def check(stderr: str, prog: str, *fragments: str) -> str:
+        assert "Traceback" not in stderr, stderr
+        line = stderr.strip().splitlines()[-1]
+        assert line.startswith(f"{prog}: error: "), stderr
+        for fragment in fragments:
+            assert fragment in line, (fragment, line)
+        return line
+
+    return check

@@ -259,14 +259,9 @@ def test_track_needs_start_box(tmp_path, data):
 
 
 # ------------------------------------------------------------------- bad input and interruptions (issue 14)
-def _one_line_error(stderr: str, *fragments: str) -> str:
-    """The convention: the last stderr line is "demo.py: error: ..." naming what is wrong; no traceback."""
-    assert "Traceback" not in stderr, stderr
-    line = stderr.strip().splitlines()[-1]
-    assert line.startswith("demo.py: error: "), stderr
-    for f in fragments:
-        assert f in line, (f, line)
-    return line
+@pytest.fixture()
+def demo_error(one_line_error):
+    return lambda stderr, *fragments: one_line_error(stderr, "demo.py", *fragments)
 
 
 def _frames_folder(folder: Path, n: int = 6) -> Path:
@@ -305,7 +300,7 @@ def test_ctrl_c_keeps_a_complete_earlier_output(data, tmp_path, monkeypatch, cap
     assert not fresh.exists() and no_partials(tmp_path)
 
 
-def test_stale_partial_files_are_cleaned_and_concurrent_runs_refused(data, tmp_path):
+def test_stale_partial_files_are_cleaned_and_concurrent_runs_refused(data, tmp_path, demo_error):
     from ebm_refine.utils import file_lock
 
     out = tmp_path / "det.mp4"
@@ -317,20 +312,20 @@ def test_stale_partial_files_are_cleaned_and_concurrent_runs_refused(data, tmp_p
         assert held
         r = run_script("detect", "--video-input", str(data["video"]), "--output", str(out), *det_args(data))
     assert r.returncode == 2 and not out.exists() and stale.exists()
-    _one_line_error(r.stderr, "another demo.py run is writing", str(out))
+    demo_error(r.stderr, "another demo.py run is writing", str(out))
     assert demo.main(["detect", "--video-input", str(data["video"]), "--output", str(out), *det_args(data)]) == 0
     assert video_info(out) == (4, 160, 120)
     assert not stale.exists() and other.exists() and not (tmp_path / ".det.mp4.lock").exists()
 
 
-def test_detect_without_weights_is_refused(data, tmp_path, capsys):
+def test_detect_without_weights_is_refused(data, tmp_path, capsys, demo_error):
     assert demo.main(["detect", "--video-input", str(data["video"]), "--output", str(tmp_path / "o.mp4"),
                       "--config-file", CONFIG, "--opts", *TINY_DET_OPTS]) == 2
-    _one_line_error(capsys.readouterr().err, "MODEL.WEIGHTS is not set", "--opts MODEL.WEIGHTS")
+    demo_error(capsys.readouterr().err, "MODEL.WEIGHTS is not set", "--opts MODEL.WEIGHTS")
     assert not (tmp_path / "o.mp4").exists() and no_partials(tmp_path)
 
 
-def test_checkpoints_of_the_wrong_kind(data, tiny_tracker, tmp_path, capsys):
+def test_checkpoints_of_the_wrong_kind(data, tiny_tracker, tmp_path, capsys, demo_error):
     text = tmp_path / "notes.pth"
     text.write_text("git clone ...\n")
     # a Detectron2 checkpoint given to the tracker: KeyError 'config' before, one line now
@@ -338,16 +333,16 @@ def test_checkpoints_of_the_wrong_kind(data, tiny_tracker, tmp_path, capsys):
     args[args.index("--checkpoint") + 1] = str(data["weights"])
     assert demo.main(["track", "--video-input", str(data["video"]), "--init-box", "20,30,60,60",
                       "--output", str(tmp_path / "t.mp4"), *args]) == 2
-    _one_line_error(capsys.readouterr().err, str(data["weights"]), "not a tracker network", "KeyError",
+    demo_error(capsys.readouterr().err, str(data["weights"]), "not a tracker network", "KeyError",
                     "tools/train_tracker.py")
     # a text file as detector weights
     det = [a if a != str(data["weights"]) else str(text) for a in det_args(data)]
     assert demo.main(["detect", "--video-input", str(data["video"]), "--output", str(tmp_path / "d.mp4"), *det]) == 2
-    _one_line_error(capsys.readouterr().err, str(text), "cannot be loaded", "tools/train_net.py")
+    demo_error(capsys.readouterr().err, str(text), "cannot be loaded", "tools/train_net.py")
     assert not (tmp_path / "t.mp4").exists() and not (tmp_path / "d.mp4").exists() and no_partials(tmp_path)
 
 
-def test_negative_init_box_values_and_too_small_frames(tiny_tracker, tmp_path, capsys):
+def test_negative_init_box_values_and_too_small_frames(tiny_tracker, tmp_path, capsys, demo_error):
     frames = _frames_folder(tmp_path / "frames", 3)
     out = tmp_path / "t.mp4"
     # argparse would read "-30,-40,50,60" as an option; the box overlaps the frame, so it is valid
@@ -359,11 +354,11 @@ def test_negative_init_box_values_and_too_small_frames(tiny_tracker, tmp_path, c
     cv2.imwrite(str(tiny / "1.png"), np.zeros((1, 1, 3), np.uint8))
     capsys.readouterr()
     assert demo.main(["track", "--input", str(tiny), "--init-box", "0,0,1,1", "--output", str(tmp_path / "x.mp4")]) == 2
-    _one_line_error(capsys.readouterr().err, str(tiny), "frames are 1x1 px", "at least 16x16 px")
+    demo_error(capsys.readouterr().err, str(tiny), "frames are 1x1 px", "at least 16x16 px")
     assert not (tmp_path / "x.mp4").exists() and no_partials(tmp_path)
     assert demo.main(["track", "--input", str(frames), "--init-box", "-300,-40,80,100", "--output",
                       str(tmp_path / "y.mp4")]) == 2
-    _one_line_error(capsys.readouterr().err, "--init-box", "outside the 160x120 image")
+    demo_error(capsys.readouterr().err, "--init-box", "outside the 160x120 image")
 
 
 def test_truncated_frame_and_non_finite_energy_warn_once(tiny_tracker, tmp_path, capsys):

@@ -2,7 +2,6 @@
 what to do (exit status 2, no traceback) and leaves nothing half-written; truncated frames are tracked with
 one warning and counted; result-file rules are the same in every protocol; the pytracking protocol follows
 current pytracking and never exceeds 100 %; two runners on one results folder share the work."""
-import importlib.util
 import logging
 import multiprocessing as mp
 import os
@@ -24,26 +23,20 @@ from ebm_refine.tracking.evaluation.runner import lock_path
 from ebm_refine.utils import UserError, file_lock
 from ebm_refine.utils.cli import run_cli
 from conftest import write_boxes_txt, write_jpeg
+from tracking_helpers import run_otb_folder
 
 REPO = Path(__file__).resolve().parents[2]
 TOOL = REPO / "tools" / "eval_tracking.py"
 
 
 @pytest.fixture(scope="module")
-def cli():
-    spec = importlib.util.spec_from_file_location("eval_tracking_bad_input", TOOL)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return lambda argv: run_cli(mod.main, argv, prog="eval_tracking.py")
+def cli(eval_tracking_tool):
+    return lambda argv: run_cli(eval_tracking_tool.main, argv, prog="eval_tracking.py")
 
 
-def _one_line(stderr: str, *fragments: str) -> str:
-    assert "Traceback" not in stderr, stderr
-    line = stderr.strip().splitlines()[-1]
-    assert line.startswith("eval_tracking.py: error: "), stderr
-    for f in fragments:
-        assert f in line, (f, line)
-    return line
+@pytest.fixture()
+def eval_error(one_line_error):
+    return lambda stderr, *fragments: one_line_error(stderr, "eval_tracking.py", *fragments)
 
 
 def _folder_dataset(root: Path, names=("s1", "s2"), n: int = 6) -> Path:
@@ -71,35 +64,35 @@ def otb(tmp_path) -> Path:
     (["--tracker", "no_such_pkg.mod:Tracker"], ["cannot import 'no_such_pkg.mod'", "PYTHONPATH"]),
     (["--mode", "score", "--tracker", "ncc"], ["{tmp}/res/ncc/default: results folder not found", "--mode run"]),
 ], ids=["root", "sequence", "sequence_list", "tracker", "params", "import", "results_dir"])
-def test_bad_names_and_paths(cli, otb, tmp_path, capsys, args, fragments):
+def test_bad_names_and_paths(cli, otb, tmp_path, capsys, args, fragments, eval_error):
     tmp = str(tmp_path)
     argv = ["--dataset", "otb", "--root", str(otb), "--results", f"{tmp}/res", "--no-progress"]
     argv += [a.format(tmp=tmp) for a in args]
     assert cli(argv) == 2
-    _one_line(capsys.readouterr().err, *[f.format(tmp=tmp) for f in fragments])
+    eval_error(capsys.readouterr().err, *[f.format(tmp=tmp) for f in fragments])
     assert not (tmp_path / "res").exists() or not any((tmp_path / "res").rglob("*.txt"))
 
 
-def test_dataset_layout_errors(cli, otb, capsys):
+def test_dataset_layout_errors(cli, otb, capsys, eval_error):
     base = ["--dataset", "otb", "--root", str(otb), "--mode", "score", "--result-dir", str(otb)]
     gt = otb / "s1" / "groundtruth_rect.txt"
     gt.write_text("".join(gt.read_text().splitlines(True)[:4]))               # GT shorter than the frames
     assert cli(base) == 2
-    _one_line(capsys.readouterr().err, f"{gt}:5: 4 ground-truth rows but 6 frames",
+    eval_error(capsys.readouterr().err, f"{gt}:5: 4 ground-truth rows but 6 frames",
               "one x,y,w,h line per frame")
     write_boxes_txt(gt, [[10, 12, 20, 16]] * 5 + [[10, 12, -20, 16]])          # a negative width
     assert cli(base) == 2
-    _one_line(capsys.readouterr().err, f"{gt}:6: box [10.0, 12.0, -20.0, 16.0] has a negative width")
+    eval_error(capsys.readouterr().err, f"{gt}:6: box [10.0, 12.0, -20.0, 16.0] has a negative width")
     write_boxes_txt(gt, [[10, 12, 20, 16]] * 6)
     shutil.copy(otb / "s1" / "img" / "0001.jpg", otb / "s1" / "img" / "thumb.jpg")  # a non-frame image
     assert cli(base) == 2
-    _one_line(capsys.readouterr().err, f"{otb / 's1' / 'img' / 'thumb.jpg'}: not a frame of the sequence",
+    eval_error(capsys.readouterr().err, f"{otb / 's1' / 'img' / 'thumb.jpg'}: not a frame of the sequence",
               "move it out of the frame folder")
     os.unlink(otb / "s1" / "img" / "thumb.jpg")
     (otb / "s1" / "img" / "0003.jpg").rename(otb / "s1" / "img" / "0003.jpeg")    # two files, one number
     shutil.copy(otb / "s1" / "img" / "0003.jpeg", otb / "s1" / "img" / "003.jpg")
     assert cli(base) == 2
-    _one_line(capsys.readouterr().err, "frame number 3 is also carried by", "one file per frame")
+    eval_error(capsys.readouterr().err, "frame number 3 is also carried by", "one file per frame")
 
 
 def test_the_real_process_prints_one_line_or_the_traceback_with_debug(tmp_path):
@@ -142,7 +135,7 @@ def test_result_file_rules_are_the_same_in_every_protocol(protocol):
     assert score_sequence(protocol, seq.ground_truth, seq)["success"][10] == 1.0
 
 
-def test_bad_result_files_on_the_command_line(cli, otb, tmp_path, capsys):
+def test_bad_result_files_on_the_command_line(cli, otb, tmp_path, capsys, eval_error):
     res = tmp_path / "res"
     for name in ("s1", "s2"):
         write_boxes(str(res / f"{name}.txt"), [[10 + i, 12, 20, 16] for i in range(6)])
@@ -151,13 +144,13 @@ def test_bad_result_files_on_the_command_line(cli, otb, tmp_path, capsys):
     write_boxes(str(res / "s1.txt"), [[10, 12, 20, 16]] * 7)
     for protocol in PROTOCOLS:
         assert cli(base + ["--protocol", protocol]) == 2
-        _one_line(capsys.readouterr().err, f"{res / 's1.txt'}:7: result has 7 rows but the sequence has 6 frames")
+        eval_error(capsys.readouterr().err, f"{res / 's1.txt'}:7: result has 7 rows but the sequence has 6 frames")
     (res / "s1.txt").write_text("10,12,20,16\n" * 3 + "10,12,x,16\n" + "10,12,20,16\n" * 2)
     assert cli(base) == 2
-    _one_line(capsys.readouterr().err, f"{res / 's1.txt'}:4: non-numeric value 'x'")
+    eval_error(capsys.readouterr().err, f"{res / 's1.txt'}:4: non-numeric value 'x'")
     os.unlink(res / "s1.txt")
     assert cli(base) == 2
-    _one_line(capsys.readouterr().err, f"{res / 's1.txt'}: result file not found", "--on-missing skip")
+    eval_error(capsys.readouterr().err, f"{res / 's1.txt'}: result file not found", "--on-missing skip")
     assert not (tmp_path / "rep").exists()                                # no report from a failed scoring
 
 
@@ -222,7 +215,7 @@ def test_truncated_frame_is_tracked_with_one_warning(otb, tmp_path, caplog, cli,
     assert "2 truncated JPEG frame(s)" in captured.err
 
 
-def test_undecodable_frame_fails_only_its_sequence(otb, tmp_path, cli, capsys):
+def test_undecodable_frame_fails_only_its_sequence(otb, tmp_path, cli, capsys, eval_error):
     bad = otb / "s2" / "img" / "0004.jpg"
     bad.write_bytes(b"this is not a JPEG")
     seqs = load_dataset("otb", str(otb))
@@ -237,7 +230,7 @@ def test_undecodable_frame_fails_only_its_sequence(otb, tmp_path, cli, capsys):
     assert sorted(os.listdir(out)) == ["s1.txt", "s1_time.txt"]               # s1 kept, nothing of s2
     assert cli(["--dataset", "otb", "--root", str(otb), "--tracker", "identity", "--results", str(tmp_path / "r2"),
                 "--no-progress"]) == 2
-    _one_line(capsys.readouterr().err, "1 of 2 sequence(s) failed", f"s2: {bad}: not a readable image")
+    eval_error(capsys.readouterr().err, "1 of 2 sequence(s) failed", f"s2: {bad}: not a readable image")
 
 
 # ------------------------------------------------------------------------------------- two runners
@@ -255,18 +248,11 @@ def test_a_sequence_locked_by_another_runner_is_left_to_it(otb, tmp_path):
     assert sorted(os.listdir(out)) == ["s1.txt", "s1_time.txt", "s2.txt", "s2_time.txt"]
 
 
-def _runner_process(args):
-    root, out = args
-    seqs = load_dataset("otb", root)
-    factory = TrackerFactory("slow", "default", "tracking_helpers:SlowIdentityTracker", {"seconds": 0.05})
-    return [(r.name, r.status) for r in run_dataset(seqs, factory, out, progress=False)]
-
-
 def test_two_runner_processes_share_one_results_folder(tmp_path):
     root = _folder_dataset(tmp_path / "otb", names=("a", "b", "c", "d"), n=8)
     out = str(tmp_path / "res")
     with mp.get_context("spawn").Pool(2) as pool:
-        outcomes = pool.map(_runner_process, [(str(root), out)] * 2)
+        outcomes = pool.map(run_otb_folder, [(str(root), out)] * 2)
     done = sorted(name for runs in outcomes for name, status in runs if status == "done")
     assert done == ["a", "b", "c", "d"]                                  # every sequence run exactly once
     for runs in outcomes:

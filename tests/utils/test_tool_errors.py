@@ -26,14 +26,9 @@ def tools():
                                   "make_synthetic_tracking_set")}
 
 
-def _error(capsys, prog: str, *fragments: str) -> str:
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    line = err.strip().splitlines()[-1]
-    assert line.startswith(f"{prog}: error: "), err
-    for f in fragments:
-        assert f in line, (f, line)
-    return line
+@pytest.fixture()
+def tool_error(one_line_error):
+    return lambda capsys, prog, *fragments: one_line_error(capsys.readouterr().err, prog, *fragments)
 
 
 @pytest.fixture()
@@ -44,16 +39,16 @@ def blocker(tmp_path) -> Path:
     return path
 
 
-def test_benchmarks(tools, blocker, capsys):
+def test_benchmarks(tools, blocker, capsys, tool_error):
     sampler, refiner = tools["bench_sampler"].main, tools["bench_refiner"].main
     if not torch.cuda.is_available():
         assert run_cli(sampler, ["--device", "cuda"], prog="bench_sampler.py") == 2
-        _error(capsys, "bench_sampler.py", "--device cuda: CUDA is not available on this machine; use --device cpu")
+        tool_error(capsys, "bench_sampler.py", "--device cuda: CUDA is not available on this machine; use --device cpu")
     assert run_cli(refiner, ["--device", "tpu9"], prog="bench_refiner.py") == 2
-    _error(capsys, "bench_refiner.py", "--device 'tpu9': not a device name")
+    tool_error(capsys, "bench_refiner.py", "--device 'tpu9': not a device name")
     out = blocker / "sub" / "bench.json"
     assert run_cli(sampler, ["--json", str(out), "--num-boxes", "4"], prog="bench_sampler.py") == 2
-    _error(capsys, "bench_sampler.py", f"{blocker / 'sub'}: folder is not writable")
+    tool_error(capsys, "bench_sampler.py", f"{blocker / 'sub'}: folder is not writable")
     with pytest.raises(SystemExit) as e:
         run_cli(sampler, ["--num-boxes", "0"])
     assert e.value.code == 2
@@ -70,29 +65,29 @@ def test_toy_benchmark_checks_its_outputs_before_training(tools, blocker, capsys
         run_cli(main, ["--seeds", "0"])
 
 
-def test_synthetic_detection_generator(tools, tmp_path, blocker, capsys):
+def test_synthetic_detection_generator(tools, tmp_path, blocker, capsys, tool_error):
     main = tools["make_synthetic_detection"].main
     assert run_cli(main, ["--out", str(tmp_path / "d"), "--image-size", "8"], prog="make_synthetic_detection.py") == 2
-    _error(capsys, "make_synthetic_detection.py", "image_size must be (height, width) >= 16 px")
+    tool_error(capsys, "make_synthetic_detection.py", "image_size must be (height, width) >= 16 px")
     assert run_cli(main, ["--out", str(blocker / "d")], prog="make_synthetic_detection.py") == 2
-    _error(capsys, "make_synthetic_detection.py", f"{blocker / 'd'}: folder is not writable")
+    tool_error(capsys, "make_synthetic_detection.py", f"{blocker / 'd'}: folder is not writable")
     assert run_cli(main, ["--out", str(tmp_path / "d"), "--train", "1", "--val", "0", "--image-size", "64",
                           "--size-range", "10", "30", "--coco-dir", str(tmp_path / "coco")],
                    prog="make_synthetic_detection.py") == 2
-    _error(capsys, "make_synthetic_detection.py", f"{tmp_path / 'coco'}: COCO folder not found")
+    tool_error(capsys, "make_synthetic_detection.py", f"{tmp_path / 'coco'}: COCO folder not found")
     assert not (tmp_path / "d" / "annotations").exists()
 
 
-def test_synthetic_tracking_set_generator(tools, tmp_path, blocker, capsys):
+def test_synthetic_tracking_set_generator(tools, tmp_path, blocker, capsys, tool_error):
     main = tools["make_synthetic_tracking_set"].main
     prog = "make_synthetic_tracking_set.py"
     assert run_cli(main, ["--out", str(tmp_path / "s"), "--background-dir", str(tmp_path / "bg")], prog=prog) == 2
-    _error(capsys, prog, f"{tmp_path / 'bg'}: background folder not found")
+    tool_error(capsys, prog, f"{tmp_path / 'bg'}: background folder not found")
     (tmp_path / "bg").mkdir()
     assert run_cli(main, ["--out", str(tmp_path / "s"), "--background-dir", str(tmp_path / "bg")], prog=prog) == 2
-    _error(capsys, prog, "no .jpg or .png images")
+    tool_error(capsys, prog, "no .jpg or .png images")
     assert run_cli(main, ["--out", str(blocker / "s")], prog=prog) == 2
-    _error(capsys, prog, "folder is not writable")
+    tool_error(capsys, prog, "folder is not writable")
     with pytest.raises(SystemExit):
         run_cli(main, ["--out", str(tmp_path / "s"), "--frames", "1"])
     # a broken background photo is named (it is read when a sequence picks it)
@@ -100,7 +95,7 @@ def test_synthetic_tracking_set_generator(tools, tmp_path, blocker, capsys):
     args = ["--out", str(tmp_path / "s"), "--num", "5", "--frames", "3", "--width", "64", "--height", "64",
             "--background-dir", str(tmp_path / "bg")]
     assert run_cli(main, args, prog=prog) == 2                     # the 5th sequence draws the photo
-    _error(capsys, prog, f"{tmp_path / 'bg' / 'photo.jpg'}: not a readable image")
+    tool_error(capsys, prog, f"{tmp_path / 'bg' / 'photo.jpg'}: not a readable image")
     # without it: every frame is written whole (atomically); a re-run after a lost frame writes just that one
     args = ["--out", str(tmp_path / "s3"), "--num", "3", "--frames", "3", "--width", "64", "--height", "64"]
     assert run_cli(main, args, prog=prog) == 0
