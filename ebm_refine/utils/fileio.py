@@ -11,7 +11,6 @@ file (two evaluation runners on one results folder, two ranks generating one dat
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 import tempfile
 from typing import IO, Any, Iterator
@@ -84,15 +83,11 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
 
 
 def atomic_save_torch(obj: Any, path: str) -> None:
-    """``torch.save(obj, path)`` atomically: a run killed while saving never leaves a partial file.
-
-    Accepts anything ``torch.save`` accepts; serialises to memory first so a failing pickle leaves no file.
-    """
+    """``torch.save(obj, path)`` atomically: a run killed (or a pickle failing) while saving leaves no partial file."""
     import torch
 
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    atomic_write_bytes(path, buf.getvalue())
+    with atomic_writer(path, "wb") as fh:
+        torch.save(obj, fh)
 
 
 @contextlib.contextmanager
