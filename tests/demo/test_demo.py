@@ -335,10 +335,11 @@ def test_checkpoints_of_the_wrong_kind(data, tiny_tracker, tmp_path, capsys, dem
                       "--output", str(tmp_path / "t.mp4"), *args]) == 2
     demo_error(capsys.readouterr().err, str(data["weights"]), "not a tracker network", "KeyError",
                     "tools/train_tracker.py")
-    # a text file as detector weights
+    # a text file as detector weights: one line naming it (EBMCheckpointer's message; the demo words the
+    # load failures the checkpointer does not catch itself)
     det = [a if a != str(data["weights"]) else str(text) for a in det_args(data)]
     assert demo.main(["detect", "--video-input", str(data["video"]), "--output", str(tmp_path / "d.mp4"), *det]) == 2
-    demo_error(capsys.readouterr().err, str(text), "cannot be loaded", "tools/train_net.py")
+    demo_error(capsys.readouterr().err, str(text), "checkpoint")
     assert not (tmp_path / "t.mp4").exists() and not (tmp_path / "d.mp4").exists() and no_partials(tmp_path)
 
 
