@@ -1,4 +1,5 @@
-"""Shared pytest fixtures: the location of the real test data (never copied into the repo)."""
+"""Shared pytest fixtures: the location of the real test data (never copied into the repo), and the check of
+the command-line error convention."""
 import os
 from pathlib import Path
 
@@ -20,6 +21,21 @@ def shared_data() -> Path:
     return root
 
 
+@pytest.fixture()
+def one_line_error():
+    """``check(stderr, prog, *fragments)``: stderr ends in ``<prog>: error: ...`` holding every fragment, with
+    no traceback (ebm_refine.utils.cli's convention); returns that line."""
+    def check(stderr: str, prog: str, *fragments: str) -> str:
+        assert "Traceback" not in stderr, stderr
+        line = stderr.strip().splitlines()[-1]
+        assert line.startswith(f"{prog}: error: "), stderr
+        for fragment in fragments:
+            assert fragment in line, (fragment, line)
+        return line
+
+    return check
+
+
 def mobilenet_weights_path() -> Path:
     """The project's ImageNet MobileNetV2 file: ``$EBM_WEIGHTS_DIR`` or ``<repo>/../shared/weights``."""
     return Path(os.environ.get("EBM_WEIGHTS_DIR", REPO.parent / "shared" / "weights")) / "mobilenet_v2_imagenet_features.pth"
@@ -31,4 +47,3 @@ def mobilenet_weights() -> Path:
     if not path.is_file():
         pytest.skip(f"MobileNetV2 ImageNet weights not found at {path} (set EBM_WEIGHTS_DIR)")
     return path
-

@@ -26,6 +26,8 @@ import torch  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 
 from ebm_refine.core import box_roi_align, refine_boxes  # noqa: E402
+from ebm_refine.utils import atomic_write_text, check_writable  # noqa: E402
+from ebm_refine.utils.cli import add_debug_argument, device_arg, run_cli  # noqa: E402
 
 
 class SmallBoxEnergy(nn.Module):
@@ -68,12 +70,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                          "2-core machine two threads made these calls >10x slower whenever other processes "
                          "competed for the cores, which swamps what is being measured")
     ap.add_argument("--json", type=Path, help="write the numbers here")
+    add_debug_argument(ap)
     args = ap.parse_args(argv)
+    if min(args.sizes) < 0 or args.steps < 0:
+        ap.error("--sizes and --steps must be >= 0")
+    for name in ("channels", "repeats"):
+        if getattr(args, name) < 1:
+            ap.error(f"--{name} must be >= 1")
+    if args.image_size < 16 or args.warmup < 0 or args.threads < 0:
+        ap.error("--image-size must be >= 16, --warmup and --threads >= 0")
 
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        print("CUDA is not available on this machine", file=sys.stderr)
-        return 2
+    device = device_arg(args.device)
+    if args.json:
+        check_writable(str(args.json.parent))
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -129,11 +138,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "results": rows,
     }
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2))
+        atomic_write_text(args.json, json.dumps(result, indent=2))
         print(f"wrote {args.json}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -27,6 +27,8 @@ import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 
 from ebm_refine.core import BoxProposal  # noqa: E402
+from ebm_refine.utils import atomic_write_text, check_writable  # noqa: E402
+from ebm_refine.utils.cli import add_debug_argument, device_arg, run_cli  # noqa: E402
 
 # The paper's ML-IS proposal for detection (sigma of centre offsets and log-sizes, per component).
 DEFAULT_SIGMAS = (0.0375, 0.075, 0.15)
@@ -101,12 +103,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                          "2-core machine two threads made these calls >10x slower whenever other processes "
                          "competed for the cores, which swamps what is being measured")
     ap.add_argument("--json", type=Path, help="write the numbers here")
+    add_debug_argument(ap)
     args = ap.parse_args(argv)
+    for name in ("num_boxes", "num_samples", "repeats", "loop_repeats"):
+        if getattr(args, name) < 1:
+            ap.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.warmup < 0 or args.threads < 0:
+        ap.error("--warmup and --threads must be >= 0")
 
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        print("CUDA is not available on this machine", file=sys.stderr)
-        return 2
+    device = device_arg(args.device)
+    if args.json:
+        check_writable(str(args.json.parent))
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -147,11 +154,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"  per-box Python loop:           {result['loop_ms']:9.3f} ms (median of {args.loop_repeats})")
     print(f"  speed-up: {result['speedup']:.1f}x   (log q agreement: max |diff| {max_diff:.2e})")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2))
+        atomic_write_text(args.json, json.dumps(result, indent=2))
         print(f"wrote {args.json}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -18,7 +18,9 @@ Examples::
     python tools/eval_tracking.py --dataset trackingnet --root /data/TrackingNet --split TEST \\
         --tracker ncc --workers 8 --pack-trackingnet ncc_trackingnet.zip
 
-See docs/tracking_evaluation.md for the protocols and the file layout.
+See docs/tracking_evaluation.md for the protocols and the file layout. Bad input (a wrong root, sequence,
+tracker, parameter set or result file) ends with one line naming the file or name and what to do, exit
+status 2 (``--debug`` shows the traceback); docs/bad_input.md lists every case.
 """
 from __future__ import annotations
 
@@ -30,10 +32,12 @@ from typing import List, Optional, Tuple
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
 
 from ebm_refine.tracking.datasets import dataset_names, load_dataset  # noqa: E402
-from ebm_refine.tracking.evaluation import (PROTOCOLS, RunError, SubmissionError, describe_trackers,  # noqa: E402
+from ebm_refine.tracking.evaluation import (PROTOCOLS, RunError, describe_trackers,  # noqa: E402
                                             evaluate_results, format_table, get_tracker_factory,
                                             pack_trackingnet, run_dataset, tracker_results_dir, write_report)
 from ebm_refine.tracking.evaluation.results import result_path  # noqa: E402
+from ebm_refine.utils import MissingFileError, UserError  # noqa: E402
+from ebm_refine.utils.cli import add_debug_argument, log_to_stderr, run_cli  # noqa: E402
 
 
 def _split_tracker(spec: str, default_params: str) -> Tuple[str, str]:
@@ -48,6 +52,8 @@ def _sequence_list(arg: Optional[str]) -> Optional[List[str]]:
     if not arg:
         return None
     if arg.startswith("@"):
+        if not os.path.isfile(arg[1:]):
+            raise MissingFileError(f"{arg[1:]}: sequence list not found (--sequences @FILE); check the path")
         with open(arg[1:]) as fh:
             return [ln.strip() for ln in fh if ln.strip() and not ln.startswith("#")]
     return [s.strip() for s in arg.split(",") if s.strip()]
@@ -76,11 +82,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="re-run sequences that already have results")
     p.add_argument("--on-missing", choices=("error", "skip", "zeros"), default="error",
                    help="scoring: a missing result file is an error (default), skipped, or all zeros")
+    p.add_argument("--exclude-invalid-frames", action="store_true",
+                   help="pytracking protocol: score only frames whose ground truth is a valid box "
+                        "(pytracking's option of that name; default: every frame counts)")
     p.add_argument("--report-dir", help="where tables/JSON/plots go (default: <results>/reports/<dataset>)")
     p.add_argument("--pack-trackingnet", metavar="ZIP", help="after running, pack TrackingNet results into ZIP")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--list-trackers", action="store_true", help="list registered trackers and exit")
     p.add_argument("--list-datasets", action="store_true", help="list dataset names and exit")
+    add_debug_argument(p)
     return p
 
 
@@ -98,7 +108,9 @@ def _dataset_options(args) -> dict:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    log_to_stderr()  # invalid ground-truth counts, truncated frames
     if args.list_trackers:
         for name, info in describe_trackers().items():
             print(f"{name:12s} params: {', '.join(info['params']):32s} {info['description']}")
@@ -107,8 +119,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         print("\n".join(dataset_names()))
         return 0
     if not args.dataset or not args.root:
-        print("error: --dataset and --root are required", file=sys.stderr)
-        return 2
+        parser.error("--dataset and --root are required")
+    if args.workers < 1:
+        parser.error("--workers must be >= 1")
 
     sequences = load_dataset(args.dataset, args.root, sequences=_sequence_list(args.sequences),
                              **_dataset_options(args))
@@ -131,24 +144,26 @@ def main(argv: Optional[List[str]] = None) -> int:
             try:
                 runs = run_dataset(sequences, factory, out_dir, num_workers=args.workers,
                                    overwrite=args.overwrite, progress=not args.no_progress)
-            except RunError as exc:
+            except UserError:
+                raise  # every failure was a bad input: one line from run_cli
+            except RunError as exc:  # a tracker crashed: its traceback is what the user needs
                 print(str(exc), file=sys.stderr)
                 return 1
             done = sum(r.status == "done" for r in runs)
-            print(f"  {done} run, {len(runs) - done} already finished")
+            busy = [r.name for r in runs if r.status == "busy"]
+            print(f"  {done} run, {sum(r.status == 'skipped' for r in runs)} already finished"
+                  + (f", {len(busy)} being run by another process: {', '.join(busy)}" if busy else ""))
+            truncated = sum(len(r.truncated_frames) for r in runs)
+            if truncated:
+                print(f"  {truncated} truncated frame(s) decoded partially (see the warning above)")
     if args.mode == "run" and args.result_dir:
         print("--result-dir is only used for scoring", file=sys.stderr)
     folders += [(os.path.normpath(d), d) for d in args.result_dir]
 
     if args.pack_trackingnet:
         if len(folders) != 1:
-            print("--pack-trackingnet needs exactly one tracker", file=sys.stderr)
-            return 2
-        try:
-            members = pack_trackingnet(sequences, folders[0][1], args.pack_trackingnet)
-        except SubmissionError as exc:
-            print(str(exc), file=sys.stderr)
-            return 1
+            parser.error("--pack-trackingnet needs exactly one tracker")
+        members = pack_trackingnet(sequences, folders[0][1], args.pack_trackingnet)
         print(f"packed {len(members)} sequences into {args.pack_trackingnet}")
 
     if args.mode == "run":
@@ -167,12 +182,13 @@ def main(argv: Optional[List[str]] = None) -> int:
                   f"({len(scorable) - len(common)} skipped)")
         scorable = common
         if not scorable:
-            print("no sequence has results for every tracker", file=sys.stderr)
-            return 1
+            raise MissingFileError(f"no sequence has results for every tracker ({', '.join(f for _, f in folders)}); "
+                                   "run the missing ones first (--mode run)")
     protocols = list(PROTOCOLS) if not args.protocol or "all" in args.protocol else list(dict.fromkeys(args.protocol))
     report_dir = args.report_dir or os.path.join(args.results, "reports", args.dataset)
     for protocol in protocols:
-        results = [evaluate_results(scorable, folder, protocol, on_missing=args.on_missing, name=name)
+        results = [evaluate_results(scorable, folder, protocol, on_missing=args.on_missing, name=name,
+                                    exclude_invalid_frames=args.exclude_invalid_frames)
                    for name, folder in folders]
         print()
         print(format_table(results, title=f"{args.dataset} ({len(scorable)} sequences)"))
@@ -182,4 +198,4 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -22,6 +22,8 @@ except ImportError:  # running from a source checkout without installing
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ebm_refine.data import SyntheticDetectionConfig, generate_synthetic_coco  # noqa: E402
+from ebm_refine.utils import check_writable  # noqa: E402
+from ebm_refine.utils.cli import add_debug_argument, run_cli  # noqa: E402
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -41,7 +43,11 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--format", choices=("png", "jpg"), default=d.image_format)
     p.add_argument("--coco-dir", default=None, help="COCO folder for photo backgrounds and real distractors")
     p.add_argument("--force", action="store_true", help="regenerate even if up to date")
-    return p.parse_args(argv)
+    add_debug_argument(p)
+    args = p.parse_args(argv)
+    if len(args.image_size) > 2:
+        p.error("--image-size takes HEIGHT [WIDTH]")
+    return args
 
 
 def summarize(json_path: Path) -> str:
@@ -60,11 +66,13 @@ def summarize(json_path: Path) -> str:
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     size = args.image_size * 2 if len(args.image_size) == 1 else args.image_size
+    # invalid values raise BadValueError naming the config field (image_size, size_range, ...)
     cfg = SyntheticDetectionConfig(
         image_size=tuple(size[:2]), num_train_images=args.train, num_val_images=args.val,
         objects_per_image=tuple(args.objects), size_range=tuple(args.size_range), clutter=args.clutter,
         occlusion=args.occlusion, image_format=args.format, coco_dir=args.coco_dir, seed=args.seed,
     )
+    check_writable(args.out)
     for split in ("train", "val"):
         start = time.perf_counter()
         json_path = generate_synthetic_coco(args.out, split, config=cfg, force=args.force)
@@ -73,4 +81,4 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -14,13 +14,16 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import List, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from ebm_refine.tracking.synthetic import SyntheticConfig, SyntheticSequence, write_sequence  # noqa: E402
+from ebm_refine.utils import BadValueError, MissingFileError, check_writable  # noqa: E402
+from ebm_refine.utils.cli import add_debug_argument, run_cli  # noqa: E402
 
 
-def main() -> int:
+def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True)
     ap.add_argument("--num", type=int, default=12)
@@ -29,11 +32,22 @@ def main() -> int:
     ap.add_argument("--width", type=int, default=320)
     ap.add_argument("--height", type=int, default=240)
     ap.add_argument("--background-dir", help="folder of real images used as backgrounds (half of the sequences)")
-    args = ap.parse_args()
+    add_debug_argument(ap)
+    args = ap.parse_args(argv)
+    if args.num < 1 or args.frames < 2 or args.first_seed < 0:
+        ap.error("--num must be >= 1, --frames >= 2 and --first-seed >= 0")
+    if min(args.width, args.height) < 64:
+        ap.error("--width and --height must be >= 64 px (the target is 12-40 % of the shorter side)")
     bgs = []
     if args.background_dir:
+        if not os.path.isdir(args.background_dir):
+            raise MissingFileError(f"{args.background_dir}: background folder not found (--background-dir)")
         bgs = sorted(os.path.join(args.background_dir, f) for f in os.listdir(args.background_dir)
                      if f.lower().endswith((".jpg", ".png")))
+        if not bgs:
+            raise BadValueError(f"{args.background_dir}: no .jpg or .png images to use as backgrounds; point "
+                                "--background-dir at a folder of photos")
+    check_writable(args.out)
     cfg = SyntheticConfig(height=args.height, width=args.width, num_frames=args.frames, background_images=bgs)
     for k in range(args.num):
         print(write_sequence(SyntheticSequence(args.first_seed + k, cfg), args.out))
@@ -41,4 +55,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

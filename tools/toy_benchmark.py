@@ -11,6 +11,7 @@ Trains every method on both toy problems for several seeds and prints KL(p_true 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import multiprocessing as mp
 import os
@@ -37,6 +38,8 @@ from ebm_refine.toy import (  # noqa: E402
     with_overrides,
 )
 from ebm_refine.toy.benchmark import RunResult  # noqa: E402
+from ebm_refine.utils import atomic_write_bytes, atomic_write_text, check_writable  # noqa: E402
+from ebm_refine.utils.cli import add_debug_argument, run_cli  # noqa: E402
 
 METHOD_LABELS = {"ml_is": "EBM ML-IS", "nce_plus": "EBM NCE+", "gaussian": "Gaussian"}
 
@@ -101,9 +104,10 @@ def save_figure(path: Path, runs: List[RunResult], config: BenchmarkConfig, prob
             ax.set_ylabel("y", fontsize=8)
             ax.tick_params(labelsize=7)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    buf = io.BytesIO()
+    fig.savefig(buf, format=path.suffix.lstrip(".") or "png", dpi=110)
     plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -118,7 +122,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     ap.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
                     help="parallel processes (each single-threaded); default min(2, #cpus)")
+    add_debug_argument(ap)
     args = ap.parse_args(argv)
+    for name in ("seeds", "iters", "num_samples"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            ap.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.workers < 1:
+        ap.error("--workers must be >= 1")
+    # A bad output path must fail now, not after minutes of training.
+    for out in (args.json, args.png):
+        if out is not None:
+            check_writable(str(out.parent))
 
     base = quick_config() if args.quick else BenchmarkConfig()
     config = with_overrides(base, iters=args.iters, num_samples=args.num_samples)
@@ -149,8 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(format_table(table))
     print(f"wall time {table['wall_seconds']:.0f} s")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(table, indent=2))
+        atomic_write_text(args.json, json.dumps(table, indent=2))
         print(f"wrote {args.json}")
     if args.png:
         save_figure(args.png, runs, config, args.problems, args.methods, seeds[0])
@@ -159,4 +172,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

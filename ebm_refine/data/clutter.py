@@ -25,6 +25,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 
+from ..utils import BadValueError, MissingFileError, read_image
+
 __all__ = ["render_background", "draw_distractors", "CocoObjectSource"]
 
 
@@ -165,11 +167,19 @@ class CocoObjectSource:
 
     def __init__(self, coco_dir: str | Path):
         self.root = Path(coco_dir)
+        if not self.root.is_dir():
+            raise MissingFileError(f"{self.root}: COCO folder not found; check the path (--coco-dir)")
         jsons = sorted(self.root.glob("*.json"))
         if not jsons:
-            raise FileNotFoundError(f"no COCO annotation json in {self.root}")
+            raise MissingFileError(f"{self.root}: no COCO annotation json (*.json) in the folder; put the "
+                                   "instances json next to the images")
         raw = jsons[0].read_bytes()
-        data = json.loads(raw)
+        try:
+            data = json.loads(raw)
+            data["images"], data["annotations"]
+        except (ValueError, KeyError, TypeError) as e:
+            raise BadValueError(f"{jsons[0]}: not a COCO instances json ({e}); use the instances_*.json of "
+                                "a COCO release") from None
         folders = [self.root] + sorted(p for p in self.root.iterdir() if p.is_dir())
         self.files: Dict[int, Path] = {}
         for im in sorted(data["images"], key=lambda d: d["id"]):
@@ -188,7 +198,8 @@ class CocoObjectSource:
                 if polys:
                     self.instances.append((ann["image_id"], [x, y, bw, bh], polys))
         if not self.files or not self.instances:
-            raise FileNotFoundError(f"no usable images/instances in {self.root}")
+            raise BadValueError(f"{self.root}: no usable images/instances (needs polygon instances of at least "
+                                f"16 px per side whose images are in the folder); check {jsons[0].name}")
         self.image_ids = sorted(self.files)
         self.fingerprint = hashlib.sha256(raw + "|".join(sorted(self.files[i].name for i in self.image_ids)).encode()).hexdigest()[:16]
         self._cache: Dict[int, np.ndarray] = {}
@@ -196,9 +207,7 @@ class CocoObjectSource:
     def _image(self, image_id: int) -> np.ndarray:
         """(H, W, 3) float32 RGB of one photograph, decoded once and cached."""
         if image_id not in self._cache:
-            bgr = cv2.imread(str(self.files[image_id]), cv2.IMREAD_COLOR)
-            if bgr is None:
-                raise OSError(f"cannot read {self.files[image_id]}")
+            bgr, _ = read_image(str(self.files[image_id]))
             self._cache[image_id] = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB).astype(np.float32)
         return self._cache[image_id]
 

@@ -50,6 +50,8 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 import cv2
 import numpy as np
 
+from ..utils import BadValueError
+from ..utils.fileio import file_lock
 from .clutter import CocoObjectSource, draw_distractors, render_background
 from .rle import encode_rle, mask_to_box
 from .shapes import SHAPE_NAMES, ShapeSpec, polygon_bounds, rasterize, render_fill, sample_shape
@@ -104,31 +106,31 @@ class SyntheticDetectionConfig:
         for name in ("image_size", "classes", "objects_per_image", "size_range", "aspect_range"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
         if len(self.image_size) != 2 or min(self.image_size) < 16:
-            raise ValueError(f"image_size must be (height, width) >= 16 px, got {self.image_size}")
+            raise BadValueError(f"image_size must be (height, width) >= 16 px, got {self.image_size}")
         h, w = self.image_size
         if not self.classes or len(set(self.classes)) != len(self.classes):
-            raise ValueError(f"classes must be non-empty and unique, got {self.classes}")
+            raise BadValueError(f"classes must be non-empty and unique, got {self.classes}")
         unknown = set(self.classes) - set(CLASS_NAMES)
         if unknown:
-            raise ValueError(f"unknown classes {sorted(unknown)}; available: {CLASS_NAMES}")
+            raise BadValueError(f"unknown classes {sorted(unknown)}; available: {CLASS_NAMES}")
         lo, hi = self.objects_per_image
         if not 0 <= lo <= hi:
-            raise ValueError(f"objects_per_image must be 0 <= min <= max, got {self.objects_per_image}")
+            raise BadValueError(f"objects_per_image must be 0 <= min <= max, got {self.objects_per_image}")
         for name in ("size_range", "aspect_range"):
             lo_f, hi_f = getattr(self, name)
             if not 0 < lo_f <= hi_f:
-                raise ValueError(f"{name} must be 0 < min <= max, got {getattr(self, name)}")
+                raise BadValueError(f"{name} must be 0 < min <= max, got {getattr(self, name)}")
         if self.size_range[1] > 0.9 * min(h, w):
-            raise ValueError(f"size_range max {self.size_range[1]} too large for images of {self.image_size}")
+            raise BadValueError(f"size_range max {self.size_range[1]} too large for images of {self.image_size}")
         for name in ("clutter", "occlusion", "truncation", "min_visible_fraction", "photo_probability"):
             if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+                raise BadValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.image_format not in ("png", "jpg"):
-            raise ValueError(f"image_format must be 'png' or 'jpg', got {self.image_format!r}")
+            raise BadValueError(f"image_format must be 'png' or 'jpg', got {self.image_format!r}")
         if not 50 <= self.jpeg_quality <= 100:
-            raise ValueError(f"jpeg_quality must be in [50, 100], got {self.jpeg_quality}")
+            raise BadValueError(f"jpeg_quality must be in [50, 100], got {self.jpeg_quality}")
         if min(self.num_train_images, self.num_val_images, self.seed) < 0 or self.noise_std < 0:
-            raise ValueError("image counts, seed and noise_std must be non-negative")
+            raise BadValueError("image counts, seed and noise_std must be non-negative")
 
     def num_images(self, split: str) -> int:
         """Default image count of a split: ``num_train_images`` for names starting with "train"."""
@@ -315,17 +317,8 @@ def dataset_paths(root: PathLike, split: str) -> Tuple[Path, Path]:
 @contextlib.contextmanager
 def _split_lock(root: Path, split: str) -> Iterator[None]:
     """Exclusive lock per (root, split): e.g. two distributed ranks generating at the same time."""
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no inter-process lock, the atomic commit still protects readers
+    with file_lock(root / f".{split}.lock"):
         yield
-        return
-    with open(root / f".{split}.lock", "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _is_complete(json_path: Path, image_dir: Path, stamp: str) -> bool:
@@ -378,11 +371,11 @@ def generate_synthetic_coco(
     split). Concurrent calls for the same split wait for each other (file lock).
     """
     if not _SPLIT_RE.match(split):
-        raise ValueError(f"split must match {_SPLIT_RE.pattern}, got {split!r}")
+        raise BadValueError(f"split must match {_SPLIT_RE.pattern}, got {split!r}")
     seed = config.seed if seed is None else int(seed)
     n = config.num_images(split) if num_images is None else int(num_images)
     if n < 0 or seed < 0:
-        raise ValueError("num_images and seed must be non-negative")
+        raise BadValueError("num_images and seed must be non-negative")
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     json_path, image_dir = dataset_paths(root, split)

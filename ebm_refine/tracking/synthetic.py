@@ -23,6 +23,8 @@ from typing import Dict, List, Optional, Sequence as _Seq
 import cv2
 import numpy as np
 
+from ..utils import BadValueError, atomic_write_bytes, atomic_write_text, read_image
+
 __all__ = ["SyntheticConfig", "SyntheticSequence", "SyntheticDataset", "write_sequence"]
 
 _TEX = 64  # texture resolution (pixels); rendered with bilinear warping at any box size
@@ -106,9 +108,7 @@ def _procedural_background(rng: np.random.Generator, h: int, w: int) -> np.ndarr
 
 
 def _image_background(path: str, rng: np.random.Generator, h: int, w: int) -> np.ndarray:
-    img = cv2.imread(path, cv2.IMREAD_COLOR)
-    if img is None:
-        raise FileNotFoundError(f"background image not readable: {path}")
+    img, _ = read_image(path)  # a missing, broken or truncated background is an error naming it
     img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB).astype(np.float32)
     ih, iw = img.shape[:2]
     s = max(h / ih, w / iw) * rng.uniform(1.0, 1.5)
@@ -275,6 +275,9 @@ def write_sequence(seq: SyntheticSequence, out_dir: str) -> str:
     """Write frames (``img/%06d.jpg``, 1-based) and ``groundtruth.txt`` (x,y,w,h per line) to
     ``out_dir/<name>``, a layout the generic folder loader of :mod:`ebm_refine.tracking.datasets` reads.
 
+    Every file is written atomically, so a frame that exists is complete: a run killed half-way is
+    resumed by writing the missing frames only.
+
     Returns the sequence folder.
     """
     folder = os.path.join(out_dir, seq.name)
@@ -282,6 +285,11 @@ def write_sequence(seq: SyntheticSequence, out_dir: str) -> str:
     for i in range(len(seq)):
         path = os.path.join(folder, "img", f"{i + 1:06d}.jpg")
         if not os.path.isfile(path):
-            cv2.imwrite(path, cv2.cvtColor(seq.frame(i), cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])
-    np.savetxt(os.path.join(folder, "groundtruth.txt"), seq.boxes, fmt="%.3f", delimiter=",")
+            ok, data = cv2.imencode(".jpg", cv2.cvtColor(seq.frame(i), cv2.COLOR_RGB2BGR),
+                                    [cv2.IMWRITE_JPEG_QUALITY, 95])
+            if not ok:
+                raise BadValueError(f"{path}: OpenCV cannot encode the frame as JPEG")
+            atomic_write_bytes(path, data.tobytes())
+    atomic_write_text(os.path.join(folder, "groundtruth.txt"),
+                      "".join(",".join(f"{v:.3f}" for v in box) + "\n" for box in seq.boxes))
     return folder

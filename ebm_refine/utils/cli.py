@@ -4,7 +4,8 @@ Expected failures (a bad path, an unreadable or malformed file, an unknown confi
 range, a checkpoint of the wrong kind) end the command with **one line** on stderr that names the file or
 key and says what to do, and exit status 2. Real bugs keep their traceback (status 1). ``--debug`` on the
 command line, or ``EBM_DEBUG=1`` in the environment, shows the traceback of expected failures too.
-Ctrl-C ends with status 130 and one line.
+Ctrl-C ends with status 130 and one line (``KeyboardInterrupt("after 44 frames; ...")`` raised by the
+script adds its message to that line).
 
 Usage in a script::
 
@@ -15,14 +16,16 @@ Usage in a script::
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import re
 import sys
 from typing import Any, Callable, List, Optional, Sequence
 
-from .errors import UserError
+from .errors import BadValueError, UserError
 
-__all__ = ["run_cli", "add_debug_argument", "debug_enabled", "user_message", "EXIT_USER_ERROR", "EXIT_INTERRUPTED"]
+__all__ = ["run_cli", "add_debug_argument", "debug_enabled", "user_message", "log_to_stderr", "device_arg",
+           "EXIT_USER_ERROR", "EXIT_INTERRUPTED"]
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -64,7 +67,8 @@ def user_message(error: BaseException) -> Optional[str]:
         return reraised
     if isinstance(error, UserError):
         return " ".join(str(error).split("\n")).strip() or type(error).__name__
-    if isinstance(error, (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)):
+    if isinstance(error, (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError,
+                          FileExistsError)):
         name = error.filename if error.filename is not None else ""
         what = error.strerror or str(error)
         return f"{name}: {what}" if name else what
@@ -79,6 +83,42 @@ def user_message(error: BaseException) -> Optional[str]:
     return None
 
 
+def device_arg(name: str, option: str = "--device"):
+    """A ``--device`` value as a ``torch.device``; a one-line error for a bad name or a GPU that is not there."""
+    import torch
+
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise BadValueError(f"{option} {name!r}: not a device name; use cpu or cuda") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise BadValueError(f"{option} {name}: CUDA is not available on this machine; use {option} cpu")
+    return device
+
+
+class _StderrHandler(logging.Handler):
+    """Writes each record as one plain line to the *current* ``sys.stderr`` (which tests may swap)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            print(self.format(record), file=sys.stderr)
+        except Exception:  # noqa: BLE001 - logging must never raise
+            self.handleError(record)
+
+
+def log_to_stderr(level: int = logging.INFO, name: str = "ebm_refine") -> None:
+    """Show the package's log lines (``name`` and below, ``level`` and above) as plain lines on stderr.
+
+    For scripts that do not set up logging themselves; calling it again changes nothing but the level.
+    """
+    log = logging.getLogger(name)
+    if not any(isinstance(h, _StderrHandler) for h in log.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(handler)
+    log.setLevel(level)
+
+
 def run_cli(main: Callable[[Optional[List[str]]], Any], argv: Optional[Sequence[str]] = None,
             prog: Optional[str] = None) -> int:
     """Call ``main(argv)`` under the error convention; returns the exit status for ``sys.exit``.
@@ -89,8 +129,8 @@ def run_cli(main: Callable[[Optional[List[str]]], Any], argv: Optional[Sequence[
     prog = prog or os.path.basename(sys.argv[0] or "ebm_refine")
     try:
         status = main(argv)
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:  # a KeyboardInterrupt raised with a message says what was kept
+        print(f"{prog}: interrupted" + (f" {e}" if str(e) else ""), file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as e:  # noqa: BLE001 - sorted into expected failures and bugs below
         message = user_message(e)

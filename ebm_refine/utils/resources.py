@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import List, Optional
 
-from .errors import UserError
+from .errors import MissingFileError
 
 __all__ = ["data_root", "resource_path", "list_resources", "source_checkout", "shared_data_dir", "MissingResourceError"]
 
@@ -19,7 +19,7 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1]
 _MARKER = Path("configs") / "Base-EBM-RCNN-FPN.yaml"
 
 
-class MissingResourceError(UserError, FileNotFoundError):
+class MissingResourceError(MissingFileError):
     """A shipped file that does not exist (a ``FileNotFoundError`` too, for callers that catch that)."""
 
 

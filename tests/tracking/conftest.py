@@ -14,6 +14,17 @@ if str(HERE) not in sys.path:
 
 
 @pytest.fixture(scope="session")
+def eval_tracking_tool():
+    """tools/eval_tracking.py as a module (its ``main(argv)`` raises; ``run_cli(main, argv)`` is the command)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("eval_tracking_tool", HERE.parents[1] / "tools" / "eval_tracking.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="session")
 def tracking_data(shared_data) -> Path:
     root = Path(shared_data) / "tracking"
     if not root.is_dir():

@@ -1,6 +1,5 @@
 """tools/eval_tracking.py end to end: run + score on a real sequence, score-only on existing folders,
 resume, TrackingNet packing, listing."""
-import importlib.util
 import json
 import os
 import subprocess
@@ -18,11 +17,8 @@ TOOL = REPO / "tools" / "eval_tracking.py"
 
 
 @pytest.fixture(scope="module")
-def cli():
-    spec = importlib.util.spec_from_file_location("eval_tracking_cli", TOOL)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.main
+def cli(eval_tracking_tool):
+    return eval_tracking_tool.main
 
 
 def test_cli_subprocess_run_and_score(tracking_data, tmp_path):

@@ -63,7 +63,8 @@ def test_uav123_sub_sequence_frames_and_nan_rows(uav_root):
     assert bird.frames[-1].endswith("data_seq/UAV123/bird1/001477.jpg")
     assert np.isnan(bird.ground_truth[100:130]).all() and np.isfinite(bird.ground_truth[:100]).all()
     np.testing.assert_allclose(bird.ground_truth[0], _gt(703, 1)[0])
-    assert bird.meta == {"folder": "bird1", "first_frame": 775, "last_frame": 1477}
+    assert bird.meta == {"folder": "bird1", "first_frame": 775, "last_frame": 1477,
+                         "anno_path": str(uav_root / "anno" / "UAV123" / "bird1_2.txt")}
 
 
 def test_uav20l_and_10fps(uav_root):
@@ -81,7 +82,7 @@ def test_uav_errors_name_files(uav_root):
         load_dataset("uav123", str(uav_root), sequences=["uav6"])
     write_boxes_txt(anno, _gt(109, 2))
     os.unlink(uav_root / "data_seq" / "UAV123" / "bird1" / "001000.jpg")
-    with pytest.raises(FileNotFoundError, match=r"missing frame .*bird1/001000\.jpg"):
+    with pytest.raises(FileNotFoundError, match=r"bird1/001000\.jpg: missing frame"):
         load_dataset("uav123", str(uav_root), sequences=["bird1_2"])
     with pytest.raises(KeyError, match="bird9"):
         load_dataset("uav123", str(uav_root), sequences=["bird9"])

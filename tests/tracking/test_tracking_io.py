@@ -66,12 +66,12 @@ def test_list_frames_numeric_order_and_gaps(tmp_path):
     assert [p.rsplit("/", 1)[1] for p in frames[:3]] == ["0.jpg", "1.jpg", "2.jpg"]
     assert frames[10].endswith("/10.jpg") and len(frames) == 12
     (tmp_path / "f" / "5.jpg").unlink()
-    with pytest.raises(FileNotFoundError, match=r"missing frame .*/f/5\.jpg"):
+    with pytest.raises(FileNotFoundError, match=r"/f/5\.jpg: missing frame"):
         list_frames(str(tmp_path / "f"))
     touch_frames(tmp_path / "g", range(1, 21), "{:04d}.jpg")
     sub = list_frames(str(tmp_path / "g"), frame_range=(5, 9))
     assert [p[-8:] for p in sub] == ["0005.jpg", "0006.jpg", "0007.jpg", "0008.jpg", "0009.jpg"]
-    with pytest.raises(FileNotFoundError, match=r"missing frame .*/g/0021\.jpg"):
+    with pytest.raises(FileNotFoundError, match=r"/g/0021\.jpg: missing frame"):
         list_frames(str(tmp_path / "g"), frame_range=(15, 21))
 
 

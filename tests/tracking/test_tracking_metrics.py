@@ -46,6 +46,8 @@ def test_worked_example_numbers():
     tn = _scores("trackingnet", tn_res)
     r = lambda d: {k: round(v, 2) for k, v in d.items()}  # noqa: E731
     assert r(py) == {"auc": 46.67, "precision": 80.0, "norm_precision": 60.0, "op50": 40.0, "op75": 40.0}
+    py_ex = _scores("pytracking", score_sequence_pytracking(EX_PRED, EX_GT, "uav123", exclude_invalid_frames=True))
+    assert r(py_ex) == {"auc": 58.33, "precision": 75.0, "norm_precision": 50.0, "op50": 50.0, "op75": 50.0}
     assert r(otb) == {"auc": 58.33, "precision": 75.0, "norm_precision": 50.0, "op50": 50.0, "op75": 50.0}
     assert r(tn) == {"auc": 49.5, "precision": 62.5, "norm_precision": 49.0, "op50": 60.0, "op75": 40.0}
     assert tn_res["covered_frames"] == 5
@@ -56,16 +58,23 @@ def test_pytracking_invalid_frames_uav_vs_default():
     pred = np.array([[0, 0, 10, 10], [100, 100, 10, 10], [0, 0, 10, 10], [0, 0, 10, 10]], float)
     uav = score_sequence_pytracking(pred, gt, "uav123")
     other = score_sequence_pytracking(pred, gt, "otb")
+    # current pytracking: every frame in the denominator, on every dataset (exclude_invalid_frames=False);
     # invalid frame 2: IoU failure, centre success on UAV / failure elsewhere, normalised success always
-    assert uav["denominator"] == 4 and other["denominator"] == 3
-    assert uav["success"][10] == pytest.approx(2 / 4) and other["success"][10] == pytest.approx(2 / 3)
-    assert uav["precision"][20] == pytest.approx(3 / 4) and other["precision"][20] == pytest.approx(2 / 3)
-    assert uav["norm_precision"][20] == pytest.approx(3 / 4) and other["norm_precision"][20] == pytest.approx(3 / 3)
+    assert uav["denominator"] == 4 and other["denominator"] == 4
+    assert uav["success"][10] == pytest.approx(2 / 4) and other["success"][10] == pytest.approx(2 / 4)
+    assert uav["precision"][20] == pytest.approx(3 / 4) and other["precision"][20] == pytest.approx(2 / 4)
+    assert uav["norm_precision"][20] == pytest.approx(3 / 4) and other["norm_precision"][20] == pytest.approx(3 / 4)
+    # exclude_invalid_frames=True: only the 3 valid frames count, numerator and denominator alike
+    # (pytracking would still count frame 2's -1 errors as successes: norm. precision 3/3 from 2 good frames)
+    for dataset in ("uav123", "otb"):
+        ex = score_sequence_pytracking(pred, gt, dataset, exclude_invalid_frames=True)
+        assert ex["denominator"] == 3
+        assert [ex["success"][10], ex["precision"][20], ex["norm_precision"][20]] == pytest.approx([2 / 3] * 3)
     # NaN ground truth is only allowed on UAV datasets
     gt_nan = gt.copy()
     gt_nan[2] = NAN
     assert score_sequence_pytracking(pred, gt_nan, "uav20l")["precision"][0] == pytest.approx(3 / 4)
-    with pytest.raises(ValueError, match="only on UAV datasets"):
+    with pytest.raises(AnnotationError, match="only on UAV datasets -- use --protocol otb"):
         score_sequence_pytracking(pred, gt_nan, "otb")
 
 
@@ -88,8 +97,6 @@ def test_pytracking_zero_size_carry_forward_padding_and_invalid():
     assert res["success"][-2] == 1.0
     short = score_sequence_pytracking(pred[:3], gt, "otb")        # padded with zero boxes -> failures
     assert short["success"][0] == pytest.approx(3 / 5) and short["precision"][20] == pytest.approx(3 / 5)
-    long = score_sequence_pytracking(np.vstack([pred, pred]), gt, "otb")
-    np.testing.assert_allclose(long["success"], res["success"])
     bad = pred.copy()
     bad[3, 2] = -1
     with pytest.raises(AnnotationError, match=r"res\.txt:4: invalid prediction"):
@@ -211,6 +218,7 @@ def test_otb_protocol_agrees_with_got10k_uav123_experiment(tmp_path, monkeypatch
         touch_frames(root / "data_seq" / "UAV123" / name, range(1, n + 1))
         gt = np.column_stack([rng.uniform(50, 400, (n, 2)), rng.uniform(10, 60, (n, 2))])
         gt = np.cumsum(np.r_[gt[:1], rng.normal(0, 2, (n - 1, 4))], axis=0)
+        gt[:, 2:] = np.abs(gt[:, 2:])                            # a random walk can cross zero size
         gt[rng.choice(np.arange(1, n), 15, replace=False)] = NAN
         write_boxes_txt(root / "anno" / "UAV123" / f"{name}.txt", gt)
     for extra in ("x", "y"):
@@ -278,8 +286,9 @@ def test_trackingnet_matches_a_scalar_reference():
         assert res["covered_frames"] == covered
 
 
-def _ref_pytracking(pred, gt, uav):
-    """pytracking's per-frame rules written as a plain loop (UAV or a default dataset)."""
+def _ref_pytracking(pred, gt, uav, exclude=False):
+    """pytracking's per-frame rules written as a plain loop (UAV or a default dataset); ``exclude``: score
+    the valid frames only."""
     pred = [list(r) for r in pred]
     n = len(gt)
     for i in range(1, min(len(pred), n)):
@@ -298,14 +307,17 @@ def _ref_pytracking(pred, gt, uav):
         ces.append((dx * dx + dy * dy) ** 0.5 if ok else (-1.0 if uav else np.inf))
         nces.append(((dx / g[2]) ** 2 + (dy / g[3]) ** 2) ** 0.5 if ok else -1.0)
         valid.append(ok)
-    den = n if uav else sum(valid)
+    if exclude:
+        ious, ces, nces = ([v for v, ok in zip(x, valid) if ok] for x in (ious, ces, nces))
+    den = sum(valid) if exclude else n
     return ([sum(v > t for v in ious) / den for t in M.PYTRACKING_IOU_THRESHOLDS],
             [sum(v <= t for v in ces) / den for t in M.PYTRACKING_CENTER_THRESHOLDS],
             [sum(v <= t for v in nces) / den for t in M.PYTRACKING_NORM_THRESHOLDS])
 
 
+@pytest.mark.parametrize("exclude", [False, True])
 @pytest.mark.parametrize("dataset", ["uav123", "otb"])
-def test_pytracking_matches_a_scalar_reference(dataset):
+def test_pytracking_matches_a_scalar_reference(dataset, exclude):
     rng = np.random.default_rng(5)
     for trial in range(15):
         n = 40
@@ -317,8 +329,8 @@ def test_pytracking_matches_a_scalar_reference(dataset):
         if dataset == "uav123":
             gt[rng.choice(np.arange(1, n), 4, replace=False)] = NAN
         cut = n if trial % 2 else n - 5
-        res = score_sequence_pytracking(pred[:cut], gt, dataset)
-        succ, prec, nprec = _ref_pytracking(pred[:cut], gt, dataset == "uav123")
+        res = score_sequence_pytracking(pred[:cut], gt, dataset, exclude_invalid_frames=exclude)
+        succ, prec, nprec = _ref_pytracking(pred[:cut], gt, dataset == "uav123", exclude)
         np.testing.assert_allclose(res["success"], succ)
         np.testing.assert_allclose(res["precision"], prec)
         np.testing.assert_allclose(res["norm_precision"], nprec)

@@ -74,7 +74,8 @@ def _stat(path):
 def test_interrupted_run_resumes_without_rewriting_finished(seqs, tmp_path):
     out = str(tmp_path / "trk" / "default")
     crashing = TrackerFactory("trk", "default", "tracking_helpers:FailingOnTracker", {"fail_on": "b"})
-    with pytest.raises(RunError, match=r"1 of 3 sequence\(s\) failed: b") as err:
+    failed = r"1 of 3 sequence\(s\) failed \(finished sequences are kept\): b\n--- b\nTraceback"
+    with pytest.raises(RunError, match=failed) as err:
         run_dataset(seqs, crashing, out, num_workers=2, progress=False)
     assert [r.status for r in err.value.runs] == ["done", "failed", "done"]
     assert "simulated crash in b" in err.value.runs[1].error

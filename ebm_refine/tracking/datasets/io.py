@@ -1,15 +1,22 @@
 """Parsing annotation files and listing frame folders, with errors that name the file and line.
 
 Every loader goes through these helpers, so a malformed dataset fails loudly and points at the offending
-line instead of surfacing later as a shape mismatch inside a metric.
+line instead of surfacing later as a shape mismatch inside a metric. Every error here is a
+:class:`~ebm_refine.utils.UserError` whose message names the file and says what to do (the command-line
+tools print it as one line).
 """
 from __future__ import annotations
 
+import logging
 import os
 import re
-from typing import Iterable, List, Optional, Sequence as _Seq, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence as _Seq, Tuple
 
 import numpy as np
+
+from ...utils import BadValueError, MissingFileError
+
+logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 
@@ -19,8 +26,21 @@ _SEP = re.compile(r"[,\s]+")
 _DIGITS = re.compile(r"(\d+)")
 
 
-class AnnotationError(ValueError):
+class DatasetError(BadValueError):
+    """A dataset folder that does not have the expected layout (a stray file, duplicate frame numbers)."""
+
+
+class AnnotationError(DatasetError):
     """A malformed annotation or result file; the message starts with ``path:line:``."""
+
+
+def short_list(names: Iterable[str], limit: int = 10) -> str:
+    """``a, b, c, ... (N in all)``: at most ``limit`` names for an error message."""
+    names = list(names)
+    if not names:
+        return "none"
+    more = f", ... ({len(names)} in all)" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
 
 
 def read_box_file(path: str, ncols: _Seq[int] = (4,), allow_nan: bool = True) -> np.ndarray:
@@ -36,12 +56,12 @@ def read_box_file(path: str, ncols: _Seq[int] = (4,), allow_nan: bool = True) ->
         float64 array (L, C), one row per non-empty line.
 
     Raises:
-        FileNotFoundError if the file does not exist; :class:`AnnotationError` naming ``path:line``
+        MissingFileError if the file does not exist; :class:`AnnotationError` naming ``path:line``
         for a non-numeric value, a wrong number of values, an infinite value, a disallowed NaN, or a
         blank line followed by more data (it would shift every later frame).
     """
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"annotation file not found: {path}")
+        raise MissingFileError(f"{path}: annotation file not found; check the dataset root and layout")
     with open(path, "r", encoding="utf-8-sig") as fh:
         lines = fh.read().splitlines()
     while lines and not lines[-1].strip():
@@ -51,27 +71,32 @@ def read_box_file(path: str, ncols: _Seq[int] = (4,), allow_nan: bool = True) ->
     for lineno, line in enumerate(lines, start=1):
         text = line.strip()
         if not text:
-            raise AnnotationError(f"{path}:{lineno}: blank line inside the annotation")
+            raise AnnotationError(f"{path}:{lineno}: blank line inside the annotation (it would shift every "
+                                  "later frame); delete the line")
         tokens = [t for t in _SEP.split(text) if t]
         try:
             values = [float(t) for t in tokens]
         except ValueError:
             bad = next(t for t in tokens if not _is_float(t))
-            raise AnnotationError(f"{path}:{lineno}: non-numeric value {bad!r} in line {text!r}") from None
+            raise AnnotationError(f"{path}:{lineno}: non-numeric value {bad!r} in line {text!r}; "
+                                  "write numbers (NaN for a missing box)") from None
         if len(values) not in ncols:
             want = " or ".join(str(c) for c in ncols)
-            raise AnnotationError(f"{path}:{lineno}: expected {want} values, got {len(values)} ({text!r})")
+            raise AnnotationError(f"{path}:{lineno}: expected {want} values, got {len(values)} ({text!r}); "
+                                  "fix the line")
         if width is not None and len(values) != width:
-            raise AnnotationError(f"{path}:{lineno}: {len(values)} values but earlier lines have {width}")
+            raise AnnotationError(f"{path}:{lineno}: {len(values)} values but earlier lines have {width}; "
+                                  "use one box format for the whole file")
         width = len(values)
         arr = np.asarray(values)
         if np.any(np.isinf(arr)):
-            raise AnnotationError(f"{path}:{lineno}: infinite value in {text!r}")
+            raise AnnotationError(f"{path}:{lineno}: infinite value in {text!r}; write a finite box "
+                                  "(NaN for a missing one)")
         if not allow_nan and np.any(np.isnan(arr)):
-            raise AnnotationError(f"{path}:{lineno}: NaN value not allowed here ({text!r})")
+            raise AnnotationError(f"{path}:{lineno}: NaN value not allowed here ({text!r}); write the box")
         rows.append(values)
     if not rows:
-        raise AnnotationError(f"{path}:1: empty annotation file")
+        raise AnnotationError(f"{path}:1: empty annotation file; write one x,y,w,h line per frame")
     return np.asarray(rows, dtype=np.float64)
 
 
@@ -91,7 +116,7 @@ def read_flag_file(path: str) -> np.ndarray:
         :class:`AnnotationError` naming ``path:line`` for a value that is not an integer.
     """
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"flag file not found: {path}")
+        raise MissingFileError(f"{path}: flag file not found; check the dataset layout")
     out: List[bool] = []
     with open(path, "r", encoding="utf-8-sig") as fh:
         for lineno, line in enumerate(fh, start=1):
@@ -99,16 +124,21 @@ def read_flag_file(path: str) -> np.ndarray:
                 try:
                     out.append(bool(int(float(tok))))
                 except ValueError:
-                    raise AnnotationError(f"{path}:{lineno}: non-numeric flag {tok!r}") from None
+                    raise AnnotationError(f"{path}:{lineno}: non-numeric flag {tok!r}; write 0 or 1") from None
     return np.asarray(out, dtype=bool)
 
 
 def frame_number(filename: str) -> int:
-    """The integer in a frame file name's stem (``"000123.jpg"`` -> 123, ``"img_0007.png"`` -> 7)."""
+    """The integer in a frame file name's stem (``"000123.jpg"`` -> 123, ``"img_0007.png"`` -> 7).
+
+    Raises:
+        DatasetError naming the file when its name has no number (``thumb.jpg`` in a frame folder).
+    """
     stem = os.path.splitext(os.path.basename(filename))[0]
     found = _DIGITS.findall(stem)
     if not found:
-        raise ValueError(f"frame file name has no number: {filename}")
+        raise DatasetError(f"{filename}: not a frame of the sequence (its name has no frame number); move it "
+                           "out of the frame folder")
     return int(found[-1])
 
 
@@ -124,19 +154,22 @@ def list_frames(folder: str, extensions: Iterable[str] = IMAGE_EXTENSIONS, conti
             300); every number in it must be present.
 
     Raises:
-        FileNotFoundError naming the folder or the first missing frame.
+        MissingFileError naming the folder or the first missing frame; DatasetError naming an image
+        without a frame number or two files with the same number.
     """
     if not os.path.isdir(folder):
-        raise FileNotFoundError(f"frame folder not found: {folder}")
+        raise MissingFileError(f"{folder}: frame folder not found; check the dataset root and layout")
     exts = tuple(e.lower() for e in extensions)
     names = [n for n in os.listdir(folder) if n.lower().endswith(exts) and not n.startswith(".")]
     if not names:
-        raise FileNotFoundError(f"no frames ({', '.join(exts)}) in {folder}")
-    numbered = sorted((frame_number(n), n) for n in names)
-    nums = [k for k, _ in numbered]
-    if len(set(nums)) != len(nums):
-        dup = next(k for k in nums if nums.count(k) > 1)
-        raise ValueError(f"{folder}: two frame files carry number {dup}")
+        raise MissingFileError(f"{folder}: no frames ({', '.join(exts)}); check the dataset root and layout")
+    numbered = sorted((frame_number(os.path.join(folder, n)), n) for n in names)
+    seen: Dict[int, str] = {}
+    for k, n in numbered:
+        if k in seen:
+            raise DatasetError(f"{os.path.join(folder, n)}: frame number {k} is also carried by {seen[k]}; keep "
+                               "one file per frame in the folder")
+        seen[k] = n
     example = numbered[0][1]
     if frame_range is not None:
         first, last = frame_range
@@ -148,8 +181,9 @@ def list_frames(folder: str, extensions: Iterable[str] = IMAGE_EXTENSIONS, conti
         have = {k for k, _ in numbered}
         for k in expected:
             if k not in have:
-                raise FileNotFoundError(f"missing frame {os.path.join(folder, _frame_name_like(example, k))} "
-                                        f"(frames {expected.start}..{expected.stop - 1} expected)")
+                raise MissingFileError(
+                    f"{os.path.join(folder, _frame_name_like(example, k))}: missing frame (frames "
+                    f"{expected.start}..{expected.stop - 1} expected); restore it from the dataset")
     return [os.path.join(folder, n) for _, n in numbered]
 
 
@@ -169,11 +203,12 @@ def expected_frames(folder: str, first: int, last: int, digits: int, ext: str = 
     paths = [os.path.join(folder, f"{k:0{digits}d}{ext}") for k in range(first, last + 1)]
     if check:
         if not os.path.isdir(folder):
-            raise FileNotFoundError(f"frame folder not found: {folder}")
+            raise MissingFileError(f"{folder}: frame folder not found; check the dataset root and layout")
         present = set(os.listdir(folder))
         for p in paths:
             if os.path.basename(p) not in present:
-                raise FileNotFoundError(f"missing frame {p} (frames {first}..{last} expected)")
+                raise MissingFileError(f"{p}: missing frame (frames {first}..{last} expected); restore it from "
+                                       "the dataset")
     return paths
 
 
@@ -182,7 +217,51 @@ def check_rows(anno_path: str, boxes: np.ndarray, n_frames: int, first_only_ok: 
     if boxes.shape[0] == n_frames or (first_only_ok and boxes.shape[0] == 1):
         return
     line = min(boxes.shape[0], n_frames) + 1
-    raise AnnotationError(f"{anno_path}:{line}: {boxes.shape[0]} ground-truth rows but {n_frames} frames")
+    raise AnnotationError(f"{anno_path}:{line}: {boxes.shape[0]} ground-truth rows but {n_frames} frames; the "
+                          "annotation needs one x,y,w,h line per frame (or the frames are incomplete)")
+
+
+def check_box_sizes(anno_path: str, boxes: np.ndarray) -> np.ndarray:
+    """Refuse ground-truth boxes with a negative width or height; returns ``boxes``.
+
+    Zero sizes and NaN rows are kept: datasets use them for frames without a visible target, and the
+    protocols score them as invalid frames. A negative size has no such meaning (x2 < x1): it is a
+    broken annotation that every protocol would score differently.
+
+    Raises:
+        AnnotationError naming ``anno_path:line``.
+    """
+    with np.errstate(invalid="ignore"):
+        negative = (boxes[:, 2:4] < 0).any(axis=1)
+    if negative.any():
+        row = int(np.flatnonzero(negative)[0])
+        raise AnnotationError(f"{anno_path}:{row + 1}: box {boxes[row].tolist()} has a negative width or height; "
+                              "fix the line (0,0,0,0 or NaN marks a frame without a visible target)")
+    return boxes
+
+
+def invalid_rows(boxes: np.ndarray) -> int:
+    """Number of rows that no protocol scores as a normal frame: NaN, or zero width or height."""
+    with np.errstate(invalid="ignore"):
+        return int((np.isnan(boxes).any(axis=1) | (boxes[:, 2] <= 0) | (boxes[:, 3] <= 0)).sum())
+
+
+def log_invalid_ground_truth(dataset: str, sequences) -> int:
+    """One log line per dataset counting ground-truth rows without a valid box; returns the count.
+
+    ``sequences`` are :class:`~ebm_refine.tracking.datasets.Sequence` objects; first-frame-only sequences
+    (TrackingNet TEST, GOT-10k test) are not counted.
+    """
+    counts = {s.name: invalid_rows(s.ground_truth) for s in sequences if s.has_full_ground_truth}
+    counts = {k: v for k, v in counts.items() if v}
+    total = sum(counts.values())
+    if total:
+        worst = sorted(counts.items(), key=lambda kv: -kv[1])[:5]
+        listed = ", ".join(f"{k} {v}" for k, v in worst) + (", ..." if len(counts) > 5 else "")
+        logger.info("%s: %d ground-truth row(s) without a valid box (NaN or zero size) in %d sequence(s) (%s); "
+                    "the protocols score them as invalid frames (docs/tracking_evaluation.md)",
+                    dataset, total, len(counts), listed)
+    return total
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -213,7 +292,7 @@ def polygon_to_xywh(poly: np.ndarray, mode: str = "minmax") -> np.ndarray:
     if poly.shape[1] != 8:
         raise ValueError(f"expected (N, 8) polygons, got {poly.shape}")
     if mode not in ROTATED_BOX_MODES:
-        raise ValueError(f"unknown rotated-box mode {mode!r}; choose from {ROTATED_BOX_MODES}")
+        raise BadValueError(f"unknown rotated-box mode {mode!r}; choose from {', '.join(ROTATED_BOX_MODES)}")
     xs, ys = poly[:, 0::2], poly[:, 1::2]
     x1, x2 = xs.min(1), xs.max(1)
     y1, y2 = ys.min(1), ys.max(1)

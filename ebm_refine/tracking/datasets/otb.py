@@ -18,7 +18,8 @@ import os
 import re
 from typing import Dict, List, Optional, Sequence as _Seq, Tuple
 
-from .io import check_rows, list_frames, read_box_file
+from ...utils import MissingFileError, UnknownNameError
+from .io import check_box_sizes, check_rows, list_frames, read_box_file, short_list
 from .sequence import Sequence
 
 #: lower-case folder name -> inclusive (first, last) frame numbers that carry ground truth.
@@ -60,23 +61,25 @@ def load_otb(root: str, sequences: Optional[_Seq[str]] = None) -> List[Sequence]
         sequences: optional subset of names (``"Jogging-1"`` style for the two-target folders).
 
     Raises:
-        FileNotFoundError for a missing frame; AnnotationError naming file and line for malformed
-        annotation lines or a row count that differs from the number of frames.
+        MissingFileError for a missing root or frame; UnknownNameError for a sequence that is not there;
+        AnnotationError naming file and line for malformed annotation lines or a row count that differs
+        from the number of frames.
     """
     if not os.path.isdir(root):
-        raise FileNotFoundError(f"OTB root not found: {root}")
+        raise MissingFileError(f"{root}: OTB root folder not found; check --root")
     entries = _sequence_entries(root)
     by_name = {e[0]: e for e in entries}
     if sequences is not None:
         unknown = [n for n in sequences if n not in by_name]
         if unknown:
-            raise KeyError(f"OTB: sequence(s) not found under {root}: {', '.join(unknown)}")
+            raise UnknownNameError(f"{root}: no OTB sequence(s) {', '.join(unknown)} (a folder with img/ and "
+                                   f"groundtruth_rect.txt); available: {short_list(by_name)}")
         entries = [by_name[n] for n in sequences]
     elif not entries:
-        raise FileNotFoundError(f"OTB: no sequence folders (<seq>/img + groundtruth_rect.txt) in {root}")
+        raise MissingFileError(f"{root}: no OTB sequence folders (<seq>/img + groundtruth_rect.txt); check --root")
     out = []
     for name, seq_dir, anno_path in entries:
-        boxes = read_box_file(anno_path, allow_nan=True)
+        boxes = check_box_sizes(anno_path, read_box_file(anno_path, allow_nan=True))
         frame_range = OTB_FRAME_RANGES.get(os.path.basename(seq_dir).lower())
         frames = list_frames(os.path.join(seq_dir, "img"), contiguous=True, frame_range=frame_range)
         check_rows(anno_path, boxes, len(frames))

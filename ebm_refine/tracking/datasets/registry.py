@@ -6,9 +6,12 @@ Add a dataset with :func:`register_dataset`; ``tools/eval_tracking.py --dataset 
 from __future__ import annotations
 
 import functools
+import os
 from typing import Callable, Dict, List, Optional, Sequence as _Seq
 
+from ...utils import MissingFileError, UnknownNameError
 from .folder import load_folder
+from .io import DatasetError, log_invalid_ground_truth
 from .otb import load_otb
 from .sequence import Sequence
 from .trackingnet import load_trackingnet
@@ -35,7 +38,7 @@ def register_dataset(name: str, loader: DatasetLoader, overwrite: bool = False) 
     """Register ``loader`` under ``name`` (lower-case). Refuses to replace an entry unless ``overwrite``."""
     key = name.lower()
     if key in _REGISTRY and not overwrite:
-        raise KeyError(f"dataset {name!r} is already registered")
+        raise KeyError(f"dataset {name!r} is already registered; pass overwrite=True to replace it")
     _REGISTRY[key] = loader
 
 
@@ -45,8 +48,23 @@ def dataset_names() -> List[str]:
 
 
 def load_dataset(name: str, root: str, sequences: Optional[_Seq[str]] = None, **options) -> List[Sequence]:
-    """Load dataset ``name`` from ``root``; ``sequences`` restricts to a subset (in that order)."""
+    """Load dataset ``name`` from ``root``; ``sequences`` restricts to a subset (in that order).
+
+    Logs one line (``logging.INFO``) counting the ground-truth rows without a valid box (NaN or zero size).
+
+    Raises:
+        UnknownNameError for an unregistered ``name`` or an unknown sequence; MissingFileError when
+        ``root`` (or a file the layout needs) does not exist; DatasetError / AnnotationError naming the
+        file for anything malformed, and when the dataset holds no sequence at all.
+    """
     key = name.lower()
     if key not in _REGISTRY:
-        raise KeyError(f"unknown dataset {name!r}; registered: {', '.join(dataset_names())}")
-    return _REGISTRY[key](root, sequences=sequences, **options)
+        raise UnknownNameError(f"unknown dataset {name!r}; registered: {', '.join(dataset_names())}")
+    if not os.path.isdir(root):
+        raise MissingFileError(f"{root}: dataset root folder not found; check --root")
+    seqs = _REGISTRY[key](root, sequences=sequences, **options)
+    if not seqs:
+        raise DatasetError(f"{root}: no {name} sequence found (with these options: {options or 'none'}); check "
+                           "--root, --split and the layout in docs/tracking_evaluation.md")
+    log_invalid_ground_truth(name, seqs)
+    return seqs

@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence as _Seq
+from typing import Any, Dict, List, Optional, Sequence as _Seq, Tuple
 
 import numpy as np
+
+from ...utils import UnknownNameError, read_image
+from .io import AnnotationError
 
 
 @dataclass
@@ -69,25 +72,38 @@ class Sequence:
         """The ``info`` dict passed to ``tracker.initialize`` (pytracking's API)."""
         box = self.init_box
         if not np.all(np.isfinite(box)) or box[2] <= 0 or box[3] <= 0:
-            raise ValueError(f"sequence {self.name!r}: first-frame box {box.tolist()} is not a valid box")
+            where = f"{self.meta['anno_path']}:1" if "anno_path" in self.meta else f"sequence {self.name!r}"
+            raise AnnotationError(f"{where}: first-frame box {box.tolist()} has no positive size, and a tracker "
+                                  "starts from it; fix the annotation or leave the sequence out (--sequences)")
         return {"init_bbox": [float(v) for v in box], "sequence_name": self.name, "dataset": self.dataset}
+
+
+def load_frame(path: str) -> Tuple[np.ndarray, bool]:
+    """Read one frame as an (H, W, 3) uint8 **RGB** array, accepting a truncated JPEG.
+
+    Returns:
+        ``(image, truncated)``; a truncated JPEG is decoded as far as its data goes (the rest is grey)
+        and flagged, so that the caller can count and report it (the evaluation runner does).
+
+    Raises:
+        MissingFileError / ImageDecodeError naming the file when it is missing or cannot be decoded.
+    """
+    import cv2  # local import: keeps `import ebm_refine.tracking.datasets` cheap
+
+    img, truncated = read_image(path, allow_truncated=True)
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB), truncated
 
 
 def read_frame(path: str) -> np.ndarray:
     """Read one frame as an (H, W, 3) uint8 **RGB** array (pytracking's convention).
 
     Raises:
-        FileNotFoundError / ValueError naming the file when it is missing or cannot be decoded.
+        MissingFileError / ImageDecodeError naming the file when it is missing, cannot be decoded or is
+        a truncated JPEG.
     """
-    import cv2  # local import: keeps `import ebm_refine.tracking.datasets` cheap
+    import cv2
 
-    img = cv2.imread(path, cv2.IMREAD_COLOR)
-    if img is None:
-        import os
-
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"frame not found: {path}")
-        raise ValueError(f"frame could not be decoded as an image: {path}")
+    img, _ = read_image(path)
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
@@ -95,12 +111,12 @@ def select_sequences(seqs: _Seq[Sequence], names: Optional[_Seq[str]]) -> List[S
     """Keep the sequences named in ``names`` (in that order); all of them when ``names`` is None.
 
     Raises:
-        KeyError listing the unknown names.
+        UnknownNameError (a KeyError) listing the unknown names.
     """
     if names is None:
         return list(seqs)
     by_name = {s.name: s for s in seqs}
     unknown = [n for n in names if n not in by_name]
     if unknown:
-        raise KeyError(f"unknown sequence(s): {', '.join(unknown)}")
+        raise UnknownNameError(f"unknown sequence(s): {', '.join(unknown)}; check --sequences")
     return [by_name[n] for n in names]

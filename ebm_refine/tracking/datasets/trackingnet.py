@@ -14,7 +14,8 @@ from __future__ import annotations
 import os
 from typing import List, Optional, Sequence as _Seq
 
-from .io import check_rows, list_frames, read_box_file
+from ...utils import BadValueError, MissingFileError, UnknownNameError
+from .io import check_box_sizes, check_rows, list_frames, read_box_file
 from .sequence import Sequence
 
 TRACKINGNET_CHUNKS = ("TEST",) + tuple(f"TRAIN_{i}" for i in range(12))
@@ -35,7 +36,7 @@ def _resolve_chunks(root: str, chunks) -> List[str]:
         elif c in TRACKINGNET_CHUNKS:
             out.append(c)
         else:
-            raise ValueError(f"unknown TrackingNet chunk {c!r}; use TEST, TRAIN, TRAIN_0..TRAIN_11 or 0..11")
+            raise BadValueError(f"unknown TrackingNet chunk {c!r}; use TEST, TRAIN, TRAIN_0..TRAIN_11 or 0..11")
     return out
 
 
@@ -59,21 +60,23 @@ def load_trackingnet(root: str, chunks=None, sequences: Optional[_Seq[str]] = No
         anno_dir = os.path.join(root, chunk, "anno")
         frame_root = os.path.join(root, chunk, "frames")
         if not os.path.isdir(anno_dir):
-            raise FileNotFoundError(f"TrackingNet chunk {chunk}: annotation folder not found: {anno_dir}")
+            raise MissingFileError(f"{anno_dir}: annotation folder of TrackingNet chunk {chunk} not found; check "
+                                   "--root (the folder holding TEST/, TRAIN_0/, ...) and --split")
         names = sorted(os.path.splitext(n)[0] for n in os.listdir(anno_dir) if n.endswith(".txt"))
         for name in names:
             if wanted is not None and name not in wanted:
                 continue
             anno_path = os.path.join(anno_dir, f"{name}.txt")
-            boxes = read_box_file(anno_path, allow_nan=False)
+            boxes = check_box_sizes(anno_path, read_box_file(anno_path, allow_nan=False))
             frames = list_frames(os.path.join(frame_root, name), contiguous=True)
             check_rows(anno_path, boxes, len(frames), first_only_ok=(chunk == "TEST"))
             out.append(Sequence(name=name, frames=frames, ground_truth=boxes, dataset="trackingnet",
-                                meta={"chunk": chunk}))
+                                meta={"chunk": chunk, "anno_path": anno_path}))
     if wanted is not None:
         missing = wanted - {s.name for s in out}
         if missing:
-            raise KeyError(f"TrackingNet: sequence(s) not found: {', '.join(sorted(missing))}")
+            raise UnknownNameError(f"{root}: TrackingNet sequence(s) {', '.join(sorted(missing))} not in chunk(s) "
+                                   f"{', '.join(_resolve_chunks(root, chunks))}; check --sequences and --split")
         order = {n: i for i, n in enumerate(sequences)}
         out.sort(key=lambda s: order[s.name])
     return out

@@ -27,7 +27,8 @@ from typing import Dict, List, Optional, Sequence as _Seq
 
 import numpy as np
 
-from .io import AnnotationError, check_rows, list_frames, read_box_file, read_flag_file
+from ...utils import BadValueError, MissingFileError
+from .io import AnnotationError, check_box_sizes, check_rows, list_frames, read_box_file, read_flag_file
 from .sequence import Sequence
 
 # class -> video numbers of the LaSOT test set (protocol II, 280 videos).
@@ -110,7 +111,8 @@ LASOT_TEST_SEQUENCES = tuple(f"{cls}-{k}" for line in _LASOT_TEST.strip().splitl
 
 def _check_flags(path: str, flags: np.ndarray, n_frames: int) -> np.ndarray:
     if flags.shape[0] != n_frames:
-        raise AnnotationError(f"{path}:1: {flags.shape[0]} flags but {n_frames} frames")
+        raise AnnotationError(f"{path}:1: {flags.shape[0]} flags but {n_frames} frames; the file needs one flag "
+                              "per frame")
     return flags
 
 
@@ -130,9 +132,9 @@ def load_lasot(root: str, split: str = "train", sequences: Optional[_Seq[str]] =
         occlusion / out-of-view flags.
     """
     if split not in ("train", "test", "all"):
-        raise ValueError(f"LaSOT split must be train, test or all, got {split!r}")
+        raise BadValueError(f"LaSOT split must be train, test or all, got {split!r}")
     if not os.path.isdir(root):
-        raise FileNotFoundError(f"LaSOT root not found: {root}")
+        raise MissingFileError(f"{root}: LaSOT root folder not found; check --root")
     test = set(LASOT_TEST_SEQUENCES)
     if sequences is not None:
         names = list(sequences)
@@ -152,9 +154,10 @@ def load_lasot(root: str, split: str = "train", sequences: Optional[_Seq[str]] =
         cls = name.rsplit("-", 1)[0]
         seq_dir = os.path.join(root, cls, name)
         if not os.path.isdir(seq_dir):
-            raise FileNotFoundError(f"LaSOT: sequence folder not found: {seq_dir}")
+            raise MissingFileError(f"{seq_dir}: LaSOT sequence folder not found; check --sequences (names like "
+                                   "airplane-1) and --root")
         anno_path = os.path.join(seq_dir, "groundtruth.txt")
-        boxes = read_box_file(anno_path, allow_nan=True)
+        boxes = check_box_sizes(anno_path, read_box_file(anno_path, allow_nan=True))
         frames = list_frames(os.path.join(seq_dir, "img"), contiguous=True)
         check_rows(anno_path, boxes, len(frames))
         occ_path = os.path.join(seq_dir, "full_occlusion.txt")
@@ -165,7 +168,7 @@ def load_lasot(root: str, split: str = "train", sequences: Optional[_Seq[str]] =
             oov = _check_flags(oov_path, read_flag_file(oov_path), len(frames))
             visible = ~occ & ~oov
         out.append(Sequence(name=name, frames=frames, ground_truth=boxes, dataset="lasot",
-                            target_visible=visible, object_class=cls))
+                            target_visible=visible, object_class=cls, meta={"anno_path": anno_path}))
     return out
 
 
@@ -191,7 +194,7 @@ def load_got10k(root: str, split: str = "train", sequences: Optional[_Seq[str]] 
     if not os.path.isdir(split_dir) and os.path.isfile(os.path.join(root, "list.txt")):
         split_dir = root
     if not os.path.isdir(split_dir):
-        raise FileNotFoundError(f"GOT-10k split folder not found: {split_dir}")
+        raise MissingFileError(f"{split_dir}: GOT-10k split folder not found; check --root and --split")
     list_path = os.path.join(split_dir, "list.txt")
     if sequences is not None:
         names = list(sequences)
@@ -204,7 +207,7 @@ def load_got10k(root: str, split: str = "train", sequences: Optional[_Seq[str]] 
     for name in names:
         seq_dir = os.path.join(split_dir, name)
         anno_path = os.path.join(seq_dir, "groundtruth.txt")
-        boxes = read_box_file(anno_path, allow_nan=True)
+        boxes = check_box_sizes(anno_path, read_box_file(anno_path, allow_nan=True))
         frames = list_frames(seq_dir, extensions=(".jpg",), contiguous=True)
         check_rows(anno_path, boxes, len(frames), first_only_ok=True)
         visible = None
@@ -217,7 +220,7 @@ def load_got10k(root: str, split: str = "train", sequences: Optional[_Seq[str]] 
         meta = _read_meta_info(os.path.join(seq_dir, "meta_info.ini"))
         out.append(Sequence(name=name, frames=frames, ground_truth=boxes, dataset="got10k",
                             target_visible=visible, object_class=meta.get("object_class"),
-                            meta={"split": split, **meta}))
+                            meta={"split": split, "anno_path": anno_path, **meta}))
     return out
 
 
@@ -230,5 +233,6 @@ def _read_ints(path: str) -> np.ndarray:
             try:
                 values.append(int(float(line.strip())))
             except ValueError:
-                raise AnnotationError(f"{path}:{lineno}: non-numeric value {line.strip()!r}") from None
+                raise AnnotationError(f"{path}:{lineno}: non-numeric value {line.strip()!r}; write an "
+                                      "integer") from None
     return np.asarray(values, dtype=np.int64)

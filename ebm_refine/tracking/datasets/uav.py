@@ -19,7 +19,8 @@ from __future__ import annotations
 import os
 from typing import Dict, List, Optional, Sequence as _Seq, Tuple
 
-from .io import check_rows, expected_frames, read_box_file
+from ...utils import BadValueError, MissingFileError, UnknownNameError
+from .io import check_box_sizes, check_rows, expected_frames, read_box_file
 from .sequence import Sequence
 
 # name, folder, first frame, last frame (inclusive, 1-based) -- the official UAV123 configuration.
@@ -204,31 +205,35 @@ def load_uav(root: str, variant: str = "uav123", sequences: Optional[_Seq[str]] 
         Sequences with ``dataset=variant`` and ``meta = {"folder", "first_frame", "last_frame"}``.
 
     Raises:
-        FileNotFoundError for a missing frame or annotation file; AnnotationError (naming file and line)
-        for malformed annotation lines or a row count that differs from the table's frame range.
+        MissingFileError for a missing frame or annotation file; UnknownNameError for a name that is not
+        in the table; AnnotationError (naming file and line) for malformed annotation lines or a row count
+        that differs from the table's frame range.
     """
     if variant not in _VARIANTS:
-        raise ValueError(f"unknown UAV variant {variant!r}; choose from {sorted(_VARIANTS)}")
+        raise BadValueError(f"unknown UAV variant {variant!r}; choose from {', '.join(sorted(_VARIANTS))}")
     table, frame_dir, anno_dir = _VARIANTS[variant]
     if not os.path.isdir(os.path.join(root, anno_dir)):
-        raise FileNotFoundError(f"{variant}: annotation folder not found: {os.path.join(root, anno_dir)}")
+        raise MissingFileError(f"{os.path.join(root, anno_dir)}: {variant} annotation folder not found; --root must "
+                               "be the folder holding data_seq/ and anno/")
     if sequences is None:
         names = [n for n in table if os.path.isfile(os.path.join(root, anno_dir, f"{n}.txt"))]
         if not names:
-            raise FileNotFoundError(f"{variant}: no annotation files of known sequences in "
-                                    f"{os.path.join(root, anno_dir)}")
+            raise MissingFileError(f"{os.path.join(root, anno_dir)}: no annotation file of a known {variant} "
+                                   "sequence (<name>.txt); check --root and --dataset")
     else:
         unknown = [n for n in sequences if n not in table]
         if unknown:
-            raise KeyError(f"{variant}: unknown sequence(s) {', '.join(unknown)}")
+            raise UnknownNameError(f"{variant}: unknown sequence(s) {', '.join(unknown)}; names are those of the "
+                                   f"official table, e.g. {', '.join(list(table)[:3])}")
         names = list(sequences)
     out = []
     for name in names:
         folder, first, last = table[name]
         anno_path = os.path.join(root, anno_dir, f"{name}.txt")
-        boxes = read_box_file(anno_path, allow_nan=True)
+        boxes = check_box_sizes(anno_path, read_box_file(anno_path, allow_nan=True))
         frames = expected_frames(os.path.join(root, frame_dir, folder), first, last, digits=6, check=check_frames)
         check_rows(anno_path, boxes, len(frames))
         out.append(Sequence(name=name, frames=frames, ground_truth=boxes, dataset=variant,
-                            meta={"folder": folder, "first_frame": first, "last_frame": last}))
+                            meta={"folder": folder, "first_frame": first, "last_frame": last,
+                                  "anno_path": anno_path}))
     return out

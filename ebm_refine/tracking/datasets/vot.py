@@ -15,7 +15,9 @@ from __future__ import annotations
 import os
 from typing import List, Optional, Sequence as _Seq
 
-from .io import check_rows, list_frames, polygon_to_xywh, read_box_file
+from ...utils import MissingFileError, UnknownNameError
+from .io import (AnnotationError, check_box_sizes, check_rows, list_frames, polygon_to_xywh, read_box_file,
+                 short_list)
 from .sequence import Sequence
 
 
@@ -33,7 +35,7 @@ def load_vot(root: str, sequences: Optional[_Seq[str]] = None, rotated_box_mode:
         rotated_box_mode: ``"minmax"`` (default) or ``"preserve_area"``, see module docstring.
     """
     if not os.path.isdir(root):
-        raise FileNotFoundError(f"VOT root not found: {root}")
+        raise MissingFileError(f"{root}: VOT root folder not found; check --root")
     list_file = os.path.join(root, "list.txt")
     if os.path.isfile(list_file):
         with open(list_file) as fh:
@@ -43,23 +45,26 @@ def load_vot(root: str, sequences: Optional[_Seq[str]] = None, rotated_box_mode:
     if sequences is not None:
         unknown = [n for n in sequences if n not in names]
         if unknown:
-            raise KeyError(f"VOT: sequence(s) not found under {root}: {', '.join(unknown)}")
+            raise UnknownNameError(f"{root}: no VOT sequence(s) {', '.join(unknown)}; available: {short_list(names)}")
         names = list(sequences)
     if not names:
-        raise FileNotFoundError(f"VOT: no sequence folders with groundtruth.txt in {root}")
+        raise MissingFileError(f"{root}: no VOT sequence folders with groundtruth.txt; check --root")
     out = []
     for name in names:
         seq_dir = os.path.join(root, name)
         anno_path = os.path.join(seq_dir, "groundtruth.txt")
-        with open(anno_path) as fh:
+        if not os.path.isfile(anno_path):
+            raise MissingFileError(f"{anno_path}: annotation file not found; check list.txt and --sequences")
+        with open(anno_path, encoding="utf-8", errors="replace") as fh:
             head = fh.readline().strip()
         if head.startswith("m"):
-            raise ValueError(f"{anno_path}:1: segmentation-mask annotations are not supported")
+            raise AnnotationError(f"{anno_path}:1: segmentation-mask annotations (VOT2020+) are not supported; "
+                                  "use a release with rectangle or polygon annotations")
         raw = read_box_file(anno_path, ncols=(4, 8), allow_nan=True)
         frames = list_frames(_frame_dir(seq_dir), contiguous=True)
         check_rows(anno_path, raw, len(frames))
-        boxes = polygon_to_xywh(raw, rotated_box_mode)
-        meta = {"rotated_box_mode": rotated_box_mode}
+        boxes = check_box_sizes(anno_path, polygon_to_xywh(raw, rotated_box_mode))
+        meta = {"rotated_box_mode": rotated_box_mode, "anno_path": anno_path}
         if raw.shape[1] == 8:
             meta["polygons"] = raw
         out.append(Sequence(name=name, frames=frames, ground_truth=boxes, dataset="vot", meta=meta))

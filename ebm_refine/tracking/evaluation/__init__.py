@@ -16,10 +16,10 @@ from .registry import (TrackerFactory, describe_trackers, get_tracker_factory, r
                        tracker_names)
 from .report import format_table, plot_curves, results_to_json, write_report
 from .results import read_result, read_times, tracker_results_dir, write_boxes
-from .runner import RunError, SequenceRun, run_dataset, run_sequence, track_sequence
+from .runner import RunError, RunInputError, SequenceRun, run_dataset, run_sequence, track_sequence
 
 __all__ = [
-    "PROTOCOLS", "RunError", "SequenceRun", "SubmissionError", "TrackerFactory", "describe_trackers",
+    "PROTOCOLS", "RunError", "RunInputError", "SequenceRun", "SubmissionError", "TrackerFactory", "describe_trackers",
     "evaluate_results", "format_table", "get_tracker_factory", "pack_trackingnet", "plot_curves",
     "pytracking_dataset_rule", "read_result", "read_times", "register_tracker", "results_to_json",
     "run_dataset", "run_sequence", "score_sequence", "score_sequence_otb", "score_sequence_pytracking",

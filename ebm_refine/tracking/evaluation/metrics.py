@@ -86,11 +86,12 @@ def rate_curve(values: np.ndarray, thresholds: np.ndarray, mode: str, denominato
         values: (N,) per-frame IoUs or errors. NaN never passes.
         thresholds: (T,) thresholds.
         mode: ``">"`` or ``">="`` (success on IoU) or ``"<="`` (precision on errors).
-        denominator: number of frames to divide by (default N). pytracking divides by a count that
-            can differ from N; see :mod:`.protocols`.
+        denominator: number of frames to divide by (default N). It must not be smaller than the number
+            of passing frames (a rate above 1 is refused); :mod:`.protocols` explains the pytracking
+            protocol's denominators.
 
     Returns:
-        (T,) float64 rates in [0, 1] (or above 1 if ``denominator`` < number of passing frames).
+        (T,) float64 rates in [0, 1].
     """
     values = np.asarray(values, np.float64)[:, None]
     thresholds = np.asarray(thresholds, np.float64)[None, :]
@@ -106,4 +107,7 @@ def rate_curve(values: np.ndarray, thresholds: np.ndarray, mode: str, denominato
     denom = float(values.shape[0] if denominator is None else denominator)
     if denom <= 0:
         raise ValueError("cannot compute a rate over zero frames")
-    return hits.sum(axis=0) / denom
+    passing = hits.sum(axis=0)
+    if passing.size and passing.max() > denom:
+        raise ValueError(f"{int(passing.max())} passing frames over a denominator of {denom:g}: a rate above 1")
+    return passing / denom

@@ -11,11 +11,13 @@ import os
 import zipfile
 from typing import List, Sequence as _Seq
 
+from ...utils import BadValueError
+from ...utils.fileio import atomic_writer
 from ..datasets.sequence import Sequence
 from .results import format_boxes, read_result, result_path
 
 
-class SubmissionError(ValueError):
+class SubmissionError(BadValueError):
     """The results cannot be packed (missing sequence, wrong row count, invalid values)."""
 
 
@@ -25,7 +27,7 @@ def pack_trackingnet(sequences: _Seq[Sequence], results_dir: str, zip_path: str)
     Args:
         sequences: the TrackingNet TEST sequences (their frame counts define the expected rows).
         results_dir: folder holding ``<seq>.txt`` (tabs or commas).
-        zip_path: output archive; written through a temporary file and moved into place.
+        zip_path: output archive; written atomically (:mod:`ebm_refine.utils.fileio`).
 
     Returns:
         The archive member names, in sequence order.
@@ -38,7 +40,7 @@ def pack_trackingnet(sequences: _Seq[Sequence], results_dir: str, zip_path: str)
     for seq in sequences:
         path = result_path(results_dir, seq.name)
         if not os.path.isfile(path):
-            problems.append(f"missing: {path}")
+            problems.append(f"{path}: missing")
             continue
         try:
             boxes = read_result(path)
@@ -51,15 +53,17 @@ def pack_trackingnet(sequences: _Seq[Sequence], results_dir: str, zip_path: str)
         if not (boxes == boxes).all():
             problems.append(f"{path}: NaN values")
             continue
+        if (boxes[:, 2:] < 0).any():
+            problems.append(f"{path}:{int((boxes[:, 2:] < 0).any(1).argmax()) + 1}: negative width or height")
+            continue
         payload.append((f"{seq.name}.txt", format_boxes(boxes, decimals=2)))
     if problems:
-        raise SubmissionError(f"refusing to pack {zip_path}: {len(problems)} problem(s)\n" + "\n".join(problems))
+        raise SubmissionError(f"refusing to pack {zip_path}: {len(problems)} problem(s): " + "; ".join(problems)
+                              + "; run the missing sequences (--mode run) and re-run those with bad files "
+                              "(--overwrite)")
     if not payload:
-        raise SubmissionError("refusing to pack an empty submission")
-    os.makedirs(os.path.dirname(os.path.abspath(zip_path)), exist_ok=True)
-    tmp = zip_path + ".tmp"
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        raise SubmissionError(f"refusing to pack {zip_path}: no sequence to pack")
+    with atomic_writer(zip_path, "wb") as fh, zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         for member, text in payload:
             zf.writestr(member, text)
-    os.replace(tmp, zip_path)
     return [m for m, _ in payload]

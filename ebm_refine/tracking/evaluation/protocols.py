@@ -1,18 +1,29 @@
 """Three scoring protocols over the same result files.
 
-``pytracking`` -- pytracking's ``analysis/extract_results.py`` + ``plot_results.py``
+Result-file rules shared by all three (:func:`check_prediction`): a result with **more rows than the
+sequence has frames** is an error naming the file (no protocol truncates it: the file belongs to another
+sequence or another version of it); a prediction with a **negative width or height** is an invalid
+prediction and an error naming the file and line (pytracking's rule, now applied everywhere). Each
+protocol's own rules follow.
+
+``pytracking`` -- pytracking's ``analysis/extract_results.py`` (``calc_seq_err_robust`` and
+``extract_results``) + ``plot_results.py``, as of its current version (with ``exclude_invalid_frames``)
     * frame 0 of the prediction is replaced by the ground truth;
     * a prediction with zero width or height is replaced by the previous frame's prediction (when that
-      frame's ground truth has no NaN); NaN or negative-size predictions are an error;
-    * a result longer than the sequence is truncated; a shorter one is padded with all-zero boxes (they
-      fail every threshold), except on LaSOT where it is an error;
+      frame's ground truth has no NaN); a NaN prediction is an error, as in pytracking;
+    * a shorter result is padded with all-zero boxes (they fail every threshold), except on LaSOT where
+      it is an error;
     * a frame is *valid* when its ground truth has ``w > 0 and h > 0`` (NaN is not) and, when the dataset
       has visibility flags, the target is visible. Invalid frames get IoU -1 (a failure at every
       threshold), normalised centre error -1 (a success at every threshold) and centre error -1
       (success) on UAV datasets but +inf (failure) elsewhere. On LaSOT invisible frames get +inf for both
       centre errors;
-    * the denominator is the number of frames on UAV and LaSOT, the number of *valid* frames elsewhere;
-      NaN ground truth outside UAV datasets is an error, as in pytracking;
+    * ``exclude_invalid_frames=False`` (pytracking's default): the denominator is the number of frames.
+      ``exclude_invalid_frames=True``: only valid frames are scored, numerator and denominator alike.
+      (pytracking itself divides by the valid frames but still counts the invalid ones' -1 errors as
+      precision successes, which puts normalised precision above 100 % -- 111.11 on a sequence with 12
+      zero-size boxes in 120 frames; we do not reproduce that);
+    * NaN ground truth outside UAV datasets is an error, as in pytracking;
     * success: IoU > t for t in 0:0.05:1; AUC = mean of the curve; OP50/OP75 = the curve at 0.5/0.75;
       precision = rate of centre error <= 20 px; normalised precision = rate of normalised error <= 0.2.
 ``otb`` -- the got10k toolkit (``ExperimentOTB`` / ``ExperimentUAV123``, ``utils.metrics``)
@@ -27,17 +38,17 @@
     * pixel-inclusive boxes: ``x2 = x + w - 1``, intersection side ``round(x2' - x1' + 1)`` clipped at 0,
       centre ``x + (w + 1) / 2``;
     * success: IoU >= t for t = linspace(0, 1, 21); precision thresholds linspace(0, 50, 21) px;
-      normalised thresholds linspace(0, 0.5, 21); every frame counts, a NaN (missing row, NaN ground truth)
-      fails;
+      normalised thresholds linspace(0, 0.5, 21); every frame counts, a NaN (missing row, NaN ground truth,
+      NaN prediction) fails;
     * every score is the trapezoidal area under its 21-point curve over x = linspace(0, 1, 21), times 100
       (so "precision" is an area, not the value at 20 px);
     * coverage: percentage of all frames (pooled over sequences) whose rounded ``x + y + w + h > 0``;
-      a result longer than the sequence is truncated, missing rows are uncovered failures, and a missing
-      file counts as all zeros when ``on_missing="zeros"`` (the server's rule).
+      missing rows are uncovered failures, and a missing file counts as all zeros when
+      ``on_missing="zeros"`` (the server's rule).
 
-All summary numbers are percentages (got10k prints fractions: divide by 100 to compare). Curves are
-computed in float64; pytracking accumulates its per-sequence curves in float32, so its printed scores can
-differ from ours around the 5th significant digit.
+All summary numbers are percentages (got10k prints fractions: divide by 100 to compare); no score exceeds
+100. Curves are computed in float64; pytracking accumulates its per-sequence curves in float32, so its
+printed scores can differ from ours around the 5th significant digit.
 """
 from __future__ import annotations
 
@@ -46,6 +57,7 @@ from typing import Any, Dict, List, Optional, Sequence as _Seq
 
 import numpy as np
 
+from ...utils import BadValueError, MissingFileError, UnknownNameError
 from ..datasets.io import AnnotationError
 from ..datasets.sequence import Sequence
 from . import metrics as M
@@ -69,43 +81,64 @@ def _first_bad_row(mask: np.ndarray) -> int:
     return int(np.flatnonzero(mask)[0]) + 1
 
 
+def check_prediction(pred: np.ndarray, n_frames: int, source: str = "<prediction>") -> np.ndarray:
+    """The result-file rules every protocol shares; returns ``pred`` as an (P, 4) float64 copy.
+
+    Raises:
+        AnnotationError naming ``source:line`` when the result has more rows than the sequence has frames
+        or a prediction has a negative width or height.
+    """
+    pred = M.as_boxes(pred)
+    if pred.shape[0] > n_frames:
+        raise AnnotationError(f"{source}:{n_frames + 1}: result has {pred.shape[0]} rows but the sequence has "
+                              f"{n_frames} frames; it belongs to another sequence or version (re-run it with "
+                              "--overwrite)")
+    with np.errstate(invalid="ignore"):
+        negative = (pred[:, 2:] < 0).any(1)
+    if negative.any():
+        row = _first_bad_row(negative)
+        raise AnnotationError(f"{source}:{row}: invalid prediction {pred[row - 1].tolist()} (negative width or "
+                              "height); fix the tracker's output or re-run it")
+    return pred
+
+
 def score_sequence_pytracking(pred: np.ndarray, gt: np.ndarray, dataset: str = "otb",
-                              target_visible: Optional[np.ndarray] = None, source: str = "<prediction>"
-                              ) -> Dict[str, Any]:
+                              target_visible: Optional[np.ndarray] = None, source: str = "<prediction>",
+                              exclude_invalid_frames: bool = False) -> Dict[str, Any]:
     """Curves of one sequence under the ``pytracking`` protocol (see module docstring).
 
     Args:
-        pred: (P, 4) predicted boxes; gt: (N, 4) ground truth (NaN rows allowed on UAV datasets).
+        pred: (P, 4) predicted boxes, P <= N; gt: (N, 4) ground truth (NaN rows allowed on UAV datasets).
         dataset: dataset key, mapped through :func:`pytracking_dataset_rule`.
         target_visible: optional (N,) bool flags.
         source: file name used in error messages.
+        exclude_invalid_frames: score only the valid frames (pytracking's option of that name, without
+            counting the invalid frames as precision successes).
 
     Returns:
-        dict with ``success`` (21,), ``precision`` (51,), ``norm_precision`` (51,) rates, ``n_frames``
-        and ``denominator``.
+        dict with ``success`` (21,), ``precision`` (51,), ``norm_precision`` (51,) rates in [0, 1],
+        ``n_frames`` and ``denominator``.
     """
     rule = pytracking_dataset_rule(dataset)
-    pred, gt = M.as_boxes(pred), M.as_boxes(gt)
-    bad = np.isnan(pred).any(1) | (pred[:, 2:] < 0).any(1)
-    if bad.any():
-        row = _first_bad_row(bad)
-        raise AnnotationError(f"{source}:{row}: invalid prediction {pred[row - 1].tolist()} "
-                              f"(NaN or negative size; pytracking rejects it)")
+    gt = M.as_boxes(gt)
+    n = gt.shape[0]
+    pred = check_prediction(pred, n, source)
+    if np.isnan(pred).any():
+        row = _first_bad_row(np.isnan(pred).any(1))
+        raise AnnotationError(f"{source}:{row}: invalid prediction {pred[row - 1].tolist()} (NaN; the pytracking "
+                              "protocol rejects it); fix the tracker's output or score with --protocol otb")
     gt_nan = np.isnan(gt).any(1)
     if gt_nan.any() and rule != "uav":
-        raise ValueError(f"{source}: ground truth has NaN rows (first: frame {_first_bad_row(gt_nan)}); the "
-                         f"pytracking protocol allows that only on UAV datasets -- use the otb protocol")
-    n = gt.shape[0]
+        raise AnnotationError(f"{source}: the ground truth has NaN rows (first: frame {_first_bad_row(gt_nan)}); the "
+                              "pytracking protocol allows that only on UAV datasets -- use --protocol otb")
     # Zero-size boxes mean "target lost" to many trackers; pytracking carries the previous box forward.
-    for i in range(1, min(pred.shape[0], n)):
+    for i in range(1, pred.shape[0]):
         if (pred[i, 2:] == 0).any() and not gt_nan[i]:
             pred[i] = pred[i - 1]
-    if pred.shape[0] > n:
-        pred = pred[:n]
-    elif pred.shape[0] < n:
+    if pred.shape[0] < n:
         if rule == "lasot":
             raise AnnotationError(f"{source}:{pred.shape[0] + 1}: result has {pred.shape[0]} rows for {n} frames "
-                                  f"(pytracking rejects short LaSOT results)")
+                                  f"(pytracking rejects short LaSOT results); re-run the sequence")
         pred = np.concatenate([pred, np.zeros((n - pred.shape[0], 4))], axis=0)
     pred[0] = gt[0]
 
@@ -124,10 +157,14 @@ def score_sequence_pytracking(pred: np.ndarray, gt: np.ndarray, dataset: str = "
         err_norm[invisible] = np.inf
         err_center[invisible] = np.inf
     if np.isnan(overlap).any():
-        raise ValueError(f"{source}: NaN overlap at frame {_first_bad_row(np.isnan(overlap))}")
-    denominator = n if rule in ("uav", "lasot") else int(valid.sum())
+        raise AnnotationError(f"{source}:{_first_bad_row(np.isnan(overlap))}: the overlap is NaN (zero-size "
+                              "prediction and ground truth); fix the tracker's output")
+    if exclude_invalid_frames:
+        overlap, err_center, err_norm = overlap[valid], err_center[valid], err_norm[valid]
+    denominator = int(valid.sum()) if exclude_invalid_frames else n
     if denominator <= 0:
-        raise ValueError(f"{source}: no valid ground-truth frame to score")
+        raise AnnotationError(f"{source}: no valid ground-truth frame to score (every box is NaN, has zero size "
+                              "or is marked invisible); leave the sequence out")
     return {
         "success": M.rate_curve(overlap, M.PYTRACKING_IOU_THRESHOLDS, ">", denominator),
         "precision": M.rate_curve(err_center, M.PYTRACKING_CENTER_THRESHOLDS, "<=", denominator),
@@ -143,15 +180,16 @@ def score_sequence_otb(pred: np.ndarray, gt: np.ndarray, source: str = "<predict
         dict with ``success`` (21,), ``precision`` (51,), ``norm_precision`` (51,), ``n_frames``,
         ``denominator`` (number of frames with a non-NaN ground truth).
     """
-    pred, gt = M.as_boxes(pred), M.as_boxes(gt)
-    if pred.shape[0] != gt.shape[0]:
-        line = min(pred.shape[0], gt.shape[0]) + 1
-        raise AnnotationError(f"{source}:{line}: result has {pred.shape[0]} rows but the sequence has "
-                              f"{gt.shape[0]} frames (the otb protocol needs one row per frame)")
+    gt = M.as_boxes(gt)
+    pred = check_prediction(pred, gt.shape[0], source)
+    if pred.shape[0] < gt.shape[0]:
+        raise AnnotationError(f"{source}:{pred.shape[0] + 1}: result has {pred.shape[0]} rows but the sequence "
+                              f"has {gt.shape[0]} frames (the otb protocol needs one row per frame); re-run the "
+                              "sequence")
     pred[0] = gt[0]
     keep = ~np.isnan(gt).any(1)
     if not keep.any():
-        raise ValueError(f"{source}: every ground-truth row is NaN; nothing to score")
+        raise AnnotationError(f"{source}: every ground-truth row is NaN; nothing to score, leave the sequence out")
     p, g = pred[keep], gt[keep]
     overlap = M.iou(p, g, eps=np.finfo(float).eps, clip=True)
     return {
@@ -170,11 +208,10 @@ def score_sequence_trackingnet(pred: np.ndarray, gt: np.ndarray, source: str = "
         dict with ``success``, ``precision``, ``norm_precision`` (21,) rates over all frames,
         ``n_frames``, ``denominator`` (= n_frames) and ``covered_frames``.
     """
-    pred, gt = M.as_boxes(pred), M.as_boxes(gt)
+    gt = M.as_boxes(gt)
     n = gt.shape[0]
-    if pred.shape[0] >= n:
-        pred = pred[:n]
-    else:
+    pred = check_prediction(pred, n, source)
+    if pred.shape[0] < n:
         # The devkit aligns rows by index: rows the submission lacks become NaN.
         pred = np.concatenate([pred, np.full((n - pred.shape[0], 4), np.nan)], axis=0)
     pred, gt = np.round(pred), np.round(gt)
@@ -199,18 +236,23 @@ def score_sequence_trackingnet(pred: np.ndarray, gt: np.ndarray, source: str = "
     }
 
 
-def score_sequence(protocol: str, pred: np.ndarray, seq: Sequence, source: str = "<prediction>"
-                   ) -> Dict[str, Any]:
-    """Dispatch to the protocol's per-sequence scorer; ``seq`` must have full ground truth."""
+def score_sequence(protocol: str, pred: np.ndarray, seq: Sequence, source: str = "<prediction>",
+                   exclude_invalid_frames: bool = False) -> Dict[str, Any]:
+    """Dispatch to the protocol's per-sequence scorer; ``seq`` must have full ground truth.
+
+    ``exclude_invalid_frames`` applies to the ``pytracking`` protocol only.
+    """
     if not seq.has_full_ground_truth:
-        raise ValueError(f"sequence {seq.name!r} has only the first-frame box: it cannot be scored locally")
+        raise BadValueError(f"sequence {seq.name!r} has only the first-frame box: it cannot be scored locally "
+                            "(use the benchmark's evaluation server)")
     if protocol == "pytracking":
-        return score_sequence_pytracking(pred, seq.ground_truth, seq.dataset, seq.target_visible, source)
+        return score_sequence_pytracking(pred, seq.ground_truth, seq.dataset, seq.target_visible, source,
+                                         exclude_invalid_frames)
     if protocol == "otb":
         return score_sequence_otb(pred, seq.ground_truth, source)
     if protocol == "trackingnet":
         return score_sequence_trackingnet(pred, seq.ground_truth, source)
-    raise ValueError(f"unknown protocol {protocol!r}; choose from {PROTOCOLS}")
+    raise UnknownNameError(f"unknown protocol {protocol!r}; choose from {', '.join(PROTOCOLS)}")
 
 
 def thresholds(protocol: str) -> Dict[str, np.ndarray]:
@@ -224,7 +266,7 @@ def thresholds(protocol: str) -> Dict[str, np.ndarray]:
     if protocol == "trackingnet":
         return {"success": M.TRACKINGNET_IOU_THRESHOLDS, "precision": M.TRACKINGNET_CENTER_THRESHOLDS,
                 "norm_precision": M.TRACKINGNET_NORM_THRESHOLDS}
-    raise ValueError(f"unknown protocol {protocol!r}; choose from {PROTOCOLS}")
+    raise UnknownNameError(f"unknown protocol {protocol!r}; choose from {', '.join(PROTOCOLS)}")
 
 
 def _trapezoid(y: np.ndarray, x: np.ndarray) -> float:
@@ -259,7 +301,7 @@ def fps_from_times(protocol: str, times: List[np.ndarray]) -> Optional[float]:
 
 
 def evaluate_results(sequences: _Seq[Sequence], results_dir: str, protocol: str, on_missing: str = "error",
-                     name: Optional[str] = None) -> Dict[str, Any]:
+                     name: Optional[str] = None, exclude_invalid_frames: bool = False) -> Dict[str, Any]:
     """Score the result files in ``results_dir`` (``<seq>.txt`` per sequence) under ``protocol``.
 
     Args:
@@ -270,6 +312,8 @@ def evaluate_results(sequences: _Seq[Sequence], results_dir: str, protocol: str,
             sequence out, like pytracking's ``skip_missing_seq``) or ``"zeros"`` (score all-zero boxes,
             the TrackingNet server's rule).
         name: display name stored in the output (default: ``results_dir``).
+        exclude_invalid_frames: ``pytracking`` protocol: score only frames with a valid ground truth
+            (see the module docstring); stored in the output.
 
     Returns:
         dict with ``protocol``, ``name``, ``results_dir``, ``sequences`` (scored names), ``missing``,
@@ -277,11 +321,18 @@ def evaluate_results(sequences: _Seq[Sequence], results_dir: str, protocol: str,
         ``norm_precision``, the scores ``auc``, ``precision``, ``norm_precision``, ``op50``, ``op75``
         (percent), ``fps`` (None without time files), ``coverage`` (percent, trackingnet only) and
         ``per_sequence``: name -> the same scores for that sequence alone.
+
+    Raises:
+        MissingFileError for a missing result file (``on_missing="error"``) or a missing results folder;
+        AnnotationError naming ``file:line`` for a result file that breaks the rules above.
     """
     if protocol not in PROTOCOLS:
-        raise ValueError(f"unknown protocol {protocol!r}; choose from {PROTOCOLS}")
+        raise UnknownNameError(f"unknown protocol {protocol!r}; choose from {', '.join(PROTOCOLS)}")
     if on_missing not in ("error", "skip", "zeros"):
-        raise ValueError(f"on_missing must be error, skip or zeros, got {on_missing!r}")
+        raise BadValueError(f"on_missing must be error, skip or zeros, got {on_missing!r}")
+    if on_missing != "zeros" and not os.path.isdir(results_dir):
+        raise MissingFileError(f"{results_dir}: results folder not found; run the tracker first (--mode run) or "
+                               "check --results / --result-dir")
     per_seq: Dict[str, Dict[str, Any]] = {}
     curves: Dict[str, List[np.ndarray]] = {"success": [], "precision": [], "norm_precision": []}
     missing, times = [], []
@@ -298,8 +349,9 @@ def evaluate_results(sequences: _Seq[Sequence], results_dir: str, protocol: str,
             missing.append(seq.name)
             pred = np.zeros((len(seq), 4))
         else:
-            raise FileNotFoundError(f"result file not found: {path}")
-        res = score_sequence(protocol, pred, seq, source=path)
+            raise MissingFileError(f"{path}: result file not found; run the tracker first (--mode run) or pass "
+                                   "--on-missing skip")
+        res = score_sequence(protocol, pred, seq, source=path, exclude_invalid_frames=exclude_invalid_frames)
         for key in curves:
             curves[key].append(res[key])
         scores = summarize_curves(protocol, res["success"], res["precision"], res["norm_precision"])
@@ -310,10 +362,12 @@ def evaluate_results(sequences: _Seq[Sequence], results_dir: str, protocol: str,
             scores["coverage"] = 100.0 * res["covered_frames"] / res["n_frames"]
         per_seq[seq.name] = scores
     if not per_seq:
-        raise ValueError(f"no result files to score in {results_dir}")
+        raise MissingFileError(f"{results_dir}: no result file of these {len(sequences)} sequence(s) to score; "
+                               "run the tracker first (--mode run)")
     mean_curves = {k: np.mean(np.stack(v), axis=0) for k, v in curves.items()}
     out: Dict[str, Any] = {
         "protocol": protocol, "name": name or results_dir, "results_dir": results_dir,
+        "exclude_invalid_frames": bool(exclude_invalid_frames) if protocol == "pytracking" else None,
         "sequences": list(per_seq), "missing": missing,
         "thresholds": thresholds(protocol), "curves": mean_curves,
     }

@@ -15,6 +15,8 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Union
 
+from ...utils import BadValueError, UnknownNameError
+
 Builder = Union[str, Callable[..., Any]]
 
 
@@ -39,15 +41,29 @@ class TrackerFactory:
 
 
 def resolve_builder(builder: Builder) -> Callable[..., Any]:
-    """Import ``"module:attr"`` (or return a callable unchanged)."""
+    """Import ``"module:attr"`` (or return a callable unchanged).
+
+    Raises:
+        BadValueError naming the builder when the string is malformed, the module cannot be imported
+        or has no such attribute.
+    """
     if callable(builder):
         return builder
     module, _, attr = str(builder).partition(":")
-    if not attr:
-        raise ValueError(f"tracker builder must look like 'package.module:attr', got {builder!r}")
-    obj = importlib.import_module(module)
+    if not module or not attr:
+        raise BadValueError(f"tracker builder must look like 'package.module:attr', got {builder!r}")
+    try:
+        obj = importlib.import_module(module)
+    except ImportError as exc:
+        raise BadValueError(f"tracker {builder!r}: cannot import {module!r} ({exc}); check the name and that "
+                            "the package is on PYTHONPATH") from None
     for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise BadValueError(f"tracker {builder!r}: {obj.__name__ if hasattr(obj, '__name__') else obj!r} has "
+                                f"no attribute {part!r}; check the name after ':'")
         obj = getattr(obj, part)
+    if not callable(obj):
+        raise BadValueError(f"tracker {builder!r} is not callable; name a class or a function")
     return obj
 
 
@@ -97,8 +113,8 @@ def get_tracker_factory(name: str, params: str = "default", **overrides: Any) ->
     if name in _REGISTRY:
         entry = _REGISTRY[name]
         if params not in entry.param_sets:
-            raise KeyError(f"tracker {name!r} has no parameter set {params!r}; "
-                           f"available: {', '.join(sorted(entry.param_sets))}")
+            raise UnknownNameError(f"tracker {name!r} has no parameter set {params!r}; "
+                                   f"available: {', '.join(sorted(entry.param_sets))}")
         kwargs = dict(entry.param_sets[params])
         kwargs.update(overrides)
         return TrackerFactory(name, params, entry.builder, kwargs)
@@ -106,8 +122,8 @@ def get_tracker_factory(name: str, params: str = "default", **overrides: Any) ->
         resolve_builder(name)  # fail now, in the parent, rather than in every worker
         short = name.rsplit(":", 1)[1].split(".")[-1]
         return TrackerFactory(short, params, name, dict(overrides))
-    raise KeyError(f"unknown tracker {name!r}; registered: {', '.join(tracker_names())} "
-                   f"(or pass 'package.module:Class')")
+    raise UnknownNameError(f"unknown tracker {name!r}; registered: {', '.join(tracker_names())} "
+                           f"(or pass 'package.module:Class')")
 
 
 _BASELINES = "ebm_refine.tracking.evaluation.baselines"

@@ -5,13 +5,14 @@ all computed with the same protocol.
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 from typing import Any, Dict, Sequence as _Seq
 
 import numpy as np
 
-from .results import atomic_write_text
+from ...utils.fileio import atomic_write_bytes, atomic_write_text
 
 _COLUMNS = (("auc", "AUC"), ("precision", "Prec"), ("norm_precision", "NormPrec"), ("op50", "OP50"),
             ("op75", "OP75"), ("coverage", "Coverage"), ("fps", "FPS"))
@@ -93,9 +94,10 @@ def plot_curves(results: _Seq[Dict[str, Any]], path: str, kind: str = "success")
     ax.grid(True, linestyle=":")
     ax.legend(loc="lower left" if kind == "success" else "lower right")
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=120)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
     plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
     return path
 
 

@@ -9,18 +9,20 @@ Boxes are written comma-separated with 4 decimals (pytracking writes tab-separat
 throws away sub-pixel precision; got10k writes comma-separated floats). Every reader in this package, and
 pytracking's and got10k's, accept commas. The first row is the initialisation box, as in pytracking.
 
-Each file is written to a temporary name in the same folder and moved into place with ``os.replace``, so a
-killed run never leaves a truncated ``<seq>.txt`` that a resumed run would take as finished. The box file
-is written last: its presence marks a finished sequence.
+Each file is written with :mod:`ebm_refine.utils.fileio` (a temporary name in the same folder, moved into
+place with ``os.replace``, the permissions of a plain ``open``), so a killed run never leaves a truncated
+``<seq>.txt`` that a resumed run would take as finished. The box file is written last: its presence marks a
+finished sequence.
 """
 from __future__ import annotations
 
 import os
-import tempfile
 from typing import Iterable, Optional
 
 import numpy as np
 
+from ...utils import MissingFileError
+from ...utils.fileio import atomic_write_text
 from ..datasets.io import AnnotationError, read_box_file
 
 BOX_DECIMALS = 4
@@ -37,23 +39,6 @@ def result_path(results_dir: str, seq_name: str) -> str:
 
 def time_path(results_dir: str, seq_name: str) -> str:
     return os.path.join(results_dir, f"{seq_name}_time.txt")
-
-
-def atomic_write_text(path: str, text: str) -> None:
-    """Write ``text`` to ``path`` atomically (temp file in the same folder + fsync + ``os.replace``)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def format_boxes(boxes: np.ndarray, decimals: int = BOX_DECIMALS, delimiter: str = ",") -> str:
@@ -75,9 +60,12 @@ def read_result(path: str) -> np.ndarray:
     """Read a result file (commas, tabs or spaces) as (N, 4) float64.
 
     Raises:
-        FileNotFoundError, or :class:`~ebm_refine.tracking.datasets.io.AnnotationError` naming
+        MissingFileError, or :class:`~ebm_refine.tracking.datasets.io.AnnotationError` naming
         ``path:line`` for a non-numeric line or a line without exactly 4 values.
     """
+    if not os.path.isfile(path):
+        raise MissingFileError(f"{path}: result file not found; run the tracker first (--mode run) or pass "
+                               "--on-missing skip")
     return read_box_file(path, ncols=(4,), allow_nan=True)
 
 
@@ -92,7 +80,8 @@ def read_times(path: str) -> Optional[np.ndarray]:
                 try:
                     values.append(float(line.split()[0].strip(",")))
                 except ValueError:
-                    raise AnnotationError(f"{path}:{lineno}: non-numeric time {line.strip()!r}") from None
+                    raise AnnotationError(f"{path}:{lineno}: non-numeric time {line.strip()!r}; delete the file "
+                                          "(FPS is then not reported) or re-run the sequence") from None
     return np.asarray(values, dtype=np.float64)
 
 

@@ -11,35 +11,58 @@ inside the worker that runs the sequence.
 
 Outputs follow :mod:`.results`: ``<results_dir>/<seq>.txt`` and ``<seq>_time.txt``, each written
 atomically, the box file last. A sequence whose box file exists with one row per frame is skipped, so an
-interrupted run resumes where it stopped and never rewrites finished sequences.
+interrupted run resumes where it stopped and never rewrites finished sequences. Each sequence is run under
+a lock (``<results_dir>/.<seq>.lock``), so several runners (processes, machines sharing the folder) can
+work on one results folder: a sequence another runner is on is reported ``"busy"`` and left to it.
+
+Frames are read with :func:`~ebm_refine.tracking.datasets.load_frame`. A truncated JPEG is decoded as far
+as its data goes (the rest is grey), counted per sequence (``SequenceRun.truncated_frames``) and reported
+in one warning per run; a frame that cannot be decoded at all fails its sequence with a message naming it.
 """
 from __future__ import annotations
 
+import logging
 import multiprocessing as mp
 import os
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, List, Optional, Sequence as _Seq, Tuple
 
 import numpy as np
 
-from ..datasets.sequence import Sequence, read_frame
+from ...utils import UserError
+from ...utils.fileio import file_lock
+from ..datasets.sequence import Sequence, load_frame
 from .results import is_finished, result_path, time_path, write_boxes, write_times
+
+logger = logging.getLogger(__name__)
 
 TrackerFactoryType = Callable[[], Any]
 
 
 @dataclass
 class SequenceRun:
-    """Outcome for one sequence: ``status`` is ``"done"``, ``"skipped"`` (already finished) or
-    ``"failed"`` (``error`` holds the traceback); ``seconds`` is the summed per-frame time."""
+    """Outcome for one sequence.
+
+    Attributes:
+        status: ``"done"``, ``"skipped"`` (already finished), ``"busy"`` (another runner holds the
+            sequence's lock) or ``"failed"``.
+        seconds: summed per-frame tracking time.
+        error: for ``"failed"``: the one-line message of a bad input (``input_error``) or the traceback
+            of a crash.
+        input_error: the failure is a bad input (a frame that cannot be read, an invalid first box), not
+            a tracker crash.
+        truncated_frames: frames that were truncated JPEGs, decoded partially.
+    """
 
     name: str
     status: str
     n_frames: int
     seconds: float = 0.0
     error: Optional[str] = None
+    input_error: bool = False
+    truncated_frames: List[str] = field(default_factory=list)
 
 
 class RunError(RuntimeError):
@@ -48,6 +71,10 @@ class RunError(RuntimeError):
     def __init__(self, message: str, runs: List[SequenceRun]):
         super().__init__(message)
         self.runs = runs
+
+
+class RunInputError(RunError, UserError):
+    """A :class:`RunError` where every failure is a bad input; its message is one line."""
 
 
 def _as_box(out: Any, seq: Sequence, frame: int) -> List[float]:
@@ -60,24 +87,35 @@ def _as_box(out: Any, seq: Sequence, frame: int) -> List[float]:
     return box.tolist()
 
 
-def track_sequence(tracker: Any, seq: Sequence) -> Tuple[np.ndarray, np.ndarray]:
+def track_sequence(tracker: Any, seq: Sequence, truncated_frames: Optional[List[str]] = None
+                   ) -> Tuple[np.ndarray, np.ndarray]:
     """Run ``tracker`` over ``seq``.
+
+    Args:
+        truncated_frames: when given, the paths of truncated JPEG frames (decoded partially) are
+            appended to it.
 
     Returns:
         boxes (N, 4) -- row 0 is the initialisation box as returned by ``initialize`` (or the init box
         when it returns nothing) -- and per-frame wall-clock times (N,) in seconds (frame 0: initialize).
     """
+    def frame(i: int) -> np.ndarray:
+        image, truncated = load_frame(seq.frames[i])
+        if truncated and truncated_frames is not None:
+            truncated_frames.append(seq.frames[i])
+        return image
+
     boxes = np.zeros((len(seq), 4))
     times = np.zeros(len(seq))
     info = seq.init_info()
-    image = read_frame(seq.frames[0])
+    image = frame(0)
     t0 = time.perf_counter()
     out = tracker.initialize(image, info)
     times[0] = time.perf_counter() - t0
     boxes[0] = _as_box(out, seq, 0) if out and isinstance(out, dict) and "target_bbox" in out else info["init_bbox"]
     prev = {"target_bbox": boxes[0].tolist()}
     for i in range(1, len(seq)):
-        image = read_frame(seq.frames[i])
+        image = frame(i)
         t0 = time.perf_counter()
         out = tracker.track(image, {"frame_index": i, "previous_output": prev})
         times[i] = time.perf_counter() - t0
@@ -87,20 +125,38 @@ def track_sequence(tracker: Any, seq: Sequence) -> Tuple[np.ndarray, np.ndarray]
 
 
 def run_sequence(tracker_factory: TrackerFactoryType, seq: Sequence, results_dir: str) -> SequenceRun:
-    """Build a tracker, track ``seq`` and write its two result files atomically (times first)."""
+    """Build a tracker, track ``seq`` and write its two result files atomically (times first).
+
+    No lock is taken here; :func:`run_dataset` runs each sequence under its lock.
+    """
+    truncated: List[str] = []
     tracker = tracker_factory()
-    boxes, times = track_sequence(tracker, seq)
+    boxes, times = track_sequence(tracker, seq, truncated)
     write_times(time_path(results_dir, seq.name), times)
     write_boxes(result_path(results_dir, seq.name), boxes)
-    return SequenceRun(seq.name, "done", len(seq), float(times.sum()))
+    return SequenceRun(seq.name, "done", len(seq), float(times.sum()), truncated_frames=truncated)
+
+
+def lock_path(results_dir: str, seq_name: str) -> str:
+    """The lock file a runner holds while it works on ``seq_name`` (hidden, removed afterwards)."""
+    return os.path.join(results_dir, f".{seq_name}.lock")
 
 
 def _worker(args) -> SequenceRun:
-    tracker_factory, seq, results_dir = args
-    try:
-        return run_sequence(tracker_factory, seq, results_dir)
-    except Exception:  # reported to the parent; KeyboardInterrupt still stops the worker
-        return SequenceRun(seq.name, "failed", len(seq), error=traceback.format_exc())
+    tracker_factory, seq, results_dir, overwrite = args
+    with file_lock(lock_path(results_dir, seq.name), blocking=False, remove=True) as acquired:
+        if not acquired:
+            return SequenceRun(seq.name, "busy", len(seq))
+        # Another runner may have finished it between our first check and the lock.
+        if not overwrite and is_finished(results_dir, seq.name, len(seq)):
+            return SequenceRun(seq.name, "skipped", len(seq))
+        _remove_stale_temp_files(results_dir, seq.name)
+        try:
+            return run_sequence(tracker_factory, seq, results_dir)
+        except UserError as exc:  # a bad frame or annotation: one line, no traceback
+            return SequenceRun(seq.name, "failed", len(seq), error=str(exc), input_error=True)
+        except Exception:  # reported to the parent; KeyboardInterrupt still stops the worker
+            return SequenceRun(seq.name, "failed", len(seq), error=traceback.format_exc())
 
 
 def _init_worker() -> None:
@@ -113,11 +169,14 @@ def _init_worker() -> None:
         pass
 
 
-def _remove_stale_temp_files(results_dir: str, names: List[str]) -> None:
-    """Delete temporary files left by a run that was killed while writing (see results.atomic_write_text)."""
+def _remove_stale_temp_files(results_dir: str, name: str) -> None:
+    """Delete temporary files left by a run that was killed while writing ``name``'s results.
+
+    Called with the sequence's lock held: no other runner is writing them.
+    """
     if not os.path.isdir(results_dir):
         return
-    prefixes = tuple(f".{n}{suffix}." for n in names for suffix in (".txt", "_time.txt"))
+    prefixes = tuple(f".{name}{suffix}." for suffix in (".txt", "_time.txt"))
     for fname in os.listdir(results_dir):
         if fname.endswith(".tmp") and fname.startswith(prefixes):
             os.unlink(os.path.join(results_dir, fname))
@@ -133,11 +192,13 @@ def run_dataset(sequences: _Seq[Sequence], tracker_factory: TrackerFactoryType, 
         tracker_factory: picklable zero-argument callable returning a fresh tracker.
         results_dir: output folder (``<results_root>/<tracker>/<params>``).
         num_workers: worker processes; ``<= 1`` runs in this process (no pickling, easiest to debug).
-        overwrite: re-run sequences that are already finished.
+        overwrite: re-run sequences that are already finished (a sequence another runner holds is still
+            left to it).
         progress: show a tqdm progress bar over sequences.
         mp_context: multiprocessing start method; ``spawn`` (default) is safe with CUDA and threads.
         raise_on_error: after the run, raise :class:`RunError` if a sequence failed (finished sequences
-            are kept either way).
+            are kept either way); :class:`RunInputError`, a one-line ``UserError``, when every failure
+            is a bad input.
 
     Returns:
         One :class:`SequenceRun` per sequence, in input order.
@@ -151,17 +212,17 @@ def run_dataset(sequences: _Seq[Sequence], tracker_factory: TrackerFactoryType, 
             runs[seq.name] = SequenceRun(seq.name, "skipped", len(seq))
         else:
             pending.append(seq)
-    _remove_stale_temp_files(results_dir, [s.name for s in pending])
+    os.makedirs(results_dir, exist_ok=True)
     bar = tqdm(total=len(pending), desc="tracking", unit="seq", disable=not progress)
     try:
         if num_workers <= 1 or len(pending) <= 1:
             for seq in pending:
-                runs[seq.name] = _worker((tracker_factory, seq, results_dir))
+                runs[seq.name] = _worker((tracker_factory, seq, results_dir, overwrite))
                 bar.update(1)
         else:
             ctx = mp.get_context(mp_context)
             with ctx.Pool(min(num_workers, len(pending)), initializer=_init_worker) as pool:
-                jobs = [(tracker_factory, seq, results_dir) for seq in pending]
+                jobs = [(tracker_factory, seq, results_dir, overwrite) for seq in pending]
                 for run in pool.imap_unordered(_worker, jobs):
                     runs[run.name] = run
                     bar.set_postfix_str(run.name)
@@ -169,9 +230,24 @@ def run_dataset(sequences: _Seq[Sequence], tracker_factory: TrackerFactoryType, 
     finally:
         bar.close()
     ordered = [runs[s.name] for s in sequences]
+    _warn_truncated(ordered)
     failed = [r for r in ordered if r.status == "failed"]
     if failed and raise_on_error:
+        head = f"{len(failed)} of {len(ordered)} sequence(s) failed (finished sequences are kept)"
+        if all(r.input_error for r in failed):
+            raise RunInputError(f"{head}: " + "; ".join(f"{r.name}: {r.error}" for r in failed), ordered)
         details = "\n".join(f"--- {r.name}\n{r.error}" for r in failed)
-        raise RunError(f"{len(failed)} of {len(ordered)} sequence(s) failed: "
-                       f"{', '.join(r.name for r in failed)}\n{details}", ordered)
+        raise RunError(f"{head}: {', '.join(r.name for r in failed)}\n{details}", ordered)
     return ordered
+
+
+def _warn_truncated(runs: List[SequenceRun]) -> None:
+    """One warning per run naming the truncated frames (at most 3) and counting them."""
+    hit = [r for r in runs if r.truncated_frames]
+    if not hit:
+        return
+    frames = [f for r in hit for f in r.truncated_frames]
+    listed = ", ".join(frames[:3]) + (", ..." if len(frames) > 3 else "")
+    logger.warning("%d truncated JPEG frame(s) in %d sequence(s) were decoded only partially (the rest of the "
+                   "image is grey) and tracked anyway: %s; copy them again for a clean evaluation",
+                   len(frames), len(hit), listed)
