@@ -171,3 +171,39 @@ def test_shipped_networks_load_and_the_ebm_tracker_follows_a_real_walker(shared_
         gt = xywh_to_xyxy(torch.tensor(seq.ground_truth[i], dtype=torch.float32))
         ious.append(float(box_iou_aligned(pred, gt)))
     assert min(ious) > 0.6 and np.mean(ious) > 0.7, ious  # measured: 0.71 .. 0.89, mean 0.80
+
+
+def test_per_frame_path_stays_on_the_tracker_device(tiny_net, small_seq):
+    """Every tensor of track() is made on the tracker's device and none is copied off it: run with the
+    default device set to "meta" (a tensor made without ``device=`` would land there and break the
+    numbers) and watch every device move; only the box, the peak and the energies are read back."""
+    from torch.overrides import TorchFunctionMode
+
+    class Watch(TorchFunctionMode):
+        def __init__(self):
+            super().__init__()
+            self.moves, self.read_back = [], 0
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            name = getattr(func, "__name__", "")
+            if name in ("cpu", "cuda", "numpy") or (name == "to" and any(
+                    isinstance(a, (str, torch.device)) and torch.device(a) != torch.device("cpu")
+                    for a in list(args[1:]) + [kwargs.get("device")] if a is not None)):
+                self.moves.append(name)
+            if name in ("tolist", "item", "__float__", "__int__", "__bool__"):
+                self.read_back += args[0].numel()
+            return func(*args, **kwargs)
+
+    expected = _tracker(tiny_net)
+    expected.initialize(small_seq.frame(0), {"init_bbox": small_seq.boxes[0]})
+    tr = _tracker(tiny_net)
+    tr.initialize(small_seq.frame(0), {"init_bbox": small_seq.boxes[0]})
+    for i in (1, 2, 3):
+        want = expected.track(small_seq.frame(i))
+        with torch.device("meta"), Watch() as watch:
+            got = tr.track(small_seq.frame(i))
+        assert got["target_bbox"] == want["target_bbox"] and got["energy"] == want["energy"]
+        assert watch.moves == []
+        # Scalars only: the classifier's peak and neighbours, candidate counts, the box and 2 energies.
+        assert 0 < watch.read_back <= 40, watch.read_back

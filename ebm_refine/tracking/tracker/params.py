@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import copy
 import os
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import yaml
 
@@ -189,6 +189,17 @@ def _resolve(name_or_path: str) -> str:
             return cand
     raise MissingParamsError(f"tracker parameters {name_or_path!r} not found: neither a file nor a name in "
                              f"{CONFIG_DIR}; pass a YAML path or one of the shipped names")
+
+
+def tracker_param_set(spec: str) -> Optional[Tuple[str, Dict[str, Any]]]:
+    """The evaluation registry's view of a parameter file: ``spec`` (a YAML path, or a name in
+    ``configs/tracking/``) -> (results name = the file's stem, ``{"params": absolute path}``); None if
+    there is no such file."""
+    try:
+        path = _resolve(spec)
+    except MissingParamsError:
+        return None
+    return os.path.splitext(os.path.basename(path))[0], {"params": os.path.abspath(path)}
 
 
 def load_tracker_params(name_or_path: Optional[str] = None, overrides: Optional[Dict[str, Any]] = None
