@@ -122,7 +122,9 @@ def test_parameter_files():
         p = load_tracker_params(name)
         assert p["box_refinement"]["mode"] == {"ebm": "ebm", "iounet": "iounet", "norefine": "none"}[name]
         assert p["checkpoint"].endswith("net.pth")
-    assert load_tracker_params("ebm")["box_refinement"]["step_size"] == [2e-4, 1e-3]
+    assert load_tracker_params("ebm")["box_refinement"]["step_size"] == [5e-4, 1e-2]
+    paper = load_tracker_params("ebm_pytracking")["box_refinement"]
+    assert paper["step_size"] == [2e-4, 1e-3] and paper["step_decay"] == 1.0 and paper["backtracking"] is False
     fast, ref = load_tracker_params("ebm_fast"), load_tracker_params("ebm")
     assert fast["box_refinement"]["num_steps"] == 3 and ref["box_refinement"]["num_steps"] == 10
     fast["box_refinement"]["num_steps"] = 10
@@ -170,40 +172,19 @@ def test_shipped_networks_load_and_the_ebm_tracker_follows_a_real_walker(shared_
         pred = xywh_to_xyxy(torch.tensor(res["target_bbox"]))
         gt = xywh_to_xyxy(torch.tensor(seq.ground_truth[i], dtype=torch.float32))
         ious.append(float(box_iou_aligned(pred, gt)))
-    assert min(ious) > 0.6 and np.mean(ious) > 0.7, ious  # measured: 0.71 .. 0.89, mean 0.80
+    assert min(ious) > 0.6 and np.mean(ious) > 0.7, ious
 
 
-def test_per_frame_path_stays_on_the_tracker_device(tiny_net, small_seq):
-    """Every tensor of track() is made on the tracker's device and none is copied off it: run with the
-    default device set to "meta" (a tensor made without ``device=`` would land there and break the
-    numbers) and watch every device move; only the box, the peak and the energies are read back."""
-    from torch.overrides import TorchFunctionMode
+@pytest.mark.slow
+@pytest.mark.parametrize("params", ["ebm", "ebm_fast"])
+def test_shipped_ebm_network_does_not_collapse_on_real_video(shared_data, params):
+    """Issue 13's failure: refined boxes shrinking onto a part of the target and staying there. On a real
+    training-set sequence held out for validation (OTB Biker, 79 frames, the target shrinks to a quarter
+    and grows back), the median tracked / true box area stays within 0.7 - 1.4."""
+    from ebm_refine.tracking.datasets import load_dataset
+    from ebm_refine.tracking.tracker.diagnostics import probe_tracking
 
-    class Watch(TorchFunctionMode):
-        def __init__(self):
-            super().__init__()
-            self.moves, self.read_back = [], 0
-
-        def __torch_function__(self, func, types, args=(), kwargs=None):
-            kwargs = kwargs or {}
-            name = getattr(func, "__name__", "")
-            if name in ("cpu", "cuda", "numpy") or (name == "to" and any(
-                    isinstance(a, (str, torch.device)) and torch.device(a) != torch.device("cpu")
-                    for a in list(args[1:]) + [kwargs.get("device")] if a is not None)):
-                self.moves.append(name)
-            if name in ("tolist", "item", "__float__", "__int__", "__bool__"):
-                self.read_back += args[0].numel()
-            return func(*args, **kwargs)
-
-    expected = _tracker(tiny_net)
-    expected.initialize(small_seq.frame(0), {"init_bbox": small_seq.boxes[0]})
-    tr = _tracker(tiny_net)
-    tr.initialize(small_seq.frame(0), {"init_bbox": small_seq.boxes[0]})
-    for i in (1, 2, 3):
-        want = expected.track(small_seq.frame(i))
-        with torch.device("meta"), Watch() as watch:
-            got = tr.track(small_seq.frame(i))
-        assert got["target_bbox"] == want["target_bbox"] and got["energy"] == want["energy"]
-        assert watch.moves == []
-        # Scalars only: the classifier's peak and neighbours, candidate counts, the box and 2 energies.
-        assert 0 < watch.read_back <= 40, watch.read_back
+    seq = load_dataset("otb", str(shared_data / "tracking_train"), sequences=["Biker"])[0]
+    stats = probe_tracking(EBMAtomTracker(params), [seq])["all"]
+    assert stats["frames"] == len(seq) - 1
+    assert 0.7 <= stats["median_area_ratio"] <= 1.4, stats
