@@ -4,7 +4,7 @@
 Examples::
 
     # single process (CPU or one GPU); resumes automatically from OUT/checkpoint.pth
-    python tools/train_tracker.py --config configs/tracking/train_ebm.yaml --out checkpoints/tracking/ebm_mobilenet_w64
+    python tools/train_tracker.py --config configs/tracking/train_ebm.yaml --out checkpoints/tracking/ebm_mobilenet_real
 
     # override any config entry (dotted key = YAML value)
     python tools/train_tracker.py --config configs/tracking/train_ebm.yaml --out /tmp/run \\

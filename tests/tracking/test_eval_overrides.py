@@ -1,6 +1,4 @@
 """tools/eval_tracking.py: tracker parameter overrides (--set), parameter files by path, the CSRT/KCF baselines."""
-import importlib.util
-import json
 import shutil
 from pathlib import Path
 
@@ -8,17 +6,9 @@ import numpy as np
 import pytest
 
 from conftest import write_boxes_txt
+from test_tracking_cli import cli  # noqa: F401  (the fixture: tools/eval_tracking.py's main, in process)
 
 REPO = Path(__file__).resolve().parents[2]
-TOOL = REPO / "tools" / "eval_tracking.py"
-
-
-@pytest.fixture(scope="module")
-def cli():
-    spec = importlib.util.spec_from_file_location("eval_tracking_overrides_cli", TOOL)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.main
 
 
 @pytest.fixture(scope="module")
