@@ -45,6 +45,10 @@ setup(
     extras_require={
         # Detectron2 is not on PyPI under its own name; see README for the install routes.
         "dev": ["pytest", "pytest-timeout", "got10k", "six"],
+        # The csrt / kcf baseline trackers (tools/eval_tracking.py --tracker csrt). Install the version of
+        # the installed opencv-python-headless (both provide the cv2 module), e.g.
+        #   pip install "opencv-contrib-python-headless==$(python -c 'import cv2; print(cv2.__version__)').*"
+        "baselines": ["opencv-contrib-python-headless"],
     },
     entry_points={},
 )

@@ -27,14 +27,15 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from ebm_refine.tracking.tracker import EBMAtomTracker, load_tracker_params  # noqa: E402
-
-_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from ebm_refine.tracking.tracker.params import apply_dotted_overrides, merge_params  # noqa: E402
+from ebm_refine.utils import UserError, atomic_write_text, shared_data_dir  # noqa: E402
+from ebm_refine.utils.cli import add_debug_argument, run_cli  # noqa: E402
 
 
 def _video(frames: int):
-    root = os.environ.get("EBM_SHARED_DATA", os.path.join(os.path.dirname(_REPO), "shared", "data"))
-    otb = os.path.join(root, "tracking", "otb")
-    if os.path.isdir(os.path.join(otb, "DragonBaby")):
+    root = shared_data_dir()
+    otb = os.path.join(str(root), "tracking", "otb") if root is not None else ""
+    if otb and os.path.isdir(os.path.join(otb, "DragonBaby")):
         from ebm_refine.tracking.datasets import load_dataset, read_frame
 
         seq = load_dataset("otb", otb, sequences=["DragonBaby"])[0]
@@ -46,15 +47,20 @@ def _video(frames: int):
     return "synthetic_640x360", [seq.frame(i) for i in range(frames)], seq.boxes[0]
 
 
-def main() -> int:
+def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--params", nargs="+", default=["ebm", "iounet", "norefine"])
+    ap.add_argument("--params", nargs="+", default=["ebm", "ebm_fast", "iounet", "norefine"])
     ap.add_argument("--frames", type=int, default=60)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--num-steps", type=int, help="override box_refinement.num_steps")
     ap.add_argument("--num-init-boxes", type=int, help="override box_refinement.num_init_boxes")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="tracker parameter overrides for every --params entry (e.g. checkpoint=out/net.pth)")
     ap.add_argument("--json", help="write results here")
-    args = ap.parse_args()
+    add_debug_argument(ap)
+    args = ap.parse_args(argv)
+    if args.frames < 2:
+        raise UserError(f"--frames {args.frames}: need at least 2 (the first frame initialises the tracker)")
     torch.set_num_threads(args.threads)
     name, frames, init = _video(args.frames)
     h, w = frames[0].shape[:2]
@@ -63,7 +69,8 @@ def main() -> int:
     for p in args.params:
         over = {k: v for k, v in (("num_steps", args.num_steps), ("num_init_boxes", args.num_init_boxes))
                 if v is not None}
-        params = load_tracker_params(p, {"box_refinement": over})
+        params = load_tracker_params(p, merge_params({"box_refinement": over}, apply_dotted_overrides({}, args.set),
+                                                     strict=False))
         tr = EBMAtomTracker(params)
         tr.initialize(frames[0], {"init_bbox": [float(v) for v in init]})
         times, refine = [], []
@@ -83,10 +90,9 @@ def main() -> int:
         print(f"{p:10s} {v['fps']:6.2f} FPS  {v['ms_per_frame']:7.1f} ms/frame  refinement "
               f"{v['ms_refine_per_frame']:6.1f} ms ({100 * v['refine_share']:.1f}%)")
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as fh:
-            json.dump(out, fh, indent=2)
+        atomic_write_text(args.json, json.dumps(out, indent=2) + "\n")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -14,6 +14,12 @@ Examples::
     # score any folder of <seq>.txt files
     python tools/eval_tracking.py --dataset otb --root /data/OTB100 --mode score --result-dir some/folder
 
+    # the EBM tracker with another network and candidate-box seed (tracker parameter overrides), or with
+    # a parameter file of your own; results go to <results>/ebm_atom/ebm+checkpoint=...,seed=1/
+    python tools/eval_tracking.py --dataset otb --root /data/OTB100 --tracker ebm_atom/ebm \
+        --set checkpoint=out/net.pth seed=1
+    python tools/eval_tracking.py --dataset otb --root /data/OTB100 --tracker ebm_atom/path/to/my.yaml
+
     # TrackingNet TEST: run, then pack the submission zip for the evaluation server
     python tools/eval_tracking.py --dataset trackingnet --root /data/TrackingNet --split TEST \\
         --tracker ncc --workers 8 --pack-trackingnet ncc_trackingnet.zip
@@ -25,7 +31,11 @@ status 2 (``--debug`` shows the traceback); docs/bad_input.md lists every case.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import hashlib
+import json
 import os
+import re
 import sys
 from typing import List, Optional, Tuple
 
@@ -35,17 +45,55 @@ from ebm_refine.tracking.datasets import dataset_names, load_dataset  # noqa: E4
 from ebm_refine.tracking.evaluation import (PROTOCOLS, RunError, describe_trackers,  # noqa: E402
                                             evaluate_results, format_table, get_tracker_factory,
                                             pack_trackingnet, run_dataset, tracker_results_dir, write_report)
+from ebm_refine.tracking.evaluation.registry import TrackerFactory, tracker_names  # noqa: E402
 from ebm_refine.tracking.evaluation.results import result_path  # noqa: E402
+from ebm_refine.tracking.tracker.params import apply_dotted_overrides  # noqa: E402
 from ebm_refine.utils import MissingFileError, UserError  # noqa: E402
 from ebm_refine.utils.cli import add_debug_argument, log_to_stderr, run_cli  # noqa: E402
 
 
 def _split_tracker(spec: str, default_params: str) -> Tuple[str, str]:
-    # "name/params"; an import string "pkg.mod:Class" may carry "/params" too
+    # "name/params"; a registered name takes everything after its "/" (a parameter-file path may hold
+    # "/"), an import string "pkg.mod:Class" may carry "/params" too
+    head, sep, rest = spec.partition("/")
+    if sep and head in tracker_names():
+        return head, rest
     if "/" in spec:
         name, params = spec.rsplit("/", 1)
         return name, params
     return spec, default_params
+
+
+def _with_tag(params: str, items: List[str]) -> str:
+    """Results name of a parameter set with ``--set`` overrides: ``<params>+<items>`` (a hash if long)."""
+    if not items:
+        return params
+    tag = ",".join(items)
+    if len(tag) > 60 or not re.fullmatch(r"[A-Za-z0-9_.,=+\-\[\]]+", tag):
+        tag = hashlib.sha1(json.dumps(apply_dotted_overrides({}, items), sort_keys=True).encode()).hexdigest()[:10]
+    return f"{params}+{tag}"
+
+
+def _with_overrides(factory: TrackerFactory, items: List[str]) -> TrackerFactory:
+    """The factory with ``--set`` tracker-parameter overrides, results under ``<params>+<overrides>``.
+
+    ``ebm_atom`` takes them as nested parameter overrides (``box_refinement.num_steps=5``); other
+    trackers as constructor keyword arguments (``template_lr=0.1``).
+    """
+    if not items:
+        return factory
+    nested = apply_dotted_overrides({}, items)
+    kwargs = dict(factory.kwargs)
+    if factory.name == "ebm_atom":
+        kwargs["overrides"] = nested
+    else:
+        kwargs.update(nested)
+    out = dataclasses.replace(factory, params=_with_tag(factory.params, items), kwargs=kwargs)
+    try:
+        out()  # build one in this process: a bad key or value fails here, once, not in every worker
+    except TypeError as exc:
+        raise UserError(f"--set: tracker {factory.name!r} does not take {', '.join(sorted(nested))} ({exc})") from None
+    return out
 
 
 def _sequence_list(arg: Optional[str]) -> Optional[List[str]]:
@@ -72,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracker", action="append", default=[],
                    help="NAME[/PARAMS] (registry name or package.module:Class); repeatable. Default: ncc")
     p.add_argument("--params", default="default", help="parameter set for --tracker without /PARAMS")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="tracker parameter overrides for every --tracker, e.g. checkpoint=out/net.pth seed=1 "
+                        "box_refinement.num_steps=5 (ebm_atom; YAML values); results go to <params>+<overrides>")
     p.add_argument("--result-dir", action="append", default=[],
                    help="score mode: a folder of <seq>.txt files to score as it is; repeatable")
     p.add_argument("--results", default="tracking_results", help="results root (default: ./tracking_results)")
@@ -134,9 +185,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     for name, params in trackers:
         if args.mode == "score" and ":" not in name:
             # scoring existing results needs no registered tracker
+            params = _with_tag(params, args.set)
             folders.append((f"{name}/{params}", tracker_results_dir(args.results, name, params)))
             continue
-        factory = get_tracker_factory(name, params)
+        factory = _with_overrides(get_tracker_factory(name, params), args.set)
         out_dir = tracker_results_dir(args.results, factory.name, factory.params)
         folders.append((f"{factory.name}/{factory.params}", out_dir))
         if args.mode in ("run", "both"):

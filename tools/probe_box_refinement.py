@@ -1,14 +1,18 @@
 #!/usr/bin/env python
-"""Measure how much box refinement improves IoU on held-out (reference, test) crop pairs.
+"""How a tracker network's box estimation behaves on annotated real frames (choose settings with it).
 
-Pairs come from held-out synthetic sequences (seeds far from the training range) cropped exactly as in
-training. Each test box is perturbed the way the tracker's initial boxes are (centre offset and
-log-size error), refined with the core refiner on the network's output, and scored by IoU with the
-ground truth. Several step sizes can be compared, which is how the ``step_size`` entries of
-``configs/tracking/*.yaml`` are chosen for a trained network (the energy's scale depends on training).
+Two measurements (``ebm_refine.tracking.tracker.diagnostics``), on sequences in OTB layout (by default the
+validation part of ``../shared/data/tracking_train``; never the evaluation sequences):
 
-    python tools/probe_box_refinement.py --net checkpoints/tracking/ebm_mobilenet_w64/net.pth \\
-        --steps 2e-4,1e-3 1e-4,5e-4 --pairs 64 --json probe.json
+* ``pairs``: (first frame, later frame) pairs cropped as the tracker crops them, with a search region of
+  the right size and one ``--size-errors`` times it. For each: how often f ranks shrunk, grown, part and
+  shifted versions of the true box above the true box, and where box estimation (the tracker's own
+  procedure and parameters) ends when started from the true box scaled by ``--init-scales``.
+* ``track``: the whole tracker on the sequences: tracked/true area ratio, IoU, collapse share, and in
+  collapsed frames whether f prefers the collapsed box to the true one.
+
+    python tools/probe_box_refinement.py --params ebm --pairs 200 --json probe.json
+    python tools/probe_box_refinement.py --params iounet --set box_refinement.step_size=[1e-2,5e-2] --probe pairs
 """
 from __future__ import annotations
 
@@ -17,70 +21,79 @@ import json
 import os
 import sys
 import time
+from typing import List, Optional
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from ebm_refine.core.boxes import box_iou_aligned, decode_relative  # noqa: E402
-from ebm_refine.core.refine import refine_boxes  # noqa: E402
-from ebm_refine.tracking.models import load_net  # noqa: E402
-from ebm_refine.tracking.synthetic import SyntheticDataset  # noqa: E402
-from ebm_refine.tracking.train.data import PairDataset  # noqa: E402
+from ebm_refine.tracking.datasets import load_dataset  # noqa: E402
+from ebm_refine.tracking.tracker import EBMAtomTracker  # noqa: E402
+from ebm_refine.tracking.tracker.diagnostics import probe_pairs, probe_tracking, summarize_pairs  # noqa: E402
+from ebm_refine.tracking.tracker.params import apply_dotted_overrides, load_tracker_params  # noqa: E402
+from ebm_refine.utils import UserError, atomic_write_text, shared_data_dir  # noqa: E402
+from ebm_refine.utils.cli import add_debug_argument, run_cli  # noqa: E402
+
+VALIDATION = "Biker,Woman,S1301,wakeboard4,MotorRolling,group2_2"
 
 
-def main() -> int:
+def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--net", required=True)
-    ap.add_argument("--steps", nargs="+", default=["2e-4,1e-3"], help="centre,size step-size pairs")
-    ap.add_argument("--num-steps", type=int, default=10)
-    ap.add_argument("--pairs", type=int, default=64)
-    ap.add_argument("--first-seed", type=int, default=2_000_000, help="validation seeds (not train, not test)")
-    ap.add_argument("--center-error", type=float, default=0.1, help="std of the initial centre error (relative)")
-    ap.add_argument("--size-error", type=float, default=0.1, help="std of the initial log-size error")
-    ap.add_argument("--json", help="write the results here")
-    args = ap.parse_args()
+    ap.add_argument("--params", default="ebm", help="tracker parameter set (name in configs/tracking or a YAML path)")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="tracker parameter overrides, e.g. checkpoint=out/net.pth box_refinement.num_steps=5")
+    ap.add_argument("--root", help="sequences in OTB layout (default: <shared data>/tracking_train)")
+    ap.add_argument("--sequences", default=VALIDATION, help=f"comma-separated names (default: {VALIDATION})")
+    ap.add_argument("--probe", choices=("pairs", "track", "both"), default="both")
+    ap.add_argument("--pairs", type=int, default=200)
+    ap.add_argument("--seed", type=int, default=0, help="pair sampling and candidate boxes")
+    ap.add_argument("--size-errors", default="1,0.7,1.4", help="search-region size factors")
+    ap.add_argument("--init-scales", default="0.7,1,1.4", help="box estimation starts from the truth scaled by these")
+    ap.add_argument("--json", help="write the summary here")
+    add_debug_argument(ap)
+    args = ap.parse_args(argv)
     torch.set_num_threads(1)
 
-    net = load_net(args.net)
-    ds = PairDataset([(SyntheticDataset(200, args.first_seed), 1.0)], {"center_jitter": 1.0}, seed=12345)
-    gen = torch.Generator().manual_seed(0)
-    results = {s: {"before": [], "after": []} for s in args.steps}
-    grads = []
+    root = args.root or (str(shared_data_dir() / "tracking_train") if shared_data_dir() else None)
+    if root is None or not os.path.isdir(root):
+        raise UserError(f"{root}: no sequence folder; pass --root with sequences in OTB layout")
+    names = [s.strip() for s in args.sequences.split(",") if s.strip()]
+    sequences = load_dataset("otb", root, sequences=names)
+    params = load_tracker_params(args.params, apply_dotted_overrides({}, args.set))
+    tracker = EBMAtomTracker(params)
+    summary = {"params": args.params, "overrides": args.set, "checkpoint": params["checkpoint"],
+               "sequences": names, "seed": args.seed}
     t0 = time.time()
-    for i in range(args.pairs):
-        item = ds[i]
-        with torch.no_grad():
-            rf = net.extract(item["ref_image"][None].float())
-            tf_raw = net.extract(item["test_image"][None].float())
-            tf = net.estimator.test_features(tf_raw, net.estimator.reference(rf, item["ref_box"][None]))
-        gt = item["test_box"][None]
-        rel = torch.randn(1, 4, generator=gen) * torch.tensor([args.center_error] * 2 + [args.size_error] * 2)
-        init = decode_relative(rel, gt)
-
-        def energy(b):
-            return net.estimator.score(tf, b[None])[0]
-
-        u = torch.zeros_like(init, requires_grad=True)
-        (g,) = torch.autograd.grad(energy(decode_relative(u, init)).sum(), u)
-        grads.append(g.abs()[0])
-        for s in args.steps:
-            c, z = (float(v) for v in s.split(","))
-            res = refine_boxes(energy, init, num_steps=args.num_steps, step_size_center=c, step_size_size=z)
-            results[s]["before"].append(float(box_iou_aligned(init, gt)[0]))
-            results[s]["after"].append(float(box_iou_aligned(res.boxes, gt)[0]))
-    g = torch.stack(grads)
-    summary = {"net": args.net, "method": net.method, "pairs": args.pairs,
-               "median_abs_grad_relative": [float(v) for v in g.median(0).values],
-               "steps": {s: {"iou_before": sum(r["before"]) / len(r["before"]),
-                             "iou_after": sum(r["after"]) / len(r["after"])} for s, r in results.items()},
-               "seconds": time.time() - t0}
-    print(json.dumps(summary, indent=2))
+    if args.probe in ("pairs", "both"):
+        records = probe_pairs(tracker.net, sequences, params, num_pairs=args.pairs, seed=args.seed,
+                              size_errors=[float(v) for v in args.size_errors.split(",")],
+                              init_scales=[float(v) for v in args.init_scales.split(",")])
+        summary["pairs"] = summarize_pairs(records)
+    if args.probe in ("track", "both"):
+        summary["track"] = probe_tracking(tracker, sequences)
+    summary["seconds"] = round(time.time() - t0, 1)
+    _print(summary)
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as fh:
-            json.dump(summary, fh, indent=2)
+        atomic_write_text(args.json, json.dumps(summary, indent=2) + "\n")
     return 0
 
 
+def _print(summary) -> None:
+    print(f"{summary['params']} {' '.join(summary['overrides'])} ({summary['checkpoint']})")
+    for err, s in summary.get("pairs", {}).items():
+        worst = sorted(s["boxes"].items(), key=lambda kv: -kv[1]["p_beats_gt"])[:4]
+        print(f"  search region x{err}: {s['pairs']} pairs, truth best of the set {100 * s['p_gt_best']:.0f} %; "
+              "most often above the truth: " + ", ".join(f"{n} {100 * v['p_beats_gt']:.0f} %" for n, v in worst))
+        for init, r in s["refined"].items():
+            print(f"    from truth x{init}: median area ratio {r['median_area_ratio']:.2f}, collapse "
+                  f"{100 * r['collapse']:.0f} %, blow-up {100 * r['blow_up']:.0f} %, mean IoU {r['mean_iou']:.3f}")
+    if "track" in summary:
+        for name, t in list(summary["track"]["sequences"].items()) + [("all", summary["track"]["all"])]:
+            pref = "-" if t["energy_prefers_collapsed"] is None else f"{100 * t['energy_prefers_collapsed']:.0f} %"
+            print(f"  track {name:14s} median area ratio {t['median_area_ratio']:.2f}, mean IoU {t['mean_iou']:.3f}, "
+                  f"collapsed {100 * t['collapsed']:.0f} %, blown up {100 * t['blown_up']:.0f} %, "
+                  f"f prefers the collapsed box {pref}")
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

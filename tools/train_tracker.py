@@ -4,7 +4,7 @@
 Examples::
 
     # single process (CPU or one GPU); resumes automatically from OUT/checkpoint.pth
-    python tools/train_tracker.py --config configs/tracking/train_ebm.yaml --out checkpoints/tracking/ebm_mobilenet_w64
+    python tools/train_tracker.py --config configs/tracking/train_ebm.yaml --out checkpoints/tracking/ebm_mobilenet_real
 
     # override any config entry (dotted key = YAML value)
     python tools/train_tracker.py --config configs/tracking/train_ebm.yaml --out /tmp/run \\
@@ -17,6 +17,9 @@ Examples::
     torchrun --nproc_per_node 4 tools/train_tracker.py --config ... --out ... --device cuda
 
 The tracker loads ``OUT/net.pth`` (see ``checkpoint`` in configs/tracking/ebm.yaml).
+
+Errors (a bad config key or value, missing data, an unusable checkpoint.pth in OUT, a diverging loss) end
+with one line naming the file or key and what to do, exit status 2; ``--debug`` shows the traceback.
 """
 from __future__ import annotations
 
@@ -31,20 +34,28 @@ from typing import Any, Dict, List
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from ebm_refine.tracking.tracker.params import apply_dotted_overrides  # noqa: E402
-from ebm_refine.tracking.train.trainer import load_train_config, train  # noqa: E402
+from ebm_refine.tracking.train.trainer import check_train_config, load_train_config, train  # noqa: E402
+from ebm_refine.utils import UserError  # noqa: E402
+from ebm_refine.utils.cli import add_debug_argument, run_cli  # noqa: E402
 
 
 def apply_overrides(cfg: Dict[str, Any], items: List[str]) -> Dict[str, Any]:
-    """``a.b.c=value`` (value parsed as YAML) into the training config; bad items end the program."""
+    """``a.b.c=value`` (value parsed as YAML) into the training config, checked strictly.
+
+    Raises:
+        UserError naming the ``--set`` item for a malformed item, an unknown key or a bad value.
+    """
+    cfg = apply_dotted_overrides(cfg, items)
     try:
-        return apply_dotted_overrides(cfg, items)
-    except ValueError as exc:
-        raise SystemExit(str(exc)) from None
+        return check_train_config(cfg)
+    except UserError as exc:
+        raise type(exc)(f"--set: {exc}") from None
 
 
 def _spawned(rank: int, cfg: Dict[str, Any], out: str, world_size: int, init_method: str, device: str,
              resume: bool) -> None:
-    train(cfg, out, resume=resume, rank=rank, world_size=world_size, init_method=init_method, device=device)
+    train(cfg, out, resume=resume, rank=rank, world_size=world_size, init_method=init_method, device=device,
+          local_rank=rank)
 
 
 def main(argv: List[str] | None = None) -> int:
@@ -55,14 +66,17 @@ def main(argv: List[str] | None = None) -> int:
     ap.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint in --out")
     ap.add_argument("--world-size", type=int, default=1, help="DDP processes to spawn on this machine")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    add_debug_argument(ap)
     args = ap.parse_args(argv)
 
     cfg = apply_overrides(load_train_config(args.config), args.set)
     resume = not args.no_resume
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1:
-        # Launched by torchrun: one process per rank, rendezvous through the environment.
-        result = train(cfg, args.out, resume=resume, rank=int(os.environ["RANK"]),
-                       world_size=int(os.environ["WORLD_SIZE"]), init_method="env://", device=args.device)
+        # Launched by torchrun: one process per rank, rendezvous through the environment; the GPU is
+        # this machine's LOCAL_RANK-th (RANK counts over all machines).
+        rank = int(os.environ["RANK"])
+        result = train(cfg, args.out, resume=resume, rank=rank, world_size=int(os.environ["WORLD_SIZE"]),
+                       init_method="env://", device=args.device, local_rank=int(os.environ.get("LOCAL_RANK", rank)))
     elif args.world_size > 1:
         import torch.multiprocessing as mp
 
@@ -81,4 +95,4 @@ def main(argv: List[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -3,7 +3,8 @@
 Starting from an initial estimate y_0 (a detector's box, a tracker's box, a direct regressor's output),
 take T steps ``y <- y + lambda * grad_y f(x, y)``. Each element has its own step size: a step that
 does not strictly increase f is rejected and that element's step size is multiplied by ``decay``.
-Hence the returned f is never below the initial one.
+Hence the returned f is never below the initial one. (``backtracking=False`` takes every step instead,
+as pytracking's box refinement does.)
 
 Every step is one batched forward and backward pass of the energy network for all elements at once;
 there is no per-element Python work and no host synchronisation inside the loop.
@@ -70,6 +71,7 @@ def gradient_ascent(
     decay: float = 0.5,
     active: Optional[Tensor] = None,
     returns_grad: bool = False,
+    backtracking: bool = True,
 ) -> RefinementResult:
     """Maximise ``energy_fn`` from ``init`` by gradient ascent with per-element backtracking.
 
@@ -86,6 +88,10 @@ def gradient_ascent(
         decay: eta in (0, 1], step-size factor after a rejected step.
         active: optional (N,) bool mask of elements to refine.
         returns_grad: see ``energy_fn``.
+        backtracking: True (default): a step that does not strictly increase f is rejected and that
+            element's step size multiplied by ``decay``. False: pytracking's refinement, which the
+            paper's tracker uses: every step with a finite f is taken and every step size is multiplied
+            by ``decay`` after each step (``decay = 1``: constant steps); f may then end below its start.
     Returns:
         :class:`RefinementResult`.
     """
@@ -113,13 +119,13 @@ def gradient_ascent(
         for _ in range(num_steps):
             candidate = torch.addcmul(y, lam, g)
             f_c, g_c = value_and_grad(energy_fn, candidate)
-            accept = (f_c > f) & torch.isfinite(f_c)
+            accept = ((f_c > f) if backtracking else ok) & torch.isfinite(f_c)
             keep = accept[:, None]
             y = torch.where(keep, candidate, y)
             f = torch.where(accept, f_c, f)
             # A non-finite gradient after an accepted step stops the element there (zero gradient).
             g = torch.where(keep, torch.where(torch.isfinite(g_c).all(dim=1, keepdim=True), g_c, 0.0), g)
-            lam = torch.where(keep, lam, lam * decay)
+            lam = torch.where(keep, lam, lam * decay) if backtracking else lam * decay
             accepted += accept
     return RefinementResult(y, f, f0, accepted)
 
@@ -150,6 +156,7 @@ def refine_boxes(
     step_size_size: float = 1.6e-3,
     decay: float = 0.5,
     returns_grad: bool = False,
+    backtracking: bool = True,
 ) -> BoxRefinementResult:
     """Refine boxes by gradient ascent in the relative space of each initial box.
 
@@ -164,7 +171,7 @@ def refine_boxes(
             ``returns_grad`` it returns ``(f, df/dboxes)`` ((N,), (N, 4)), which is chained to the
             relative space here without autograd.
         boxes: (N, 4) initial boxes, xyxy pixels.
-        num_steps, decay: see :func:`gradient_ascent`.
+        num_steps, decay, backtracking: see :func:`gradient_ascent`.
         step_size_center: lambda for the two centre offsets.
         step_size_size: lambda for the two log-sizes.
     Returns:
@@ -205,7 +212,7 @@ def refine_boxes(
     res = gradient_ascent(
         energy_and_grad_in_relative_space if returns_grad else energy_in_relative_space,
         torch.zeros_like(ref), step_size=step, num_steps=num_steps, decay=decay, active=valid,
-        returns_grad=returns_grad,
+        returns_grad=returns_grad, backtracking=backtracking,
     )
     refined = torch.where(valid[:, None], decode(res.values)[0], ref)
     # Scores of the stand-in mean nothing: invalid boxes report -inf (sorts last, never kept by NMS).

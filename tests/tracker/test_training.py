@@ -104,3 +104,147 @@ def test_ddp_two_gloo_processes(tmp_path):
     assert (out / "net.pth").is_file()
     logs = [json.loads(line) for line in open(out / "log.jsonl")]
     assert logs[-1]["iteration"] == 3 and np.isfinite(logs[-1]["loss"])
+
+
+# ---------------------------------------------------------------------------------------------- guards
+def _script(tmp_path, cfg, out, *extra):
+    import yaml
+
+    cfg_path = tmp_path / "cfg.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    env.pop("EBM_DEBUG", None)
+    return subprocess.run([sys.executable, str(REPO / "tools" / "train_tracker.py"), "--config", str(cfg_path),
+                           "--out", str(out), *extra], capture_output=True, text=True, env=env, timeout=300)
+
+
+def _one_line_error(proc, *needles):
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    for n in needles:
+        assert n in lines[0], lines[0]
+    return lines[0]
+
+
+def test_config_keys_are_strict():
+    from ebm_refine.tracking.train import check_train_config
+    from ebm_refine.utils import UserError
+
+    check_train_config(_cfg(2))  # the tests' own config is valid
+    for bad, key in [({"train": {"num_iteration": 4}}, "train.num_iteration"),
+                     ({"net": {"loss": {"sigma": [0.1]}}}, "net.loss.sigma"),
+                     ({"data": {"procesing": {}}}, "data.procesing"),
+                     ({"typo": 1}, "typo")]:
+        cfg = _cfg(2)
+        for section, value in bad.items():
+            cfg[section] = {**cfg.get(section, {}), **value} if isinstance(value, dict) else value
+        with pytest.raises(UserError, match=key.replace(".", r"\.")):
+            check_train_config(cfg)
+    cfg = _cfg(2)
+    cfg["data"]["sources"][0]["num_sequence"] = 3
+    with pytest.raises(UserError, match=r"data\.sources\[0\]\.num_sequence"):
+        check_train_config(cfg)
+    for key, value in [("batch_size", 0), ("num_iterations", -1), ("lr", 0.0)]:
+        cfg = _cfg(2)
+        cfg["train"][key] = value
+        with pytest.raises(UserError, match=f"train.{key}"):
+            check_train_config(cfg)
+
+
+@pytest.mark.slow
+def test_script_errors_are_one_line(tmp_path):
+    # An unknown --set key (it used to run the full schedule), then a missing data root.
+    proc = _script(tmp_path, _cfg(2), tmp_path / "a", "--set", "train.num_iteration=4")
+    _one_line_error(proc, "train.num_iteration", "unknown")
+    assert not (tmp_path / "a" / "net.pth").exists()
+    cfg = _cfg(2)
+    cfg["data"]["sources"] = [{"type": "dataset", "name": "otb", "root": str(tmp_path / "no_such_root")}]
+    proc = _script(tmp_path, cfg, tmp_path / "b")
+    _one_line_error(proc, "no_such_root", "data.sources[0]")
+
+
+@pytest.mark.parametrize("content", ["empty", "text", "foreign", "other_net"])
+def test_unusable_checkpoint_suggests_no_resume(tmp_path, content):
+    out = tmp_path / "run"
+    out.mkdir()
+    ckpt = out / "checkpoint.pth"
+    if content == "empty":
+        ckpt.write_bytes(b"")
+    elif content == "text":
+        ckpt.write_text("this is not a checkpoint\n")
+    elif content == "foreign":
+        torch.save({"model": {"w": torch.zeros(2)}, "iteration": 3}, ckpt)
+    else:  # a checkpoint of a network with other layer widths
+        cfg = _cfg(2)
+        cfg["net"] = {**TINY_NET, "estimator": {"pred_dims": [4, 4], "inter_dims": [8, 8]}}
+        train(cfg, str(out), log=lambda s: None)
+    with pytest.raises(Exception) as info:
+        train(_cfg(2), str(out), log=lambda s: None)
+    from ebm_refine.utils import UserError
+
+    assert isinstance(info.value, UserError) and "--no-resume" in str(info.value) and "checkpoint.pth" in str(info.value)
+    if content == "text":  # the script: one line, exit 2; --no-resume starts over
+        _one_line_error(_script(tmp_path, _cfg(2), out), "checkpoint.pth", "--no-resume")
+        proc = _script(tmp_path, _cfg(2), out, "--no-resume")
+        assert proc.returncode == 0, proc.stderr
+        assert torch.load(ckpt, weights_only=False)["iteration"] == 2
+
+
+def test_resume_with_fewer_iterations_is_an_error(tmp_path):
+    from ebm_refine.utils import UserError
+
+    first = train(_cfg(4), str(tmp_path), log=lambda s: None)
+    with pytest.raises(UserError, match="already trained 4 iterations.*num_iterations = 2"):
+        train(_cfg(2), str(tmp_path), log=lambda s: None)
+    again = train(_cfg(4), str(tmp_path), log=lambda s: None)  # nothing left to do: no retraining
+    assert again["start_iteration"] == 4 and again["final_loss"] == pytest.approx(first["final_loss"])
+    assert [json.loads(line)["iteration"] for line in open(tmp_path / "log.jsonl")] == [1, 2, 3, 4]
+
+
+def test_non_finite_loss_stops_before_anything_non_finite_is_saved(tmp_path, monkeypatch):
+    from ebm_refine.tracking.models import TrackerNet
+    from ebm_refine.tracking.train import TrainingDivergedError
+
+    forward = TrackerNet.forward
+    calls = {"n": 0}
+
+    def nan_from_the_third(self, *args, **kwargs):
+        calls["n"] += 1
+        loss = forward(self, *args, **kwargs)
+        return loss * float("nan") if calls["n"] >= 3 else loss
+
+    monkeypatch.setattr(TrackerNet, "forward", nan_from_the_third)
+    with pytest.raises(TrainingDivergedError, match="iteration 3.*iteration 2"):
+        train(_cfg(6), str(tmp_path), log=lambda s: None)
+    state = torch.load(tmp_path / "checkpoint.pth", weights_only=False)
+    assert state["iteration"] == 2
+    assert all(torch.isfinite(v).all() for v in state["net"]["estimator"].values() if v.is_floating_point())
+    assert not (tmp_path / "net.pth").exists()
+
+
+def test_load_net_refuses_non_finite_and_foreign_files(tmp_path, tiny_net):
+    from ebm_refine.tracking.models import save_net
+    from ebm_refine.utils import UserError
+
+    path = tmp_path / "net.pth"
+    save_net(str(path), tiny_net)
+    state = torch.load(path, weights_only=False)
+    key = next(k for k, v in state["estimator"].items() if v.is_floating_point())
+    state["estimator"][key] = state["estimator"][key].clone().fill_(float("nan"))
+    torch.save(state, path)
+    with pytest.raises(UserError, match=r"net\.pth: 1 weight tensor\(s\) hold NaN"):
+        load_net(str(path))
+    with pytest.raises(ValueError, match="not finite"):  # and save_net never writes such a network
+        tiny_net.estimator.head.bias.data.fill_(float("inf"))
+        try:
+            save_net(str(tmp_path / "bad.pth"), tiny_net)
+        finally:
+            tiny_net.estimator.head.bias.data.zero_()
+    assert not (tmp_path / "bad.pth").exists()
+    (tmp_path / "text.pth").write_text("hello")
+    with pytest.raises(UserError, match=r"text\.pth: not a tracker network file"):
+        load_net(str(tmp_path / "text.pth"))
+    torch.save({"weights": 1}, tmp_path / "dict.pth")
+    with pytest.raises(UserError, match=r"dict\.pth: not a tracker network file \(it holds weights\)"):
+        load_net(str(tmp_path / "dict.pth"))

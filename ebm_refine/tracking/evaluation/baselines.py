@@ -1,6 +1,7 @@
 """Classical baseline trackers with pytracking's API. **Baselines, not our method**: they exist so that the
-runner, the metrics and the reports can be exercised end to end before the EBM tracker lands, and to give
-a floor to compare against.
+runner, the metrics and the reports can be exercised end to end, and to give a floor to compare against.
+:class:`OpenCVContribTracker` wraps OpenCV-contrib's CSRT and KCF, the classical trackers a user could pick
+instead of a learned one (optional dependency ``opencv-contrib-python-headless``).
 
 API (pytracking's)::
 
@@ -124,3 +125,68 @@ class NCCTracker:
         w, h = self.size
         return {"target_bbox": [float(self.center[0] - w / 2.0), float(self.center[1] - h / 2.0), float(w), float(h)],
                 "score": float(score)}
+
+
+_CONTRIB = {"csrt": "TrackerCSRT", "kcf": "TrackerKCF"}
+
+
+def require_opencv_contrib() -> None:
+    """Raise a :class:`~ebm_refine.utils.UserError` unless OpenCV's contrib trackers can be imported.
+
+    They come with ``opencv-contrib-python-headless``, which must be the version of the installed OpenCV
+    (both packages provide the ``cv2`` module; the one installed last wins).
+    """
+    import cv2
+
+    from ...utils.errors import UserError
+
+    if not all(hasattr(cv2, cls) for cls in _CONTRIB.values()):
+        raise UserError(
+            f"the csrt / kcf baselines need OpenCV's contrib trackers, which this cv2 ({cv2.__version__}) lacks; "
+            f"pip install 'opencv-contrib-python-headless=={cv2.__version__}.*' (the extra ebm_refine[baselines]),"
+            f" the same version as the installed OpenCV")
+
+
+class OpenCVContribTracker:
+    """OpenCV-contrib's CSRT (Lukezic et al., CVPR 2017) or KCF (Henriques et al., TPAMI 2015) tracker.
+
+    A peer baseline a user could pick instead of a learned tracker: classical correlation filters on
+    hand-crafted features, OpenCV's default parameters. OpenCV takes integer boxes; the initial box is
+    rounded. When OpenCV reports a failure the previous box is kept (pytracking's API needs a box in
+    every frame) and ``found`` is False.
+
+    Args:
+        algorithm: ``"csrt"`` or ``"kcf"``.
+    """
+
+    def __init__(self, algorithm: str = "csrt") -> None:
+        if algorithm not in _CONTRIB:
+            raise ValueError(f"algorithm must be one of {sorted(_CONTRIB)}, got {algorithm!r}")
+        require_opencv_contrib()
+        self.algorithm = algorithm
+
+    def initialize(self, image: np.ndarray, info: Dict[str, Any]) -> Dict[str, Any]:
+        import cv2
+
+        x, y, w, h = (float(v) for v in info["init_bbox"])
+        if w <= 0 or h <= 0:
+            raise ValueError(f"{self.algorithm} needs a box with positive size, got {info['init_bbox']}")
+        self.tracker = getattr(cv2, _CONTRIB[self.algorithm]).create()
+        rect = (int(round(x)), int(round(y)), max(1, int(round(w))), max(1, int(round(h))))
+        self.tracker.init(self._bgr(image), rect)
+        self.box = [float(v) for v in rect]
+        return {"target_bbox": list(self.box)}
+
+    def track(self, image: np.ndarray, info: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+        found, rect = self.tracker.update(self._bgr(image))
+        if found and rect[2] > 0 and rect[3] > 0:
+            self.box = [float(v) for v in rect]
+        return {"target_bbox": list(self.box), "found": bool(found)}
+
+    @staticmethod
+    def _bgr(image: np.ndarray) -> np.ndarray:
+        import cv2
+
+        if image.ndim == 2:
+            return cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_GRAY2BGR)
+        return cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2BGR)

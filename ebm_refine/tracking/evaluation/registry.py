@@ -4,10 +4,12 @@ A tracker is built by a :class:`TrackerFactory`, a small picklable object (build
 ``"package.module:attr"`` or a module-level callable, plus keyword arguments), so that worker processes
 started with ``spawn`` can build their own tracker.
 
-Built-in entries (baselines, not our method): ``ncc`` (OpenCV normalised cross-correlation) with parameter
-sets ``default``, ``fixed_scale`` and ``fixed_template``; ``identity`` (always the first box).
-A later issue registers the EBM tracker here; ``--tracker package.module:Class`` also works without
-registration.
+Built-in entries: ``ebm_atom`` (the EBM tracker; parameter sets are the YAML files of
+``configs/tracking/``, or any parameter-file path: ``ebm_atom/path/to/my.yaml``) and baselines, not our
+method: ``ncc`` (OpenCV normalised cross-correlation) with parameter sets ``default``, ``fixed_scale`` and
+``fixed_template``; ``identity`` (always the first box); ``csrt`` and ``kcf`` (OpenCV-contrib's CSRT and
+KCF trackers, the optional dependency ``opencv-contrib-python-headless``).
+``--tracker package.module:Class`` also works without registration.
 """
 from __future__ import annotations
 
@@ -72,13 +74,19 @@ class _Entry:
     builder: Builder
     param_sets: Dict[str, Dict[str, Any]]
     description: str
+    # "module:attr" of a function: parameter-set spec -> (results name, builder kwargs), or None when the
+    # spec is not one of its files (lets a tracker take parameter files by path).
+    param_resolver: Optional[Builder] = None
+    # "module:attr" of a function that raises a UserError when an optional dependency is missing.
+    requires: Optional[Builder] = None
 
 
 _REGISTRY: Dict[str, _Entry] = {}
 
 
 def register_tracker(name: str, builder: Builder, param_sets: Optional[Dict[str, Dict[str, Any]]] = None,
-                     description: str = "", overwrite: bool = False) -> None:
+                     description: str = "", overwrite: bool = False, param_resolver: Optional[Builder] = None,
+                     requires: Optional[Builder] = None) -> None:
     """Register a tracker.
 
     Args:
@@ -87,12 +95,15 @@ def register_tracker(name: str, builder: Builder, param_sets: Optional[Dict[str,
             ``initialize(image, info)`` and ``track(image, info)``.
         param_sets: name -> keyword arguments; ``"default"`` is added (empty) if absent.
         description: one line shown by ``tools/eval_tracking.py --list-trackers``.
+        param_resolver: optional ``"module:attr"`` mapping a parameter-set spec that is not in
+            ``param_sets`` (e.g. a YAML path) to ``(results name, kwargs)``, or None.
+        requires: optional ``"module:attr"`` of a check that raises when a dependency is missing.
     """
     if name in _REGISTRY and not overwrite:
         raise KeyError(f"tracker {name!r} is already registered")
     sets = {"default": {}}
     sets.update(param_sets or {})
-    _REGISTRY[name] = _Entry(builder, sets, description)
+    _REGISTRY[name] = _Entry(builder, sets, description, param_resolver, requires)
 
 
 def tracker_names() -> List[str]:
@@ -112,6 +123,13 @@ def get_tracker_factory(name: str, params: str = "default", **overrides: Any) ->
     """
     if name in _REGISTRY:
         entry = _REGISTRY[name]
+        if entry.requires is not None:
+            resolve_builder(entry.requires)()
+        resolved = None
+        if params not in entry.param_sets and entry.param_resolver is not None:
+            resolved = resolve_builder(entry.param_resolver)(params)
+        if resolved is not None:
+            return TrackerFactory(name, resolved[0], entry.builder, {**resolved[1], **overrides})
         if params not in entry.param_sets:
             raise UnknownNameError(f"tracker {name!r} has no parameter set {params!r}; "
                                    f"available: {', '.join(sorted(entry.param_sets))}")
@@ -134,9 +152,16 @@ register_tracker(
     description="baseline: OpenCV normalised cross-correlation template matching (not our method)")
 register_tracker("identity", f"{_BASELINES}:IdentityTracker",
                  description="baseline: reports the first-frame box in every frame")
+for _algo, _what in (("csrt", "CSRT (discriminative correlation filter, channel and spatial reliability)"),
+                     ("kcf", "KCF (kernelized correlation filter)")):
+    register_tracker(_algo, f"{_BASELINES}:OpenCVContribTracker", {"default": {"algorithm": _algo}},
+                     description=f"baseline: OpenCV-contrib's {_what}; needs opencv-contrib-python-headless",
+                     requires=f"{_BASELINES}:require_opencv_contrib")
 # The EBM tracker (issue 5): parameter sets are the YAML files configs/tracking/{ebm,ebm_fast,iounet,norefine}.yaml.
 register_tracker(
     "ebm_atom", "ebm_refine.tracking.tracker.ebm_atom:EBMAtomTracker",
     {"default": {"params": "ebm"}, "ebm": {"params": "ebm"}, "ebm_fast": {"params": "ebm_fast"},
      "iounet": {"params": "iounet"}, "norefine": {"params": "norefine"}},
-    description="ATOM-style tracker, box refinement by an EBM (ebm), IoU-Net (iounet) or none (norefine)")
+    description="ATOM-style tracker, box refinement by an EBM (ebm), IoU-Net (iounet) or none (norefine); "
+                "ebm_atom/<path.yaml> for another parameter file",
+    param_resolver="ebm_refine.tracking.tracker.params:tracker_param_set")

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import copy
 import os
+import pickle
+import zipfile
 from typing import Any, Dict, Optional
 
 import torch
@@ -18,11 +20,18 @@ from ebm_refine.core.losses import iou_confidence_loss
 from ebm_refine.core.objectives import EBM_METHODS, ebm_loss, sampling_options
 from ebm_refine.core.proposal import BoxProposal
 
+from ...utils.errors import UserError
+from ...utils.fileio import atomic_save_torch
 from .backbone import Backbone, build_backbone
 from .box_estimator import EnergyBoxEstimator
 
 __all__ = ["TrackerNet", "build_tracker_net", "box_estimation_loss", "save_net", "load_net",
-           "DEFAULT_NET_CONFIG", "LOSS_METHODS"]
+           "DEFAULT_NET_CONFIG", "LOSS_METHODS", "NET_FORMAT", "non_finite_tensors", "read_torch_file"]
+
+NET_FORMAT = "ebm_refine.tracker_net/1"
+# Exceptions torch.load raises for a file that is not a torch checkpoint (empty, truncated, text, ...).
+_UNREADABLE = (EOFError, RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, AttributeError,
+               ImportError, IndexError, KeyError, TypeError, UnicodeDecodeError)
 
 LOSS_METHODS = EBM_METHODS + ("iou",)
 
@@ -30,7 +39,7 @@ DEFAULT_NET_CONFIG: Dict[str, Any] = {
     "backbone": {"name": "resnet18", "weights": None, "frozen": True},
     "estimator": {"pred_dims": [256, 256], "inter_dims": [256, 256], "ref_pool": [3, 1], "test_pool": [5, 3]},
     # Training objective of the box estimator: an EBM method ("ml_is", ...) or "iou" (IoU-Net baseline).
-    "loss": {"method": "ml_is", "sigmas": [0.05, 0.5], "num_samples": 128, "label_sigma": 0.05},
+    "loss": {"method": "ml_is", "sigmas": [0.05, 0.5], "num_samples": 128, "label_sigma": 0.05, "beta": None},
 }
 
 
@@ -128,32 +137,77 @@ def build_tracker_net(config: Optional[Dict[str, Any]] = None) -> TrackerNet:
     return TrackerNet(config)
 
 
+def non_finite_tensors(*state_dicts: Dict[str, Tensor]) -> list:
+    """Names of floating-point tensors in ``state_dicts`` that hold NaN or infinity."""
+    return [k for sd in state_dicts for k, v in sd.items()
+            if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+
+
 def save_net(path: str, net: TrackerNet, extra: Optional[Dict[str, Any]] = None) -> None:
-    """Write a self-contained network file (config, backbone and estimator weights), atomically."""
-    state = {"format": "ebm_refine.tracker_net/1", "config": net.config,
+    """Write a self-contained network file (config, backbone and estimator weights), atomically.
+
+    Raises:
+        ValueError if a weight is not finite (a diverged network is never written).
+    """
+    state = {"format": NET_FORMAT, "config": net.config,
              "backbone": net.backbone.state_dict(), "estimator": net.estimator.state_dict()}
+    bad = non_finite_tensors(state["backbone"], state["estimator"])
+    if bad:
+        raise ValueError(f"refusing to write {path}: {len(bad)} weight tensor(s) are not finite ({bad[0]}, ...)")
     if extra:
         state["extra"] = extra
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    atomic_save_torch(state, path)
+
+
+class MissingFileError(UserError, FileNotFoundError):
+    """A file the user named that does not exist (a ``FileNotFoundError`` too)."""
+
+
+def read_torch_file(path: str, what: str, hint: str, map_location: Any = "cpu") -> Any:
+    """``torch.load`` of a file the user pointed at; an unreadable one is a :class:`UserError` naming it.
+
+    Args:
+        what: what the file should be ("a tracker network", ...); hint: what to do about it.
+    """
+    if not os.path.isfile(path):
+        raise MissingFileError(f"{path}: no such file; {hint}")
+    if os.path.getsize(path) == 0:
+        raise UserError(f"{path}: empty file, not {what}; {hint}")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=False)
+    except _UNREADABLE as exc:
+        raise UserError(f"{path}: not {what} (torch.load: {type(exc).__name__}: "
+                        f"{' '.join(str(exc).split())[:120]}); {hint}") from None
 
 
 def load_net(path: str, map_location: str = "cpu") -> TrackerNet:
-    """Inverse of :func:`save_net`; also accepts a training checkpoint (it holds a ``net`` entry)."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"tracker network not found: {path} (train one with tools/train_tracker.py, or point the "
-            f"tracker config's 'checkpoint' at an existing file)")
-    state = torch.load(path, map_location=map_location, weights_only=False)
-    if "net" in state and "format" not in state:
+    """Inverse of :func:`save_net`; also accepts a training checkpoint (it holds a ``net`` entry).
+
+    Raises:
+        UserError naming ``path`` for a missing, unreadable or foreign file, a network whose stored
+        config does not build, and weights that are not finite.
+    """
+    hint = ("point the tracker's 'checkpoint' at a net.pth written by tools/train_tracker.py "
+            "(or train one)")
+    state = read_torch_file(path, "a tracker network file", hint, map_location)
+    if isinstance(state, dict) and "net" in state and "format" not in state:
         state = state["net"]
+    if not isinstance(state, dict) or not all(k in state for k in ("config", "backbone", "estimator")):
+        keys = ", ".join(sorted(map(str, state))[:6]) if isinstance(state, dict) else type(state).__name__
+        raise UserError(f"{path}: not a tracker network file (it holds {keys}); {hint}")
+    bad = non_finite_tensors(state["backbone"], state["estimator"])
+    if bad:
+        raise UserError(f"{path}: {len(bad)} weight tensor(s) hold NaN or infinity (e.g. {bad[0]}), the result of "
+                        f"a diverged training; retrain it or use another network file")
     cfg = copy.deepcopy(state["config"])
     # The stored backbone weights replace whatever the config pointed at (no file lookup, no download).
     cfg["backbone"] = dict(cfg["backbone"], weights=None)
-    net = TrackerNet(cfg)
-    net.backbone.load_state_dict(state["backbone"])
-    net.estimator.load_state_dict(state["estimator"])
+    try:
+        net = TrackerNet(cfg)
+        net.backbone.load_state_dict(state["backbone"])
+        net.estimator.load_state_dict(state["estimator"])
+    except (RuntimeError, KeyError, ValueError, TypeError) as exc:
+        raise UserError(f"{path}: its weights do not fit the network its config describes "
+                        f"({' '.join(str(exc).split())[:160]}); {hint}") from None
     net.config = copy.deepcopy(state["config"])
     return net.eval()

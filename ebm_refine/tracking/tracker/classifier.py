@@ -50,8 +50,8 @@ class Localization:
 
 def _gaussian_label(h: int, w: int, center: Tensor, sigma: Tensor) -> Tensor:
     """(H, W) Gaussian with peak 1 at ``center`` (x, y) in cell coordinates, per-axis ``sigma`` (cells)."""
-    ys = torch.arange(h, dtype=center.dtype)
-    xs = torch.arange(w, dtype=center.dtype)
+    ys = torch.arange(h, dtype=center.dtype, device=center.device)
+    xs = torch.arange(w, dtype=center.dtype, device=center.device)
     gy = torch.exp(-0.5 * ((ys - center[1]) / sigma[1]) ** 2)
     gx = torch.exp(-0.5 * ((xs - center[0]) / sigma[0]) ** 2)
     return gy[:, None] * gx[None, :]
@@ -108,7 +108,7 @@ class OnlineClassifier:
         u, _, _ = torch.linalg.svd(x @ x.T / x.shape[1])
         self.projection = u[:, :d].T.contiguous()
         self.sigma = sigma.float()
-        wts = torch.full((n,), 1.0 / n) if weights is None else weights.float() / weights.sum()
+        wts = feats.new_full((n,), 1.0 / n) if weights is None else weights.float() / weights.sum()
         cols = self._im2col(self.project(feats))  # (N, HW, n)
         labels = torch.stack([_gaussian_label(h, w, centers[i].float(), self.sigma) for i in range(n)]).reshape(n, -1)
         self.gram = torch.einsum("j,jpa,jpb->ab", wts, cols, cols)
@@ -174,8 +174,8 @@ class OnlineClassifier:
             return Localization(prior_center.clone(), max1, "not_found", scores)
         # The second peak must lie outside the target's neighbourhood to count as a distractor.
         half = 0.5 * float(self.cfg.get("target_neighborhood_scale", 2.2)) * target_size_cells
-        ys = torch.arange(h, dtype=scores.dtype)[:, None]
-        xs = torch.arange(w, dtype=scores.dtype)[None, :]
+        ys = torch.arange(h, dtype=scores.dtype, device=scores.device)[:, None]
+        xs = torch.arange(w, dtype=scores.dtype, device=scores.device)[None, :]
         near = ((xs - p1[0]).abs() <= half[0]) & ((ys - p1[1]).abs() <= half[1])
         masked = scores.masked_fill(near, float("-inf"))
         if not torch.isfinite(masked).any():
@@ -183,8 +183,8 @@ class OnlineClassifier:
         max2, p2 = _peak(masked)
         if max2 > float(self.cfg.get("distractor_threshold", 0.8)) * max1:
             # Two comparable peaks: believe the one nearer to where the target was.
-            d1 = torch.linalg.norm(p1 - prior_center)
-            d2 = torch.linalg.norm(p2 - prior_center)
+            d1 = torch.linalg.norm(p1 - prior_center.to(p1.device))
+            d2 = torch.linalg.norm(p2 - prior_center.to(p2.device))
             if d2 < d1:
                 return Localization(_subpixel(scores, p2), max2, "uncertain", scores)
             return Localization(_subpixel(scores, p1), max1, "uncertain", scores)
@@ -196,7 +196,7 @@ def _peak(scores: Tensor) -> Tuple[float, Tensor]:
     """Max value and its (x, y) integer position as a float tensor."""
     idx = int(torch.argmax(scores))
     w = scores.shape[1]
-    return float(scores.reshape(-1)[idx]), torch.tensor([idx % w, idx // w], dtype=torch.float32)
+    return float(scores.reshape(-1)[idx]), torch.tensor([idx % w, idx // w], dtype=torch.float32, device=scores.device)
 
 
 def _subpixel(scores: Tensor, p: Tensor) -> Tensor:

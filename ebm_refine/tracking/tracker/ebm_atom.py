@@ -6,15 +6,21 @@ Per frame:
    geometric-mean size), resample it to ``image_sample_size`` and run the backbone once;
 2. the online classifier's score map on ``layer3`` gives the new centre (or says the target is lost,
    or that a distractor makes the answer uncertain);
-3. box estimation on the same features: the classifier's box (new centre, previous size) plus random
-   perturbations are refined by gradient ascent on the estimator's output with the core refiner, and
-   the final box is the mean of the top-k refined boxes by energy (centre and log-size averaged);
-   ``mode: none`` skips this step (centre + previous size);
+3. box estimation on the same features (:mod:`.box_estimation`): the classifier's box (new centre,
+   previous size) plus random perturbations are refined by gradient ascent on the estimator's output
+   with the core refiner, and the final box is the mean of the top-k refined boxes by energy (centre
+   and log-size averaged); with ``min_energy_gain`` the previous size is kept unless the refined
+   boxes' energy beats the classifier box's by that margin; ``mode: none`` skips this step (centre +
+   previous size);
 4. scale and position clamps, then the classifier memory is updated with the frame.
 
 ``initialize(image, info)`` takes ``info['init_bbox'] = [x, y, w, h]`` (pixels, top-left corner);
 ``track(image, info=None)`` returns ``{'target_bbox': [x, y, w, h], 'energy', 'score', 'flag', 'time',
 'time_refine'}``. Images are (H, W, 3) RGB uint8 arrays (grayscale (H, W) is accepted).
+
+Devices: the network, the classifier and box estimation run on ``params['device']``; per frame, the
+crop goes to the device once and only the classifier's peak and the estimated box (a few numbers) come
+back to the host, where the tracker's state (position, size) lives.
 """
 from __future__ import annotations
 
@@ -27,10 +33,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ebm_refine.core.boxes import cxcywh_to_xyxy, decode_relative, xyxy_to_cxcywh
-from ebm_refine.core.refine import refine_boxes
-
 from ..models.network import TrackerNet, load_net
+from .box_estimation import estimate_box
 from .classifier import OnlineClassifier
 from .crop import CropTransform, as_rgb_image, image_to_tensor, sample_patch
 from .params import load_tracker_params, merge_params
@@ -102,11 +106,15 @@ class EBMAtomTracker:
     def _stride(self) -> float:
         return float(self.net.backbone.strides["layer3"])
 
+    def _tensor(self, values) -> Tensor:
+        """Host numbers -> float32 tensor on the tracker's device."""
+        return torch.as_tensor(np.asarray(values, dtype=np.float32), device=self.device)
+
     def _to_cells(self, crop_xy: np.ndarray) -> Tensor:
-        return torch.as_tensor(np.asarray(crop_xy) / self._stride() - 0.5, dtype=torch.float32)
+        return self._tensor(np.asarray(crop_xy) / self._stride() - 0.5)
 
     def _from_cells(self, cells: Tensor) -> np.ndarray:
-        return (cells.numpy().astype(np.float64) + 0.5) * self._stride()
+        return (np.asarray(cells.tolist(), dtype=np.float64) + 0.5) * self._stride()
 
     def _augment(self, crop: np.ndarray) -> Tuple[List[np.ndarray], List[np.ndarray]]:
         """First-frame augmentations of a target-centred crop, with the target centre in each."""
@@ -142,7 +150,7 @@ class EBMAtomTracker:
             raise ValueError("info must be a dict with 'init_bbox' = [x, y, w, h]")
         image = as_rgb_image(image)
         box = validate_init_box(info["init_bbox"], image.shape[:2])
-        self.gen = torch.Generator().manual_seed(int(self.params.get("seed", 0)))
+        self.gen = torch.Generator(device=self.device).manual_seed(int(self.params.get("seed", 0)))
         self.pos = box[:2] + box[2:] / 2.0
         self.size = box[2:].copy()
         self.base_size = box[2:].copy()
@@ -153,15 +161,15 @@ class EBMAtomTracker:
         feats = self._features(np.stack(crops))
         ccfg = self.params["classifier"]
         self.classifier = OnlineClassifier(ccfg)
-        size_cells = torch.as_tensor(self.size * tf.scale / self._stride(), dtype=torch.float32)
-        sigma = float(ccfg["output_sigma_factor"]) * torch.sqrt(size_cells.prod()) * torch.ones(2)
-        self.classifier.initialize(feats["layer3"].cpu(), torch.stack([self._to_cells(c) for c in centers]), sigma)
+        size_cells = self.size * tf.scale / self._stride()
+        sigma = self._tensor([float(ccfg["output_sigma_factor"]) * math.sqrt(size_cells[0] * size_cells[1])] * 2)
+        self.classifier.initialize(feats["layer3"], torch.stack([self._to_cells(c) for c in centers]), sigma)
 
         if self.mode != "none":
-            ref_box = torch.as_tensor(tf.boxes_to_crop(np.r_[box[:2], box[:2] + box[2:]]), dtype=torch.float32)
+            ref_box = self._tensor(tf.boxes_to_crop(np.r_[box[:2], box[:2] + box[2:]]))
             first = {k: v[:1] for k, v in feats.items()}
             with torch.no_grad():
-                self.modulation = self.net.estimator.reference(first, ref_box[None].to(self.device))
+                self.modulation = self.net.estimator.reference(first, ref_box[None])
         self._initialized = True
         return {"time": time.perf_counter() - t0}
 
@@ -175,9 +183,9 @@ class EBMAtomTracker:
         crop, tf = self._crop(image, self.pos, self.size)
         feats = self._features(crop)
         ccfg = self.params["classifier"]
-        size_cells = torch.as_tensor(self.size * tf.scale / self._stride(), dtype=torch.float32)
+        size_cells = self._tensor(self.size * tf.scale / self._stride())
         prior = self._to_cells(tf.boxes_to_crop(np.r_[self.pos, self.pos])[:2])
-        loc = self.classifier.localize(self.classifier.scores(feats["layer3"].cpu())[0], size_cells, prior)
+        loc = self.classifier.localize(self.classifier.scores(feats["layer3"])[0], size_cells, prior)
 
         energy = float("nan")
         t_refine = 0.0
@@ -187,11 +195,18 @@ class EBMAtomTracker:
             new_size = self.size.copy()
             if self.mode != "none":
                 t1 = time.perf_counter()
-                box_crop, energy = self._estimate_box(feats, center_crop, self.size * tf.scale)
-                t_refine = time.perf_counter() - t1
-                if box_crop is not None:
+                est = estimate_box(self.net.estimator, feats, self.modulation, self._tensor(center_crop),
+                                   self._tensor(self.size * tf.scale), self.params["box_refinement"], self.gen)
+                if est is not None:
+                    # The one read-back of box estimation: 4 numbers and 2 energies.
+                    values = torch.cat([est.box, est.energy[None], est.initial_energy[None]]).tolist()
+                    box_crop, energy, initial = np.asarray(values[:4], dtype=np.float64), values[4], values[5]
                     new_pos = box_crop[:2] / tf.scale + np.array([tf.x0, tf.y0])
-                    new_size = box_crop[2:] / tf.scale
+                    margin = self.params["box_refinement"]["min_energy_gain"]
+                    # Keep the previous size unless the energy clearly prefers the refined box.
+                    if margin is None or energy - initial >= float(margin):
+                        new_size = box_crop[2:] / tf.scale
+                t_refine = time.perf_counter() - t1
             self.size = self._clamp_size(new_size, image.shape[:2])
             self.pos = self._clamp_pos(new_pos, image.shape[:2])
             if loc.flag in ("normal", "hard_negative"):
@@ -199,51 +214,10 @@ class EBMAtomTracker:
                 lr = ccfg["hard_negative_learning_rate"] if hard else ccfg["learning_rate"]
                 solve = hard or (self.frame_num - 1) % int(ccfg["train_skipping"]) == 0
                 target_cells = self._to_cells(tf.boxes_to_crop(np.r_[self.pos, self.pos])[:2])
-                self.classifier.update(feats["layer3"].cpu(), target_cells, lr, solve=solve)
+                self.classifier.update(feats["layer3"], target_cells, lr, solve=solve)
         box = np.r_[self.pos - self.size / 2.0, self.size]
         return {"target_bbox": [float(v) for v in box], "energy": energy, "score": float(loc.score),
                 "flag": loc.flag, "time": time.perf_counter() - t0, "time_refine": t_refine}
-
-    # ------------------------------------------------------------------ box estimation
-    def _estimate_box(self, feats: Dict[str, Tensor], center: np.ndarray, size: np.ndarray
-                      ) -> Tuple[Optional[np.ndarray], float]:
-        """Refine boxes around (center, size) in crop pixels; returns (cx, cy, w, h) crop pixels, energy."""
-        cfg = self.params["box_refinement"]
-        est = self.net.estimator
-        init = cxcywh_to_xyxy(torch.tensor([[center[0], center[1], size[0], size[1]]], dtype=torch.float32))
-        n = int(cfg["num_init_boxes"])
-        jitter = torch.tensor([cfg["box_jitter_pos"]] * 2 + [cfg["box_jitter_size"]] * 2, dtype=torch.float32)
-        rel = (torch.rand(n - 1, 4, generator=self.gen) - 0.5) * jitter
-        boxes = torch.cat([init, decode_relative(rel, init)], dim=0)
-        region = None
-        if cfg["feature_window"] is not None:
-            # Refinement moves boxes by a fraction of their size; the test maps are computed only
-            # around the initial boxes (their hull grown by feature_window x the largest box size).
-            grow = float(cfg["feature_window"]) * (boxes[:, 2:] - boxes[:, :2]).max(0).values
-            region = torch.cat([boxes[:, :2].min(0).values - grow, boxes[:, 2:].max(0).values + grow]).tolist()
-        with torch.no_grad():
-            test_feats = est.test_features(feats, self.modulation, region)
-        boxes = boxes.to(self.device)
-
-        energy_and_grad = est.box_energy(test_feats)
-        step_c, step_s = cfg["step_size"]
-        res = refine_boxes(energy_and_grad, boxes, num_steps=int(cfg["num_steps"]), step_size_center=float(step_c),
-                           step_size_size=float(step_s), decay=float(cfg["step_decay"]), returns_grad=True)
-        out = xyxy_to_cxcywh(res.boxes.cpu())
-        scores = res.scores.cpu()
-        aspect = out[:, 2] / out[:, 3].clamp(min=1e-6)
-        amax = float(cfg["max_aspect_ratio"])
-        keep = torch.isfinite(scores) & torch.isfinite(out).all(1) & (out[:, 2:] > 0).all(1) \
-            & (aspect < amax) & (aspect > 1.0 / amax)
-        if not bool(keep.any()):
-            return None, float("nan")
-        scores = scores.masked_fill(~keep, float("-inf"))
-        k = min(int(cfg["top_k"]), int(keep.sum()))
-        top = torch.topk(scores, k).indices
-        sel = out[top]
-        # Average centres linearly and sizes in log-space (the space the refiner works in).
-        mean = torch.cat([sel[:, :2].mean(0), sel[:, 2:].log().mean(0).exp()])
-        return mean.double().numpy(), float(scores[top].mean())
 
     def _clamp_size(self, size: np.ndarray, image_hw: Tuple[int, int]) -> np.ndarray:
         s = self.params["scale"]

@@ -16,14 +16,22 @@ from __future__ import annotations
 
 import copy
 import os
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import yaml
 
+from ...utils.errors import UserError
 from ...utils.resources import data_root, resource_path
 
 __all__ = ["DEFAULT_TRACKER_PARAMS", "CONFIG_DIR", "load_tracker_params", "merge_params", "load_yaml",
-           "apply_dotted_overrides"]
+           "apply_dotted_overrides", "UnknownKeyError"]
+
+
+class UnknownKeyError(UserError, KeyError):
+    """A parameter or config key that does not exist (a ``KeyError`` too, for callers that catch that)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
 
 CONFIG_DIR = str(resource_path("configs/tracking"))
 # Parameter keys that hold file paths (resolved as the module docstring says).
@@ -70,6 +78,12 @@ DEFAULT_TRACKER_PARAMS: Dict[str, Any] = {
         "num_steps": 10,
         "step_size": [2.0e-4, 1.0e-3],  # (centre, log-size) in the relative space of each initial box
         "step_decay": 0.5,
+        # true: a step that does not increase f is rejected and that box's step size shrinks by step_decay;
+        # false: pytracking's refinement (the paper's tracker, atom_prob_ml: step_decay 1), every step taken.
+        "backtracking": True,
+        # Keep the previous size unless the averaged refined boxes' f exceeds the f of the classifier's box
+        # (new centre, previous size) by this much; null: always take the refined size.
+        "min_energy_gain": None,
         "top_k": 3,
         "max_aspect_ratio": 6.0,
         # The estimator's test maps are computed only around the initial boxes: their hull grown by this
@@ -87,15 +101,19 @@ DEFAULT_TRACKER_PARAMS: Dict[str, Any] = {
 
 
 def merge_params(base: Dict[str, Any], override: Optional[Dict[str, Any]], path: str = "",
-                 strict: bool = True) -> Dict[str, Any]:
-    """Recursive dict merge; with ``strict`` an override key missing from ``base`` raises KeyError."""
+                 strict: bool = True, kind: str = "tracker parameter") -> Dict[str, Any]:
+    """Recursive dict merge; with ``strict`` an override key missing from ``base`` raises
+    :class:`UnknownKeyError` naming the dotted key (``kind`` says what the keys are)."""
     out = copy.deepcopy(base)
+    if override is not None and not isinstance(override, dict):
+        raise UserError(f"{path or 'top level'}: expected a mapping of {kind}s, got {override!r}")
     for key, value in (override or {}).items():
         where = f"{path}.{key}" if path else key
         if strict and key not in out:
-            raise KeyError(f"unknown tracker parameter {where!r}")
+            known = ", ".join(sorted(map(str, out))) or "none"
+            raise UnknownKeyError(f"unknown {kind} {where!r} (known at this level: {known}); check the spelling")
         if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = merge_params(out[key], value, where, strict)
+            out[key] = merge_params(out[key], value, where, strict, kind)
         else:
             out[key] = copy.deepcopy(value)
     return out
@@ -104,20 +122,24 @@ def merge_params(base: Dict[str, Any], override: Optional[Dict[str, Any]], path:
 def apply_dotted_overrides(target: Dict[str, Any], items: Sequence[str]) -> Dict[str, Any]:
     """Command-line ``a.b.c=value`` items (value parsed as YAML) written into ``target``, in place.
 
-    Missing sections are created. Raises ValueError for an item without ``=`` or a path through a
-    non-section value. Returns ``target``.
+    Missing sections are created (unknown keys are caught when the result is merged strictly). Raises
+    :class:`OverrideError` (a ``UserError`` and ``ValueError``) for an item without ``=``, a path through
+    a non-section value or a value that is not YAML. Returns ``target``.
     """
     for item in items:
         if "=" not in item:
-            raise ValueError(f"--set expects key=value, got {item!r}")
+            raise OverrideError(f"--set expects key=value, got {item!r}")
         key, value = item.split("=", 1)
         node = target
         parts = key.split(".")
         for p in parts[:-1]:
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
-                raise ValueError(f"--set {key}: {p!r} is not a section")
-        node[parts[-1]] = yaml.safe_load(value)
+                raise OverrideError(f"--set {key}: {p!r} is not a section")
+        try:
+            node[parts[-1]] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise OverrideError(f"--set {key}: value {value!r} is not valid YAML ({exc.__class__.__name__})") from None
     return target
 
 
@@ -126,7 +148,7 @@ def load_yaml(path: str) -> Dict[str, Any]:
     with open(path, "r", encoding="utf-8") as fh:
         data = yaml.safe_load(fh) or {}
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping at the top level")
+        raise UserError(f"{path}: expected a mapping at the top level; fix the file")
     _resolve_file_paths(data, path)
     base = data.pop("_base_", None)
     if base is not None:
@@ -146,13 +168,38 @@ def _resolve_file_paths(data: Dict[str, Any], yaml_path: str) -> None:
         data[key] = str(shipped) if shipped.exists() or not os.path.exists(local) else local
 
 
+class OverrideError(UserError, ValueError):
+    """A malformed command-line override (a ``ValueError`` too, for callers that catch that)."""
+
+
+class MissingParamsError(UserError, FileNotFoundError):
+    """A parameter-file name or path that does not exist."""
+
+
+def resolve_params_file(name_or_path: str) -> str:
+    """Path of a parameter file given as a path or as a name in ``configs/tracking/`` (``.yaml`` optional)."""
+    return _resolve(name_or_path)
+
+
 def _resolve(name_or_path: str) -> str:
     if os.path.isfile(name_or_path):
         return name_or_path
     for cand in (os.path.join(CONFIG_DIR, name_or_path), os.path.join(CONFIG_DIR, name_or_path + ".yaml")):
         if os.path.isfile(cand):
             return cand
-    raise FileNotFoundError(f"tracker parameters {name_or_path!r} not found (neither a file nor in {CONFIG_DIR})")
+    raise MissingParamsError(f"tracker parameters {name_or_path!r} not found: neither a file nor a name in "
+                             f"{CONFIG_DIR}; pass a YAML path or one of the shipped names")
+
+
+def tracker_param_set(spec: str) -> Optional[Tuple[str, Dict[str, Any]]]:
+    """The evaluation registry's view of a parameter file: ``spec`` (a YAML path, or a name in
+    ``configs/tracking/``) -> (results name = the file's stem, ``{"params": absolute path}``); None if
+    there is no such file."""
+    try:
+        path = _resolve(spec)
+    except MissingParamsError:
+        return None
+    return os.path.splitext(os.path.basename(path))[0], {"params": os.path.abspath(path)}
 
 
 def load_tracker_params(name_or_path: Optional[str] = None, overrides: Optional[Dict[str, Any]] = None
@@ -164,5 +211,9 @@ def load_tracker_params(name_or_path: Optional[str] = None, overrides: Optional[
     """
     params = copy.deepcopy(DEFAULT_TRACKER_PARAMS)
     if name_or_path is not None:
-        params = merge_params(params, load_yaml(_resolve(name_or_path)))
+        path = _resolve(name_or_path)
+        try:
+            params = merge_params(params, load_yaml(path))
+        except UnknownKeyError as exc:
+            raise UnknownKeyError(f"{path}: {exc}") from None
     return merge_params(params, overrides)

@@ -5,7 +5,8 @@ trainer  :func:`train` (single process or one DDP rank), config loading, data-so
 """
 from .data import (DEFAULT_PROCESSING, FileSequence, ImageSequence, IndexSampler, PairDataset, TrainSequence,
                    coco_sequences)
-from .trainer import DEFAULT_TRAIN, build_sources, load_train_config, train
+from .trainer import DEFAULT_TRAIN, TrainingDivergedError, build_sources, check_train_config, load_train_config, train
 
 __all__ = ["DEFAULT_PROCESSING", "FileSequence", "ImageSequence", "IndexSampler", "PairDataset", "TrainSequence",
-           "coco_sequences", "DEFAULT_TRAIN", "build_sources", "load_train_config", "train"]
+           "coco_sequences", "DEFAULT_TRAIN", "TrainingDivergedError", "build_sources", "check_train_config",
+           "load_train_config", "train"]

@@ -18,19 +18,30 @@ Source types:
 
 Paths may use ``${EBM_SHARED_DATA}`` (default ``<repo>/../shared/data``) and other environment variables.
 
+The config is strict (:func:`check_train_config`): an unknown key anywhere, a value out of range or a
+missing data folder is a :class:`~ebm_refine.utils.UserError` naming it, before anything is trained.
+
 Output folder: ``checkpoint.pth`` (network + optimizer + scheduler + iteration, written every
 ``checkpoint_interval`` iterations and at the end, atomically), ``net.pth`` (the self-contained network
 the tracker loads), ``log.jsonl`` (one line per logged iteration), ``config.yaml``.
 
 Distributed: with ``world_size > 1`` each process runs :func:`train` with its ``rank``; the network is
-wrapped in ``DistributedDataParallel`` (gloo on CPU, nccl on GPU), each rank reads its own share of the
-sample stream (:class:`~ebm_refine.tracking.train.data.IndexSampler`), and rank 0 writes the files.
+wrapped in ``DistributedDataParallel`` (gloo on CPU, nccl on GPU, each process on the GPU of its
+``local_rank``: ``$LOCAL_RANK`` under torchrun, so several machines work), each rank reads its own share
+of the sample stream (:class:`~ebm_refine.tracking.train.data.IndexSampler`), and rank 0 writes the files.
+
+Guards: a non-finite loss or gradient stops training with :class:`TrainingDivergedError` before the
+optimiser step, so no checkpoint or network file ever holds a non-finite weight; a ``checkpoint.pth``
+that is empty, corrupt, of another kind or of another network, or one past ``num_iterations``, is an
+error that suggests ``--no-resume``.
 """
 from __future__ import annotations
 
 import copy
+import dataclasses
 import glob
 import json
+import math
 import os
 import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -40,12 +51,20 @@ import torch.distributed as dist
 import yaml
 from torch.utils.data import DataLoader
 
+from ...utils.errors import UserError
+from ...utils.fileio import atomic_save_torch, atomic_write_text
 from ...utils.resources import shared_data_dir
-from ..models.network import TrackerNet, save_net
+from ..models.network import DEFAULT_NET_CONFIG, NET_FORMAT, TrackerNet, non_finite_tensors, read_torch_file, save_net
 from ..synthetic import SyntheticConfig, SyntheticDataset
-from .data import FileSequence, IndexSampler, PairDataset, coco_sequences
+from ..tracker.params import UnknownKeyError, merge_params
+from .data import DEFAULT_PROCESSING, FileSequence, IndexSampler, PairDataset, coco_sequences
 
-__all__ = ["DEFAULT_TRAIN", "train", "build_sources", "load_train_config"]
+__all__ = ["DEFAULT_TRAIN", "train", "build_sources", "load_train_config", "check_train_config",
+           "TrainingDivergedError"]
+
+
+class TrainingDivergedError(UserError):
+    """The loss or a gradient became NaN or infinite; nothing non-finite was saved."""
 
 
 DEFAULT_TRAIN: Dict[str, Any] = {
@@ -74,39 +93,119 @@ def _expand(path: str) -> str:
 
 
 def load_train_config(path: str) -> Dict[str, Any]:
-    """Read a training YAML (``_base_`` chains allowed, as for tracker parameters)."""
+    """Read a training YAML (``_base_`` chains allowed, as for tracker parameters), checked strictly."""
     from ..tracker.params import load_yaml
 
-    return load_yaml(path)
+    try:
+        return check_train_config(load_yaml(path))
+    except UserError as exc:
+        raise type(exc)(f"{path}: {exc}") from None
+
+
+# Keys each data-source type takes ("dataset" also passes its other keys to the dataset loader).
+_SOURCE_KEYS = {
+    "synthetic": {"type", "weight", "num_sequences", "first_seed", "config", "background_dir"},
+    "coco": {"type", "weight", "ann_file", "image_dir", "min_size"},
+    "dataset": {"type", "weight", "name", "root"},
+}
+_REQUIRED_SOURCE_KEYS = {"synthetic": (), "coco": ("ann_file", "image_dir"), "dataset": ("name", "root")}
+_POSITIVE_INTS = ("batch_size", "num_iterations", "checkpoint_interval", "log_interval")
+
+
+def check_train_config(cfg: Dict[str, Any]) -> Dict[str, Any]:
+    """Validate a training config: known keys only, values in range; returns it unchanged.
+
+    Raises:
+        UnknownKeyError (a UserError) naming the dotted key, or UserError for a bad value.
+    """
+    kind = "training config key"
+    schema = {"net": copy.deepcopy(DEFAULT_NET_CONFIG),
+              "data": {"processing": dict(DEFAULT_PROCESSING), "sources": []}, "train": dict(DEFAULT_TRAIN)}
+    merge_params(schema, cfg, kind=kind)
+    data = cfg.get("data") or {}
+    sources = data.get("sources") or []
+    if not isinstance(sources, list):
+        raise UserError(f"data.sources: expected a list of sources, got {sources!r}")
+    syn_fields = {f.name for f in dataclasses.fields(SyntheticConfig)}
+    for i, src in enumerate(sources):
+        where = f"data.sources[{i}]"
+        kind_i = src.get("type") if isinstance(src, dict) else None
+        if kind_i not in _SOURCE_KEYS:
+            raise UserError(f"{where}.type: {kind_i!r} is not a source type; use synthetic, coco or dataset")
+        if kind_i != "dataset":
+            unknown = sorted(set(src) - _SOURCE_KEYS[kind_i])
+            if unknown:
+                raise UnknownKeyError(f"unknown {kind} {where}.{unknown[0]} for a {kind_i} source (known: "
+                                      f"{', '.join(sorted(_SOURCE_KEYS[kind_i]))}); check the spelling")
+        if kind_i == "synthetic":
+            unknown = sorted(set(src.get("config") or {}) - syn_fields)
+            if unknown:
+                raise UnknownKeyError(f"unknown {kind} {where}.config.{unknown[0]} (SyntheticConfig fields: "
+                                      f"{', '.join(sorted(syn_fields))})")
+        for key in _REQUIRED_SOURCE_KEYS[kind_i]:
+            if not src.get(key):
+                raise UserError(f"{where}.{key}: missing; a {kind_i} source needs it")
+        weight = src.get("weight", 1.0)
+        if not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
+            raise UserError(f"{where}.weight: {weight!r} must be a number >= 0")
+    tcfg = dict(DEFAULT_TRAIN, **(cfg.get("train") or {}))
+    for key in _POSITIVE_INTS:
+        if not isinstance(tcfg[key], int) or isinstance(tcfg[key], bool) or tcfg[key] < 1:
+            raise UserError(f"train.{key}: {tcfg[key]!r} must be a whole number >= 1")
+    if not isinstance(tcfg["lr"], (int, float)) or not tcfg["lr"] > 0 or not math.isfinite(tcfg["lr"]):
+        raise UserError(f"train.lr: {tcfg['lr']!r} must be a finite number > 0")
+    loss = dict(DEFAULT_NET_CONFIG["loss"], **((cfg.get("net") or {}).get("loss") or {}))
+    if not isinstance(loss["num_samples"], int) or loss["num_samples"] < 1:
+        raise UserError(f"net.loss.num_samples: {loss['num_samples']!r} must be a whole number >= 1")
+    sig = loss["sigmas"]
+    if not isinstance(sig, (list, tuple)) or not sig or not all(isinstance(v, (int, float)) and v > 0 for v in sig):
+        raise UserError(f"net.loss.sigmas: {sig!r} must be a non-empty list of numbers > 0")
+    return cfg
 
 
 def build_sources(data_cfg: Dict[str, Any]) -> List[Tuple[Any, float]]:
     """(indexable of sequences, weight) per configured source."""
     out = []
-    for src in data_cfg.get("sources", []):
+    hint = "fix the path in the config (or with --set), or set EBM_SHARED_DATA to the data folder"
+    for i, src in enumerate(data_cfg.get("sources", [])):
         kind = src.get("type")
         weight = float(src.get("weight", 1.0))
+        where = f"data.sources[{i}] ({kind})"
         if kind == "synthetic":
             syn = dict(src.get("config", {}))
             bdir = src.get("background_dir")
             if bdir:
                 files = sorted(glob.glob(os.path.join(_expand(bdir), "*.jpg")) + glob.glob(os.path.join(_expand(bdir), "*.png")))
                 if not files:
-                    raise FileNotFoundError(f"synthetic source: no .jpg/.png backgrounds in {_expand(bdir)}")
+                    raise UserError(f"{where}: no .jpg/.png background images in {_expand(bdir)}; {hint}")
                 syn["background_images"] = files
             out.append((SyntheticDataset(int(src.get("num_sequences", 1000)), int(src.get("first_seed", 0)),
                                          SyntheticConfig(**syn)), weight))
         elif kind == "coco":
-            out.append((coco_sequences(_expand(src["ann_file"]), _expand(src["image_dir"]),
-                                       float(src.get("min_size", 16.0))), weight))
+            ann, images = _expand(src["ann_file"]), _expand(src["image_dir"])
+            if not os.path.isfile(ann):
+                raise UserError(f"{where}: annotation file {ann} not found; {hint}")
+            if not os.path.isdir(images):
+                raise UserError(f"{where}: image folder {images} not found; {hint}")
+            out.append((coco_sequences(ann, images, float(src.get("min_size", 16.0))), weight))
         elif kind == "dataset":
             from ..datasets import load_dataset
 
+            root = _expand(src["root"])
+            if not os.path.isdir(root):
+                raise UserError(f"{where}: data root {root} not found; {hint}")
             kwargs = {k: v for k, v in src.items() if k not in ("type", "weight", "name", "root")}
-            seqs = load_dataset(src["name"], _expand(src["root"]), **kwargs)
+            try:
+                seqs = load_dataset(src["name"], root, **kwargs)
+            except UserError:
+                raise
+            except (TypeError, KeyError, ValueError, FileNotFoundError) as exc:
+                msg = str(exc.args[0]) if exc.args else type(exc).__name__
+                raise UserError(f"{where}: {' '.join(msg.split())}; check the source's name, root and "
+                                f"options") from None
             out.append(([FileSequence(s) for s in seqs if s.has_full_ground_truth], weight))
         else:
-            raise ValueError(f"unknown data source type {kind!r} (expected synthetic, coco or dataset)")
+            raise UserError(f"{where}.type: {kind!r} is not a source type; use synthetic, coco or dataset")
     return out
 
 
@@ -128,28 +227,39 @@ def _reduce_mean(value: torch.Tensor, world_size: int) -> float:
 
 def train(cfg: Dict[str, Any], out_dir: str, *, resume: bool = True, rank: int = 0, world_size: int = 1,
           init_method: Optional[str] = None, backend: Optional[str] = None, device: str = "cpu",
-          log: Callable[[str], None] = print) -> Dict[str, Any]:
+          local_rank: Optional[int] = None, log: Callable[[str], None] = print) -> Dict[str, Any]:
     """Train the box estimator; see the module docstring.
 
     Args:
-        cfg: training config (``net``, ``data``, ``train``).
+        cfg: training config (``net``, ``data``, ``train``); checked by :func:`check_train_config`.
         out_dir: output folder (created); an existing ``checkpoint.pth`` is resumed when ``resume``.
         rank, world_size, init_method, backend: torch.distributed settings (world_size 1: no DDP).
-        device: "cpu" or "cuda" (with DDP, rank r uses cuda:r).
+        device: "cpu" or "cuda".
+        local_rank: this process's index on its machine, which picks its GPU (``cuda:<local_rank>``);
+            default ``$LOCAL_RANK`` (set by torchrun), else ``rank`` (all processes on one machine).
     Returns:
         dict with ``iterations``, ``final_loss`` (mean of the last logged window), ``net_path``,
         ``seconds``.
+    Raises:
+        UserError for a bad config, missing data or an unusable checkpoint; TrainingDivergedError
+        when the loss or a gradient is not finite.
     """
+    check_train_config(cfg)
     tcfg = dict(DEFAULT_TRAIN, **cfg.get("train", {}))
     if tcfg["num_threads"]:
         torch.set_num_threads(int(tcfg["num_threads"]))
     distributed = world_size > 1
+    if local_rank is None:
+        local_rank = int(os.environ.get("LOCAL_RANK", rank))
     if distributed and not dist.is_initialized():
         backend = backend or ("nccl" if device == "cuda" else "gloo")
         dist.init_process_group(backend, init_method=init_method or "env://", rank=rank, world_size=world_size)
-    dev = torch.device(f"cuda:{rank}" if device == "cuda" and distributed else device)
+    dev = torch.device(f"cuda:{local_rank}" if device == "cuda" and distributed else device)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
     os.makedirs(out_dir, exist_ok=True)
     seed = int(tcfg["seed"])
+    n_iter = int(tcfg["num_iterations"])
 
     torch.manual_seed(seed)  # identical initialisation on every rank (DDP also broadcasts rank 0's)
     net = TrackerNet(cfg.get("net")).to(dev)
@@ -157,23 +267,29 @@ def train(cfg: Dict[str, Any], out_dir: str, *, resume: bool = True, rank: int =
                            weight_decay=float(tcfg["weight_decay"]))
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, [int(m) for m in tcfg["lr_milestones"]], float(tcfg["lr_gamma"]))
     ckpt_path = os.path.join(out_dir, "checkpoint.pth")
+    log_file = os.path.join(out_dir, "log.jsonl")
+    net_path = os.path.join(out_dir, "net.pth")
     start = 0
     if resume and os.path.isfile(ckpt_path):
-        state = torch.load(ckpt_path, map_location=dev, weights_only=False)
-        net.estimator.load_state_dict(state["net"]["estimator"])
-        net.backbone.load_state_dict(state["net"]["backbone"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        start = int(state["iteration"])
+        start = _resume(ckpt_path, net, opt, sched, dev, n_iter)
         if rank == 0:
             log(f"[train] resumed from {ckpt_path} at iteration {start}")
     elif rank == 0:
-        with open(os.path.join(out_dir, "config.yaml"), "w", encoding="utf-8") as fh:
-            yaml.safe_dump(cfg, fh, sort_keys=False)
+        # A fresh start: an earlier run's log would otherwise be continued.
+        if os.path.exists(log_file):
+            os.remove(log_file)
+        atomic_write_text(os.path.join(out_dir, "config.yaml"), yaml.safe_dump(cfg, sort_keys=False))
+    if start == n_iter:
+        # Nothing left to train (a finished run resumed): make sure net.pth exists, report the last loss.
+        if rank == 0 and not os.path.isfile(net_path):
+            save_net(net_path, net.cpu(), extra={"iterations": n_iter})
+        if distributed:
+            dist.destroy_process_group()
+        return {"iterations": n_iter, "start_iteration": start, "final_loss": _last_logged_loss(log_file),
+                "net_path": net_path, "seconds": 0.0}
 
     model = torch.nn.parallel.DistributedDataParallel(net, device_ids=[dev.index] if dev.type == "cuda" else None) \
         if distributed else net
-    n_iter = int(tcfg["num_iterations"])
     batch = int(tcfg["batch_size"])
     dataset = PairDataset(build_sources(cfg.get("data", {})), cfg.get("data", {}).get("processing"), seed=seed)
     workers = int(tcfg["num_workers"])
@@ -189,19 +305,25 @@ def train(cfg: Dict[str, Any], out_dir: str, *, resume: bool = True, rank: int =
     t0 = time.time()
     window: List[float] = []
     final_loss = float("nan")
-    log_file = os.path.join(out_dir, "log.jsonl")
+    last_saved = start
     it = start
     for it, sample in zip(range(start, n_iter), loader):
         gen = torch.Generator(device=dev).manual_seed(seed * 1_000_003 + it * 101 + rank)
         loss = model(sample["ref_image"].to(dev).float(), sample["ref_box"].to(dev),
                      sample["test_image"].to(dev).float(), sample["test_box"].to(dev), generator=gen)
+        # The mean over ranks, before any step: every rank sees the same value and stops together.
+        loss_value = _reduce_mean(loss.detach(), world_size)
+        if not math.isfinite(loss_value):
+            _diverged(f"the loss is {loss_value}", it + 1, last_saved, ckpt_path, tcfg)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if tcfg["grad_clip"]:
-            torch.nn.utils.clip_grad_norm_(net.estimator.parameters(), float(tcfg["grad_clip"]))
+            norm = torch.nn.utils.clip_grad_norm_(net.estimator.parameters(), float(tcfg["grad_clip"]))
+            if not bool(torch.isfinite(norm)):
+                _diverged("the gradient is not finite", it + 1, last_saved, ckpt_path, tcfg)
         opt.step()
         sched.step()
-        window.append(_reduce_mean(loss.detach(), world_size))
+        window.append(loss_value)
         done = it + 1
         if done % int(tcfg["log_interval"]) == 0 or done == n_iter:
             final_loss = sum(window) / len(window)
@@ -213,11 +335,14 @@ def train(cfg: Dict[str, Any], out_dir: str, *, resume: bool = True, rank: int =
                     fh.write(json.dumps(rec) + "\n")
             window = []
         if done % int(tcfg["checkpoint_interval"]) == 0 or done == n_iter:
+            bad = non_finite_tensors(net.estimator.state_dict())
+            if bad:
+                _diverged(f"{len(bad)} weight tensor(s) became non-finite ({bad[0]})", done, last_saved, ckpt_path, tcfg)
             if rank == 0:
                 _save_checkpoint(ckpt_path, net, opt, sched, done, cfg)
+            last_saved = done
             if distributed:
                 dist.barrier()
-    net_path = os.path.join(out_dir, "net.pth")
     if rank == 0:
         save_net(net_path, net.cpu(), extra={"iterations": n_iter})
     if distributed:
@@ -227,15 +352,58 @@ def train(cfg: Dict[str, Any], out_dir: str, *, resume: bool = True, rank: int =
             "seconds": time.time() - t0}
 
 
+def _diverged(what: str, iteration: int, last_saved: int, ckpt_path: str, tcfg: Dict[str, Any]) -> None:
+    saved = f"{ckpt_path} holds iteration {last_saved}" if last_saved else "no checkpoint was written"
+    raise TrainingDivergedError(
+        f"training diverged: {what} at iteration {iteration}; nothing was saved from it ({saved}); lower "
+        f"train.lr (now {tcfg['lr']}) or train.grad_clip (now {tcfg['grad_clip']}), or check the data, then "
+        f"resume (or start over with --no-resume)")
+
+
+def _resume(ckpt_path: str, net: TrackerNet, opt, sched, dev: torch.device, n_iter: int) -> int:
+    """Load a training checkpoint into the network, optimiser and scheduler; returns its iteration."""
+    hint = "delete it, choose another --out, or pass --no-resume to start over"
+    state = read_torch_file(ckpt_path, "a tracker training checkpoint", hint, map_location=dev)
+    keys = ("net", "optimizer", "scheduler", "iteration")
+    if not isinstance(state, dict) or not all(k in state for k in keys) or not isinstance(state["net"], dict) \
+            or state["net"].get("format") != NET_FORMAT:
+        raise UserError(f"{ckpt_path}: not a tracker training checkpoint (written by something else); {hint}")
+    try:
+        net.estimator.load_state_dict(state["net"]["estimator"])
+        net.backbone.load_state_dict(state["net"]["backbone"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+    except (RuntimeError, KeyError, ValueError, TypeError) as exc:
+        raise UserError(f"{ckpt_path}: a checkpoint of another network than this config's "
+                        f"({' '.join(str(exc).split())[:120]}); {hint}") from None
+    bad = non_finite_tensors(state["net"]["estimator"], state["net"]["backbone"])
+    if bad:
+        raise UserError(f"{ckpt_path}: {len(bad)} weight tensor(s) are not finite; {hint}")
+    start = int(state["iteration"])
+    if start > n_iter:
+        raise UserError(f"{ckpt_path}: already trained {start} iterations, more than train.num_iterations = "
+                        f"{n_iter}; raise train.num_iterations to at least {start}, or pass --no-resume to "
+                        f"start over")
+    return start
+
+
+def _last_logged_loss(log_file: str) -> float:
+    try:
+        with open(log_file, encoding="utf-8") as fh:
+            lines = [ln for ln in fh if ln.strip()]
+        return float(json.loads(lines[-1])["loss"]) if lines else float("nan")
+    except (OSError, ValueError, KeyError):
+        return float("nan")
+
+
 def _save_checkpoint(path: str, net: TrackerNet, opt, sched, iteration: int, cfg: Dict[str, Any]) -> None:
     state = {
-        "net": {"format": "ebm_refine.tracker_net/1", "config": copy.deepcopy(net.config),
+        "net": {"format": NET_FORMAT, "config": copy.deepcopy(net.config),
                 "backbone": net.backbone.state_dict(), "estimator": net.estimator.state_dict()},
         "optimizer": opt.state_dict(),
         "scheduler": sched.state_dict(),
         "iteration": int(iteration),
         "train_config": cfg,
     }
-    tmp = path + ".tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, path)  # a crash while writing never leaves a half-written checkpoint behind
+    # A crash while writing never leaves a half-written checkpoint behind.
+    atomic_save_torch(state, path)
