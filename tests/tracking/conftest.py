@@ -1,10 +1,8 @@
 """Fixtures for the tracking tests: the real sequences in shared data, and small dataset trees built in
 tmp_path (frames are tiny generated JPEGs or empty placeholder files where only existence matters)."""
-import os
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 HERE = Path(__file__).resolve().parent
@@ -30,25 +28,3 @@ def tracking_data(shared_data) -> Path:
     if not root.is_dir():
         pytest.skip(f"real tracking sequences not found at {root} (set EBM_SHARED_DATA)")
     return root
-
-
-def write_jpeg(path, image: np.ndarray) -> None:
-    import cv2
-
-    os.makedirs(os.path.dirname(str(path)), exist_ok=True)
-    ok = cv2.imwrite(str(path), np.ascontiguousarray(image[..., ::-1]))
-    assert ok, path
-
-
-def touch_frames(folder, numbers, pattern="{:06d}.jpg") -> None:
-    """Empty placeholder frame files (loaders only check existence)."""
-    os.makedirs(str(folder), exist_ok=True)
-    for k in numbers:
-        open(os.path.join(str(folder), pattern.format(k)), "wb").close()
-
-
-def write_boxes_txt(path, boxes, sep=",") -> None:
-    os.makedirs(os.path.dirname(str(path)), exist_ok=True)
-    with open(str(path), "w") as fh:
-        for b in np.asarray(boxes, float):
-            fh.write(sep.join("NaN" if np.isnan(v) else f"{v:g}" for v in b) + "\n")

@@ -5,10 +5,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import write_boxes_txt
-from test_tracking_cli import cli  # noqa: F401  (the fixture: tools/eval_tracking.py's main, in process)
+from tracking_helpers import write_boxes_txt
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def cli(eval_tracking_tool):
+    """tools/eval_tracking.py's ``main(argv)``, in process."""
+    return eval_tracking_tool.main
 
 
 @pytest.fixture(scope="module")

@@ -22,8 +22,7 @@ from ebm_refine.tracking.evaluation import (PROTOCOLS, RunInputError, TrackerFac
 from ebm_refine.tracking.evaluation.runner import lock_path
 from ebm_refine.utils import UserError, file_lock
 from ebm_refine.utils.cli import run_cli
-from conftest import write_boxes_txt, write_jpeg
-from tracking_helpers import run_otb_folder
+from tracking_helpers import run_otb_folder, write_boxes_txt, write_jpeg
 
 REPO = Path(__file__).resolve().parents[2]
 TOOL = REPO / "tools" / "eval_tracking.py"

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import write_boxes_txt, write_jpeg
+from tracking_helpers import write_boxes_txt, write_jpeg
 
 REPO = Path(__file__).resolve().parents[2]
 TOOL = REPO / "tools" / "eval_tracking.py"

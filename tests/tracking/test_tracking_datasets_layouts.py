@@ -8,7 +8,7 @@ import pytest
 from ebm_refine.tracking.datasets import (LASOT_TEST_SEQUENCES, UAV123_10FPS_FRAMES, UAV123_FRAMES,
                                           UAV20L_FRAMES, AnnotationError, dataset_names, load_dataset,
                                           register_dataset)
-from conftest import touch_frames, write_boxes_txt, write_jpeg
+from tracking_helpers import touch_frames, write_boxes_txt, write_jpeg
 
 
 def _gt(n, seed=0, nan_rows=()):

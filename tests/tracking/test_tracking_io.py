@@ -4,7 +4,7 @@ import pytest
 
 from ebm_refine.tracking.datasets.io import (AnnotationError, list_frames, polygon_to_xywh, read_box_file,
                                              read_flag_file)
-from conftest import touch_frames
+from tracking_helpers import touch_frames
 
 
 def _write(tmp_path, text, name="gt.txt"):

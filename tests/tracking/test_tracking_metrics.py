@@ -11,7 +11,7 @@ from ebm_refine.tracking.evaluation import (evaluate_results, score_sequence_otb
                                             score_sequence_trackingnet, summarize_curves, write_boxes)
 from ebm_refine.tracking.evaluation import metrics as M
 from ebm_refine.tracking.evaluation.results import write_times
-from conftest import touch_frames, write_boxes_txt
+from tracking_helpers import touch_frames, write_boxes_txt
 
 NAN = np.nan
 # The worked example of docs/tracking_evaluation.md (a UAV sequence, frame 2 out of view).

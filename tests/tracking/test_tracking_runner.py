@@ -11,7 +11,7 @@ from ebm_refine.tracking.evaluation import (RunError, TrackerFactory, evaluate_r
                                             read_result, read_times, register_tracker, run_dataset,
                                             tracker_names, tracker_results_dir)
 from ebm_refine.tracking.evaluation import results as R
-from conftest import write_jpeg
+from tracking_helpers import write_jpeg
 
 
 def _moving_square_sequence(folder, name, n=16, step=(3, 2), size=(20, 14), seed=0):

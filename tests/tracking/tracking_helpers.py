@@ -1,5 +1,31 @@
-"""Module-level test trackers (picklable for spawned runner workers)."""
+"""Test helpers of the tracking tests: small file writers, and module-level test trackers (picklable for
+spawned runner workers). A module of its own, not conftest: tests/tracker has a conftest too, and
+``from conftest import ...`` would find whichever pytest loaded last."""
+import os
+
 import numpy as np
+
+
+def write_jpeg(path, image: np.ndarray) -> None:
+    import cv2
+
+    os.makedirs(os.path.dirname(str(path)), exist_ok=True)
+    ok = cv2.imwrite(str(path), np.ascontiguousarray(image[..., ::-1]))
+    assert ok, path
+
+
+def touch_frames(folder, numbers, pattern="{:06d}.jpg") -> None:
+    """Empty placeholder frame files (loaders only check existence)."""
+    os.makedirs(str(folder), exist_ok=True)
+    for k in numbers:
+        open(os.path.join(str(folder), pattern.format(k)), "wb").close()
+
+
+def write_boxes_txt(path, boxes, sep=",") -> None:
+    os.makedirs(os.path.dirname(str(path)), exist_ok=True)
+    with open(str(path), "w") as fh:
+        for b in np.asarray(boxes, float):
+            fh.write(sep.join("NaN" if np.isnan(v) else f"{v:g}" for v in b) + "\n")
 
 
 class FailingOnTracker:
