@@ -18,7 +18,7 @@ Two modes (the first argument, or ``--mode``):
 
         python demo/demo.py track --input ../shared/data/tracking/otb/Crossing/img \\
             --ground-truth ../shared/data/tracking/otb/Crossing/groundtruth_rect.txt \\
-            --checkpoint checkpoints/tracking/ebm_mobilenet_w64/net.pth --output output/demo/crossing.mp4
+            --checkpoint checkpoints/tracking/ebm_mobilenet_real/net.pth --output output/demo/crossing.mp4
 
 Outputs are written to a hidden temporary file next to the target and renamed into place only when
 complete, so a failed or interrupted run never leaves a truncated video that looks finished, and never
