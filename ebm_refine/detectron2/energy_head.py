@@ -6,7 +6,7 @@ and select them with ``MODEL.EBM.HEAD.NAME``.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 from detectron2.config import configurable
@@ -14,7 +14,9 @@ from detectron2.layers import ShapeSpec
 from detectron2.utils.registry import Registry
 from torch import Tensor, nn
 
-__all__ = ["ENERGY_HEAD_REGISTRY", "FCEnergyHead", "build_energy_head"]
+from ..core.pyramid_pool import PyramidRoIAlign
+
+__all__ = ["ENERGY_HEAD_REGISTRY", "FCEnergyHead", "FCBoxEnergy", "build_energy_head"]
 
 ENERGY_HEAD_REGISTRY = Registry("ENERGY_HEAD")
 ENERGY_HEAD_REGISTRY.__doc__ = """
@@ -39,6 +41,7 @@ class FCEnergyHead(nn.Module):
     @configurable
     def __init__(self, *, input_shape: ShapeSpec, num_fc: int, fc_dim: int, num_classes: int, cls_agnostic: bool):
         super().__init__()
+        self.input_shape = input_shape
         d = input_shape.channels * (input_shape.height or 1) * (input_shape.width or 1)
         layers = []
         for _ in range(num_fc):
@@ -54,6 +57,7 @@ class FCEnergyHead(nn.Module):
         # Small initial scores: all boxes start almost equally likely (flat energy).
         nn.init.normal_(self.score.weight, std=0.001)
         nn.init.zeros_(self.score.bias)
+        self._reordered = None  # the fast path's copy of the first layer's weight, see _first_weight
 
     @classmethod
     def from_config(cls, cfg, input_shape: ShapeSpec):
@@ -73,6 +77,108 @@ class FCEnergyHead(nn.Module):
                 raise ValueError("a class-specific energy head needs the classes")
             return out[:, 0]
         return out.gather(1, classes.long()[:, None])[:, 0]
+
+    def box_energy(self, pool, classes: Optional[Tensor] = None) -> Optional["FCBoxEnergy"]:
+        """The refinement fast path: a callable (R, 4) boxes -> f (R,), df/dbox (R, 4), no autograd.
+
+        Args:
+            pool: the prepared pooling of these R boxes, from ``MultiLevelBoxPooler.prepare``.
+            classes: (R,) long class of each box (ignored when class-agnostic).
+        Returns:
+            :class:`FCBoxEnergy`, or None for a subclass whose ``forward`` differs from this one (it
+            has no fast path unless it defines its own ``box_energy``; refinement then uses autograd).
+        """
+        if type(self).forward is not FCEnergyHead.forward:
+            return None
+        return FCBoxEnergy(self, pool, classes)
+
+    def refinement_multiply_adds(self, num_boxes: int, num_steps: int, sampling_ratio: int) -> int:
+        """Multiply-adds of refining ``num_boxes`` boxes by ``num_steps`` steps on the fast path.
+
+        T + 1 evaluations of f (pooling, every linear layer, the score layer for the box's class only)
+        and T gradients back to the boxes (the last candidate needs none): each layer's input gradient
+        costs what its forward does, and the pooling's box gradient what the pooling does.
+        """
+        linears = [m for m in self.fcs if isinstance(m, nn.Linear)]
+        hidden = sum(m.in_features * m.out_features for m in linears)
+        res = (self.input_shape.height or 1, self.input_shape.width or 1)
+        pool = PyramidRoIAlign.multiply_adds_per_box(self.input_shape.channels, res, sampling_ratio, box_grad=False)
+        forward = pool + hidden + self.score.in_features
+        backward = pool + hidden
+        return num_boxes * ((num_steps + 1) * forward + num_steps * backward)
+
+    def _first_weight(self, pool) -> Tensor:
+        """The first layer's weight in the prepared pooling's layout, reordered once per weight version
+        (a copy of the largest weight: ~51 MB for the reference head on P2-P5)."""
+        layer = next((m for m in self.fcs if isinstance(m, nn.Linear)), self.score)
+        key = (layer.weight.data_ptr(), layer.weight._version, layer.weight.dtype, layer.weight.device)
+        if self._reordered is None or self._reordered[0] != key:
+            with torch.no_grad():
+                self._reordered = (key, pool.linear_weight(layer.weight))
+        return self._reordered[1]
+
+
+class FCBoxEnergy:
+    """f(x, y) of an :class:`FCEnergyHead` and its gradient w.r.t. the boxes, with the backward written out.
+
+    Only what refinement needs is computed: the layers forward, then the gradient back to the pooled
+    features (no weight gradients) and through the prepared pooling to the box coordinates. The first
+    layer's weight is reordered to the pooling's channels-last layout (once per weight version, kept by
+    the head) and each box's score row is picked once, so a call is a few matrix products. Same values
+    as ``head(pooler(...), classes)`` and autograd through it (tested). Weights are read when this
+    object is built.
+
+    Args:
+        head: the energy head.
+        pool: ``MultiLevelBoxPooler.prepare(...)`` for the R boxes (their images and levels).
+        classes: (R,) long classes (None or ignored when the head is class-agnostic).
+    """
+
+    def __init__(self, head: FCEnergyHead, pool, classes: Optional[Tensor] = None):
+        linears = [m for m in head.fcs if isinstance(m, nn.Linear)] + [head.score]
+        with torch.no_grad():
+            weights = [head._first_weight(pool)] + [m.weight.detach() for m in linears[1:]]
+            biases = [m.bias.detach() for m in linears]
+            rows = _score_rows(head, pool.num_boxes, classes, weights[-1].device)
+            # The score layer: one row per box, (R, d) and (R,).
+            self.score_weight, self.score_bias = weights[-1][rows].contiguous(), biases[-1][rows]
+            self.layers = list(zip(weights[:-1], biases[:-1]))
+        self.pool = pool
+
+    def _forward(self, boxes: Tensor):
+        pooled, state = self.pool.forward(boxes)
+        h, pre = pooled, []
+        for weight, bias in self.layers:
+            z = torch.addmm(bias, h, weight.t())
+            pre.append(z)
+            h = torch.relu(z)
+        # With no hidden layer the score layer acts on the pooled features.
+        return torch.linalg.vecdot(h, self.score_weight) + self.score_bias, pre, state
+
+    @torch.no_grad()
+    def __call__(self, boxes: Tensor) -> Tuple[Tensor, Tensor]:
+        """(R, 4) xyxy image-pixel boxes -> (R,) energies, (R, 4) their gradients w.r.t. the coordinates."""
+        f, pre, state = self._forward(boxes)
+        g = self.score_weight
+        for (weight, _), z in zip(reversed(self.layers), reversed(pre)):
+            g = (g * (z > 0)) @ weight  # ReLU's derivative, 0 at 0 as autograd's
+        return f, self.pool.box_grad(state, g)
+
+    @torch.no_grad()
+    def value(self, boxes: Tensor) -> Tensor:
+        """(R, 4) boxes -> (R,) energies alone (where refinement needs no gradient)."""
+        return self._forward(boxes)[0]
+
+
+def _score_rows(head: FCEnergyHead, num_boxes: int, classes: Optional[Tensor], device) -> Tensor:
+    """(R,) long: the score layer's output used for each box (its class, or 0 when class-agnostic)."""
+    if head.cls_agnostic or head.score.out_features == 1:
+        return torch.zeros(num_boxes, dtype=torch.long, device=device)
+    if classes is None:
+        raise ValueError("a class-specific energy head needs the classes")
+    if classes.shape != (num_boxes,):
+        raise ValueError(f"classes must be ({num_boxes},), got {tuple(classes.shape)}")
+    return classes.to(device).long()
 
 
 def build_energy_head(cfg, input_shape: ShapeSpec) -> nn.Module:

@@ -55,6 +55,7 @@ class EBMROIHeads(StandardROIHeads):
         detach_features: in joint training, keep the EBM loss's gradients out of the backbone.
         refine: refine detections at inference.
         refine_steps, step_size_center, step_size_size, step_decay: refiner settings.
+        refine_fused: use the energy head's ``box_energy`` fast path when it has one.
         nms_mode: "standard" or "energy" (NMS ranked by f).
         keep_unrefined: store the unrefined boxes and their f in the output instances.
     """
@@ -79,6 +80,7 @@ class EBMROIHeads(StandardROIHeads):
         step_size_center: float = 4e-4,
         step_size_size: float = 1.6e-3,
         step_decay: float = 0.5,
+        refine_fused: bool = True,
         nms_mode: str = "standard",
         keep_unrefined: bool = True,
         **kwargs,
@@ -106,6 +108,7 @@ class EBMROIHeads(StandardROIHeads):
         self.step_size_center = step_size_center
         self.step_size_size = step_size_size
         self.step_decay = step_decay
+        self.refine_fused = refine_fused
         self.nms_mode = nms_mode
         self.keep_unrefined = keep_unrefined
         if freeze_detector:
@@ -145,6 +148,7 @@ class EBMROIHeads(StandardROIHeads):
             step_size_center=e.REFINE.STEP_SIZE_CENTER,
             step_size_size=e.REFINE.STEP_SIZE_SIZE,
             step_decay=e.REFINE.DECAY,
+            refine_fused=e.REFINE.FUSED,
             nms_mode=e.REFINE.NMS,
             keep_unrefined=e.REFINE.KEEP_UNREFINED,
         )
@@ -245,13 +249,20 @@ class EBMROIHeads(StandardROIHeads):
         index = torch.cat([torch.full_like(x.pred_classes, i) for i, x in enumerate(instances)])
         # Each box keeps the pyramid level of its initial size while it moves.
         groups = self.energy_pooler.level_groups(boxes)
+        # The head's fused energy-and-gradient when it has one (same boxes, no autograd), else autograd.
+        box_energy = getattr(self.energy_head, "box_energy", None) if self.refine_fused else None
+        energy_fn = None
+        if box_energy is not None:
+            rois = torch.cat([index.to(boxes.dtype)[:, None], boxes], dim=1)
+            energy_fn = box_energy(self.energy_pooler.prepare(feats, rois, groups), classes)
         res = refine_boxes(
-            lambda b: self.energy(feats, b, classes, index, groups),
+            energy_fn if energy_fn is not None else (lambda b: self.energy(feats, b, classes, index, groups)),
             boxes,
             num_steps=self.refine_steps,
             step_size_center=self.step_size_center,
             step_size_size=self.step_size_size,
             decay=self.step_decay,
+            returns_grad=energy_fn is not None,
         )
         start = 0
         for x in instances:
