@@ -207,3 +207,21 @@ def test_refinement_multiply_adds_match_fvcore_and_the_reference_head():
                        cls_agnostic=False)
     per_step = ref.refinement_multiply_adds(1, 1, 2) - ref.refinement_multiply_adds(1, 0, 2)
     assert per_step == 2 * (7 * 7 * 16 * 256 + 12544 * 1024 + 1024 * 1024) + 1024
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="no oneDNN in this PyTorch build")
+def test_onednn_layers_equal_the_plain_matrix_products():
+    g = torch.Generator().manual_seed(5)
+    feats, boxes, image = _scene(g, 128, 160, 16, 12, dtype=torch.float32)
+    pooler = MultiLevelBoxPooler(7, SCALES)
+    pool = pooler.prepare(feats, [boxes])
+    classes = torch.randint(0, 3, (12,), generator=g)
+    results = []
+    for enabled in (True, False):
+        head = _head(16, 2, 64, 3, False, dtype=torch.float32)  # fresh: layers are prepared on first use
+        with torch.backends.mkldnn.flags(enabled=enabled):
+            energy = head.box_energy(pool, classes)
+        assert all(layer.onednn == enabled for layer in energy.layers)
+        results.append(energy(boxes))
+    for ours, plain in zip(*results):
+        torch.testing.assert_close(ours, plain, rtol=1e-5, atol=1e-5 * plain.abs().max().item())
