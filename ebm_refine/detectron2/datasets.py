@@ -1,6 +1,9 @@
 """Registration of the embedded synthetic detection benchmark in Detectron2's DatasetCatalog.
 
-``ebm_synthetic_train`` / ``ebm_synthetic_val`` are registered when the plugin is imported. Their files
+``ebm_synthetic_train`` / ``ebm_synthetic_val`` / ``ebm_synthetic_tune`` are registered when the plugin is
+imported. ``ebm_synthetic_tune`` is a held-out split for choosing settings (e.g. the number of refinement
+steps of the fast configs) without looking at ``ebm_synthetic_val``, on which results are reported: every
+image's random stream is seeded by (seed, split name, index), so its images are independent of both. Their files
 are generated on first use (deterministically, see :mod:`ebm_refine.data.synthetic_detection`) under
 ``$EBM_DATASETS/ebm_synthetic`` or, like Detectron2's builtin datasets, ``$DETECTRON2_DATASETS``
 (default ``./datasets``). Nothing is downloaded.
@@ -19,7 +22,8 @@ from ..data.synthetic_detection import CLASS_NAMES, SyntheticDetectionConfig, da
 __all__ = ["register_synthetic_detection", "default_synthetic_root", "SYNTHETIC_SPLITS"]
 
 # name -> (split, number of images)
-SYNTHETIC_SPLITS = {"ebm_synthetic_train": ("train", 600), "ebm_synthetic_val": ("val", 100)}
+SYNTHETIC_SPLITS = {"ebm_synthetic_train": ("train", 600), "ebm_synthetic_val": ("val", 100),
+                    "ebm_synthetic_tune": ("tune", 100)}
 
 
 def default_synthetic_root() -> Path:

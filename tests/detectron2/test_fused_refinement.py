@@ -225,3 +225,15 @@ def test_onednn_layers_equal_the_plain_matrix_products():
         results.append(energy(boxes))
     for ours, plain in zip(*results):
         torch.testing.assert_close(ours, plain, rtol=1e-5, atol=1e-5 * plain.abs().max().item())
+
+
+def test_held_out_tuning_split_is_registered_apart_from_val():
+    from detectron2.data import MetadataCatalog
+
+    from ebm_refine.data.synthetic_detection import image_rng
+
+    tune, val = MetadataCatalog.get("ebm_synthetic_tune"), MetadataCatalog.get("ebm_synthetic_val")
+    assert tune.json_file.endswith("instances_tune.json") and tune.json_file != val.json_file
+    assert tune.evaluator_type == "coco" and tune.thing_classes == val.thing_classes
+    # Every image draws from a stream seeded by the split's name too: image i of "tune" is not image i of "val".
+    assert image_rng(0, "tune", 0).random() != image_rng(0, "val", 0).random()
