@@ -46,6 +46,16 @@ def _energies(head, pooler, feats, boxes, image, classes):
     return autograd_energy, head.box_energy(pooler.prepare(feats, rois, groups), classes)
 
 
+def _evaluate_both(head, pooler, feats, boxes, image, classes):
+    """f and df/dbox by autograd and by the fast path: (f_ref, g_ref, f, g, the fused energy)."""
+    autograd_energy, fused = _energies(head, pooler, feats, boxes, image, classes)
+    b = boxes.clone().requires_grad_(True)
+    f_ref = autograd_energy(b)
+    (g_ref,) = torch.autograd.grad(f_ref.sum(), b)
+    f, grad = fused(boxes)
+    return f_ref.detach(), g_ref, f, grad, fused
+
+
 @pytest.mark.parametrize("num_fc,agnostic", [(2, False), (1, True), (0, False)])
 def test_fused_energy_and_box_gradient_equal_autograd(num_fc, agnostic):
     g = torch.Generator().manual_seed(0)
@@ -53,12 +63,8 @@ def test_fused_energy_and_box_gradient_equal_autograd(num_fc, agnostic):
     pooler = MultiLevelBoxPooler(7, SCALES, canonical_box_size=48)  # small boxes spread over all levels
     head = _head(8, num_fc, 32, 5, agnostic)
     classes = torch.randint(0, 5, (30,), generator=g)
-    autograd_energy, fused = _energies(head, pooler, feats, boxes, image, classes)
-    b = boxes.clone().requires_grad_(True)
-    f_ref = autograd_energy(b)
-    (g_ref,) = torch.autograd.grad(f_ref.sum(), b)
-    f, grad = fused(boxes)
-    torch.testing.assert_close(f, f_ref.detach(), rtol=1e-12, atol=1e-12)
+    f_ref, g_ref, f, grad, fused = _evaluate_both(head, pooler, feats, boxes, image, classes)
+    torch.testing.assert_close(f, f_ref, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(grad, g_ref, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(fused.value(boxes), f)
     assert g_ref.abs().max() > 1e-3
@@ -91,12 +97,8 @@ def test_float32_evaluation_matches_autograd_to_rounding():
     pooler = MultiLevelBoxPooler(7, SCALES)
     head = _head(32, 2, 128, 4, False, dtype=torch.float32)
     classes = torch.randint(0, 4, (40,), generator=g)
-    autograd_energy, fused = _energies(head, pooler, feats, boxes, image, classes)
-    b = boxes.clone().requires_grad_(True)
-    f_ref = autograd_energy(b)
-    (g_ref,) = torch.autograd.grad(f_ref.sum(), b)
-    f, grad = fused(boxes)
-    torch.testing.assert_close(f, f_ref.detach(), rtol=1e-4, atol=1e-5)
+    f_ref, g_ref, f, grad, _ = _evaluate_both(head, pooler, feats, boxes, image, classes)
+    torch.testing.assert_close(f, f_ref, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(grad, g_ref, rtol=1e-3, atol=1e-4 * g_ref.abs().max().item())
 
 
@@ -226,14 +228,3 @@ def test_onednn_layers_equal_the_plain_matrix_products():
     for ours, plain in zip(*results):
         torch.testing.assert_close(ours, plain, rtol=1e-5, atol=1e-5 * plain.abs().max().item())
 
-
-def test_held_out_tuning_split_is_registered_apart_from_val():
-    from detectron2.data import MetadataCatalog
-
-    from ebm_refine.data.synthetic_detection import image_rng
-
-    tune, val = MetadataCatalog.get("ebm_synthetic_tune"), MetadataCatalog.get("ebm_synthetic_val")
-    assert tune.json_file.endswith("instances_tune.json") and tune.json_file != val.json_file
-    assert tune.evaluator_type == "coco" and tune.thing_classes == val.thing_classes
-    # Every image draws from a stream seeded by the split's name too: image i of "tune" is not image i of "val".
-    assert image_rng(0, "tune", 0).random() != image_rng(0, "val", 0).random()

@@ -2,7 +2,10 @@
 import importlib.util
 import json
 
+from detectron2.data import MetadataCatalog
+
 from d2_helpers import REPO
+from ebm_refine.data.synthetic_detection import image_rng
 
 
 def test_benchmark_trains_both_heads_and_reports_three_columns(synthetic_names, tmp_path, capsys):
@@ -26,3 +29,11 @@ def test_benchmark_trains_both_heads_and_reports_three_columns(synthetic_names, 
     assert "| AP75 |" in out and "EBM (ML-IS) refined" in out
     # The baseline started from the detector only: the checkpointer said so.
     assert (tmp_path / "detector_only.pth").is_file()
+
+
+def test_held_out_tuning_split_is_registered_apart_from_val():
+    tune, val = MetadataCatalog.get("ebm_synthetic_tune"), MetadataCatalog.get("ebm_synthetic_val")
+    assert tune.json_file.endswith("instances_tune.json") and tune.json_file != val.json_file
+    assert tune.evaluator_type == "coco" and tune.thing_classes == val.thing_classes
+    # Every image draws from a stream seeded by the split's name too: image i of "tune" is not image i of "val".
+    assert image_rng(0, "tune", 0).random() != image_rng(0, "val", 0).random()
