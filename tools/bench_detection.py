@@ -112,6 +112,26 @@ def detector_multiply_adds(model, inputs) -> int:
         model.roi_heads.refine = refine
 
 
+def compare_paths(heads, infer, steps: int) -> dict:
+    """Refine the same detections with the fused path and with autograd; how far apart the results are."""
+    fused = heads.refine_fused
+    outputs = {}
+    try:
+        for path in (True, False):
+            heads.refine_fused = path
+            outputs[path] = [o["instances"] for o in infer(steps)]
+    finally:
+        heads.refine_fused = fused
+    box = torch.cat([(a.pred_boxes.tensor - b.pred_boxes.tensor).abs().amax(1)
+                     for a, b in zip(outputs[True], outputs[False])])
+    energy = torch.cat([(a.pred_energies - b.pred_energies).abs() for a, b in zip(outputs[True], outputs[False])])
+    moved = torch.cat([(b.pred_boxes.tensor - b.pred_boxes_unrefined.tensor).abs().amax(1) for b in outputs[False]])
+    return {"steps": steps, "boxes": len(box), "max_box_move_px": moved.max().item(),
+            "median_box_move_px": moved.median().item(), "max_box_diff_px": box.max().item(),
+            "median_box_diff_px": box.median().item(), "boxes_within_1e-3_px": int((box < 1e-3).sum()),
+            "max_energy_diff": energy.max().item()}
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu, cuda or cuda:N")
@@ -124,6 +144,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--train-images", type=int, default=2, help="images per training iteration")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--compare-paths", action="store_true",
+                   help="also refine once with the other path and report how far the two paths' boxes are apart")
     p.add_argument("--skip-train", action="store_true")
     p.add_argument("--json", default=None, help="write the results here")
     add_debug_argument(p)
@@ -197,6 +219,13 @@ def main(argv=None) -> dict:
             + (f"{entry[f'efficiency_{clock}']:.2f}" if entry[f"efficiency_{clock}"] is not None else "n/a")
             for clock in clocks)
         print(f"T={t:<3d} {n_boxes} boxes, {macs / 1e9:.1f} G multiply-adds, floor ratio {floor:.3f} | {measured}")
+    if args.compare_paths:
+        result["path_agreement"] = compare_paths(heads, infer, args.steps[0])
+        a = result["path_agreement"]
+        print(f"fused vs autograd (T={args.steps[0]}; boxes moved by up to {a['max_box_move_px']:.2f} px, median "
+              f"{a['median_box_move_px']:.2f} px): boxes max |diff| {a['max_box_diff_px']:.2e} px, median "
+              f"{a['median_box_diff_px']:.2e} px, {a['boxes_within_1e-3_px']}/{a['boxes']} within 1e-3 px; "
+              f"energies max |diff| {a['max_energy_diff']:.2e}")
     if len(args.steps) == 1:  # the keys of the earlier single-T output
         result["steps"] = args.steps[0]
         result["inference_ratio"] = result["refinement"][f"T={args.steps[0]}"]["ratio_wall"]

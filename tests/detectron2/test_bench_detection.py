@@ -21,7 +21,7 @@ def _bench():
 def test_bench_detection_small(tmp_path):
     out = tmp_path / "b.json"
     res = _bench().main(["--device", "cpu", "--size", "128", "--detections", "20", "--steps", "2", "1",
-                         "--repeats", "1", "--train-images", "1", "--json", str(out)])
+                         "--repeats", "1", "--train-images", "1", "--compare-paths", "--json", str(out)])
     saved = json.loads(out.read_text())
     assert saved["boxes_refined_per_call"] == 20  # the stabilised random detector returns exactly 20 boxes
     assert saved["inference_s"]["detector"]["wall"] > 0 and res["inference_s"]["T=2"]["cpu"] > 0
@@ -37,6 +37,8 @@ def test_bench_detection_small(tmp_path):
         if entry["ratio_cpu"] > 1:
             assert entry["efficiency_cpu"] == pytest.approx((entry["floor_ratio"] - 1) / (entry["ratio_cpu"] - 1))
     assert saved["train_ratio"] > 0 and saved["train_ratio_cpu"] > 0
+    agreement = saved["path_agreement"]
+    assert agreement["boxes"] == 20 and agreement["max_box_diff_px"] < 0.1
 
 
 @pytest.mark.parametrize("argv,message", [
