@@ -1,3 +1,5 @@
+import pickle
+
 import pytest
 import torch
 
@@ -76,18 +78,27 @@ def test_linear_weight_on_channels_last_equals_the_layer_on_roi_align_flattening
         bin_major_weight(weight, 3, (3, 2), layout="chw")
 
 
-def test_state_of_an_earlier_call_and_wrong_box_count_are_refused():
+def test_states_stay_valid_and_a_stale_pooling_or_wrong_box_count_is_refused():
     g = torch.Generator().manual_seed(2)
     feats = _pyramid(g, batch=1)
     pooler = MultiLevelBoxPooler(7, [1 / 4, 1 / 8, 1 / 16, 1 / 32])
     boxes = random_boxes(3, 80, 64, g, dtype=torch.float64)
     pool = pooler.prepare(feats, [boxes])
     pooled, first = pool.forward(boxes)
-    pool.forward(boxes + 1.0)
-    with pytest.raises(RuntimeError, match="latest forward"):
-        pool.box_grad(first, torch.ones_like(pooled))
+    upstream = torch.randn(pooled.shape, generator=g, dtype=torch.float64)
+    expected = pool.box_grad(first, upstream)
+    pool.forward(boxes + 1.0)  # a later call leaves the earlier state usable
+    torch.testing.assert_close(pool.box_grad(first, upstream), expected, rtol=0, atol=0)
     with pytest.raises(ValueError, match="prepared for 3 boxes"):
         pool.forward(boxes[:2])
+    # The pooler keeps its scratch memory for the next prepare(), which makes this pooling stale.
+    again = pooler.prepare(feats, [boxes + 2.0])
+    with pytest.raises(RuntimeError, match="prepare this one again"):
+        pool.forward(boxes)
+    with pytest.raises(RuntimeError, match="prepare this one again"):
+        pool.box_grad(first, upstream)
+    assert again.table.data_ptr() == pool.table.data_ptr()  # the same memory, not a fresh 100 MB
+    assert not pickle.loads(pickle.dumps(pooler))._scratch._tensors  # scratch tensors are not saved
     # No boxes at all: an empty pooling, not an error.
     empty = pooler.prepare(feats, [boxes[:0]])
     out, state = empty.forward(boxes[:0])
