@@ -37,3 +37,13 @@ def test_held_out_tuning_split_is_registered_apart_from_val():
     assert tune.evaluator_type == "coco" and tune.thing_classes == val.thing_classes
     # Every image draws from a stream seeded by the split's name too: image i of "tune" is not image i of "val".
     assert image_rng(0, "tune", 0).random() != image_rng(0, "val", 0).random()
+
+
+def test_fast_configs_change_only_the_number_of_refinement_steps():
+    from ebm_refine.detectron2 import get_ebm_cfg
+
+    for base in ("Synthetic/ebm_compact_fpn_synthetic", "COCO-Detection/ebm_faster_rcnn_R_50_FPN_1x"):
+        full, fast = get_ebm_cfg(base + ".yaml"), get_ebm_cfg(base + "_fast.yaml")
+        assert full.MODEL.EBM.REFINE.NUM_STEPS == 10 and fast.MODEL.EBM.REFINE.NUM_STEPS == 6
+        fast.MODEL.EBM.REFINE.NUM_STEPS, fast.OUTPUT_DIR = 10, full.OUTPUT_DIR
+        assert fast == full
