@@ -233,8 +233,10 @@ def main(argv=None) -> dict:
     if not args.skip_train:
         train_inputs = make_inputs(args.train_images, args.size, args.device, gen, with_targets=True)
         steps = {}
-        for name, head in (("faster_rcnn", "StandardROIHeads"), ("with_energy_head", "EBMROIHeads")):
-            c = get_ebm_cfg(CONFIG, opts + ["MODEL.ROI_HEADS.NAME", head, "INPUT.MIN_SIZE_TRAIN", f"({args.size},)"])
+        for name, head, arch in (("faster_rcnn", "StandardROIHeads", "GeneralizedRCNN"),
+                                 ("with_energy_head", "EBMROIHeads", "EBMRCNN")):
+            c = get_ebm_cfg(CONFIG, opts + ["MODEL.ROI_HEADS.NAME", head, "MODEL.META_ARCHITECTURE", arch,
+                                            "INPUT.MIN_SIZE_TRAIN", f"({args.size},)"])
             torch.manual_seed(0)
             m = build_model(c).train()
             params = [q for q in m.parameters() if q.requires_grad]

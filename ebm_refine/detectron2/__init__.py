@@ -1,34 +1,61 @@
 """Detectron2 plugin: the EBM ROI head and everything to train and evaluate it.
 
-Importing this package registers ``EBMROIHeads`` (ROI_HEADS_REGISTRY), ``FCEnergyHead``
-(ENERGY_HEAD_REGISTRY), ``build_compact_fpn_backbone`` (BACKBONE_REGISTRY) and the synthetic
-datasets ``ebm_synthetic_{train,val}`` (DatasetCatalog). Typical use::
+Importing this package registers ``EBMRCNN`` and ``EBMBoxRefiner`` (META_ARCH_REGISTRY), ``EBMROIHeads``
+and ``EnergyROIHeads`` (ROI_HEADS_REGISTRY), ``FCEnergyHead`` (ENERGY_HEAD_REGISTRY),
+``build_compact_fpn_backbone`` and ``build_mobilenet_v2_fpn_backbone`` (BACKBONE_REGISTRY) and datasets
+(DatasetCatalog, see :mod:`.datasets`). Typical use::
 
-    from detectron2.config import get_cfg
-    from ebm_refine.detectron2 import add_ebm_config
-    cfg = get_cfg(); add_ebm_config(cfg); cfg.merge_from_file(ebm_config_path("COCO-Detection/ebm_faster_rcnn_R_50_FPN_1x.yaml"))
+    from ebm_refine.detectron2 import EBMTrainer, ebm_config_path, load_config
+    cfg = load_config(ebm_config_path("COCO-Detection/ebm_faster_rcnn_R_50_FPN_1x.yaml"))
+    trainer = EBMTrainer(cfg); trainer.resume_or_load(); trainer.train()
 """
 from . import datasets  # noqa: F401  (registers the synthetic benchmark)
 from .backbone import CompactResNet, build_compact_fpn_backbone
-from .checkpoint import EBMCheckpointer
-from .config import add_ebm_config
+from .box_change import BoxChangeEvaluator
+from .checkpoint import CheckpointError, EBMCheckpointer
+from .config import ConfigValueError, add_ebm_config, validate_ebm_config
 from .configs import ebm_config_path, get_ebm_cfg
+from .data import CheckedDatasetMapper, check_annotations, load_dataset_dicts
+from .detections import DetectionsMapper, RefinedDetectionsWriter, load_detections_into_dataset
 from .energy_head import ENERGY_HEAD_REGISTRY, FCEnergyHead, build_energy_head
+from .engine import EBMTrainer, load_config
 from .evaluation import RefinementCOCOEvaluator, format_refinement_table
-from .roi_heads import EBMROIHeads, freeze_detector
+from .meta_arch import EBMRCNN, freeze_detector
+from .mobilenet import MobileNetV2Trunk, build_mobilenet_v2_fpn_backbone
+from .postprocessing import ebm_detector_postprocess
+from .refiner import EBMBoxRefiner, EnergyROIHeads
+from .roi_heads import EBMROIHeads
 
 __all__ = [
     "add_ebm_config",
+    "validate_ebm_config",
+    "ConfigValueError",
+    "load_config",
     "get_ebm_cfg",
     "ebm_config_path",
+    "EBMRCNN",
     "EBMROIHeads",
+    "EBMBoxRefiner",
+    "EnergyROIHeads",
+    "DetectionsMapper",
+    "RefinedDetectionsWriter",
+    "load_detections_into_dataset",
+    "BoxChangeEvaluator",
+    "MobileNetV2Trunk",
+    "build_mobilenet_v2_fpn_backbone",
     "freeze_detector",
+    "ebm_detector_postprocess",
     "ENERGY_HEAD_REGISTRY",
     "FCEnergyHead",
     "build_energy_head",
+    "EBMTrainer",
     "RefinementCOCOEvaluator",
     "format_refinement_table",
     "EBMCheckpointer",
+    "CheckpointError",
+    "CheckedDatasetMapper",
+    "check_annotations",
+    "load_dataset_dicts",
     "CompactResNet",
     "build_compact_fpn_backbone",
 ]

@@ -1,36 +1,143 @@
-"""A DetectionCheckpointer that says clearly whether the energy head came from the checkpoint."""
+"""``EBMCheckpointer``: Detectron2's checkpointer that says what loaded and never leaves a partial file.
+
+* Loading reports the energy head precisely: weights absent from the checkpoint (the normal start of
+  frozen-detector training) vs present with other shapes (name and both shapes: another NUM_CLASSES,
+  FC_DIM or pooler size). A file that is missing, unreadable, not a checkpoint, or shares no tensor with
+  the model is a :class:`CheckpointError` with a one-line message. Frozen-detector checks live in the model
+  (:class:`~ebm_refine.detectron2.meta_arch.EBMRCNN`), so they hold with any checkpointer.
+* Saving is atomic on local folders: the checkpoint and ``last_checkpoint`` are written to temporary files
+  and renamed, so a run killed while saving never leaves a partial ``model_XXXX.pth``, nor a
+  ``last_checkpoint`` naming one.
+"""
 from __future__ import annotations
 
 import logging
+import os
+from typing import Any, Dict, List, Optional
 
 from detectron2.checkpoint import DetectionCheckpointer
 
-__all__ = ["EBMCheckpointer"]
+from ..utils.errors import UserError
+from ..utils.fileio import atomic_save_torch, atomic_write_text
+from .meta_arch import ENERGY_HEAD_PREFIX
+
+__all__ = ["EBMCheckpointer", "CheckpointError"]
 
 logger = logging.getLogger(__name__)
-ENERGY_HEAD_PREFIX = "roi_heads.energy_head."
+
+
+class CheckpointError(UserError):
+    """A checkpoint that cannot be used: missing, unreadable, not a checkpoint, or of another model."""
 
 
 class EBMCheckpointer(DetectionCheckpointer):
     """Loads Detectron2 checkpoints (model-zoo URLs, local .pth/.pkl) into a model with an EBM head.
 
-    A detector checkpoint without energy-head weights is the normal starting point of frozen-detector
-    training; it loads and a single clear log line says the energy head is freshly initialised.
+    After :meth:`load`, ``energy_head_loaded`` says whether every energy-head tensor came from the file.
     """
 
     energy_head_loaded: bool = False
 
-    def _load_model(self, checkpoint):
-        incompatible = super()._load_model(checkpoint)
-        missing = [k for k in incompatible.missing_keys if ENERGY_HEAD_PREFIX in k]
-        self.energy_head_loaded = not missing
-        if missing:
+    # ----------------------------------------------------------------- loading
+    def load(self, path: str, checkpointables: Optional[List[str]] = None) -> Dict[str, Any]:
+        try:
+            return super().load(path, checkpointables)
+        except BaseException as e:
+            self._parsed_url_during_load = None  # Detectron2 resets it only after a successful load
+            if isinstance(e, AssertionError) and "not found" in str(e):
+                raise CheckpointError(f"checkpoint {path!r} not found: pass an existing file (MODEL.WEIGHTS) "
+                                      "or a reachable URL") from None
+            if isinstance(e, OSError) and not isinstance(e, CheckpointError):  # offline downloads, permissions
+                raise CheckpointError(f"cannot read checkpoint {path!r} ({e}); pass a local file in MODEL.WEIGHTS") from None
+            raise
+
+    def _load_file(self, filename: str) -> Dict[str, Any]:
+        try:
+            data = super()._load_file(filename)
+        except (AssertionError, ValueError) as e:
+            raise CheckpointError(f"{filename}: not a usable checkpoint ({e})") from None
+        except Exception as e:  # noqa: BLE001 - torch.load/pickle raise many types for a non-checkpoint file
+            raise CheckpointError(
+                f"{filename}: not a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+                "is it truncated, or not a PyTorch/Detectron2 file?"
+            ) from None
+        if not isinstance(data.get("model"), dict) or not data["model"]:
+            raise CheckpointError(f"{filename}: not a Detectron2 checkpoint (no model weights in it)")
+        return data
+
+    def _load_model(self, checkpoint: Dict[str, Any]):
+        model_keys = set(self.model.state_dict())
+        names = {k[len("module."):] if k.startswith("module.") else k for k in checkpoint["model"]}
+        no_overlap = CheckpointError(
+            "the checkpoint shares no tensor with this model (another kind of network, e.g. a tracker "
+            f"checkpoint?): e.g. the model wants {sorted(model_keys)[0]!r}, the file has {sorted(names)[0]!r}"
+        )
+        # Name-matching heuristics (Caffe2 / pycls files) rename tensors while loading: judge after it.
+        if not checkpoint.get("matching_heuristics") and not (names & model_keys):
+            raise no_overlap
+        try:
+            incompatible = super()._load_model(checkpoint)
+        except ValueError as e:  # fvcore: non-tensor values in the weights
+            raise CheckpointError(f"the checkpoint's weights are not all tensors ({e})") from None
+        skipped = set(incompatible.missing_keys) | {k for k, _, _ in incompatible.incorrect_shapes}
+        if not (model_keys - skipped):
+            raise no_overlap
+        self._report_energy_head(incompatible)
+        return incompatible
+
+    def _report_energy_head(self, incompatible) -> None:
+        energy = [k for k in self.model.state_dict() if k.startswith(ENERGY_HEAD_PREFIX)]
+        if not energy:
+            return
+        reshaped = [(k, a, b) for k, a, b in incompatible.incorrect_shapes if k.startswith(ENERGY_HEAD_PREFIX)]
+        absent = [k for k in incompatible.missing_keys
+                  if k.startswith(ENERGY_HEAD_PREFIX) and k not in {r[0] for r in reshaped}]
+        self.energy_head_loaded = not reshaped and not absent
+        if reshaped:
+            k, in_file, in_model = reshaped[0]
             logger.warning(
-                "Checkpoint has no energy-head weights (%d tensors missing, e.g. %s): the energy head "
-                "starts from random initialisation. This is expected when starting from a detector "
-                "checkpoint; refinement with an untrained head will not improve boxes.",
-                len(missing), missing[0],
-            )
+                "Energy-head weights in the checkpoint have other shapes (%d tensors, e.g. %s: %s in the "
+                "checkpoint, %s in the model: another NUM_CLASSES, FC_DIM or pooler size?); the energy head "
+                "starts from random initialisation.", len(reshaped), k, tuple(in_file), tuple(in_model))
+        elif absent:
+            logger.warning(
+                "Checkpoint has no energy-head weights (%d tensors missing, e.g. %s): the energy head starts "
+                "from random initialisation. This is expected when starting from a detector checkpoint; "
+                "refinement with an untrained head will not improve boxes.", len(absent), absent[0])
         else:
             logger.info("Energy-head weights loaded from the checkpoint.")
-        return incompatible
+
+    def resume_or_load(self, path: str, *, resume: bool = True) -> Dict[str, Any]:
+        if resume and self.has_checkpoint():
+            last = self.get_checkpoint_file()
+            try:
+                return self.load(last)
+            except CheckpointError as e:
+                raise CheckpointError(
+                    f"cannot resume from {last} ({e}); delete it and {os.path.join(self.save_dir, 'last_checkpoint')} "
+                    "to resume from an earlier checkpoint, or run without --resume"
+                ) from None
+        return self.load(path, checkpointables=[])
+
+    # ----------------------------------------------------------------- saving
+    def _local_save_dir(self) -> bool:
+        return bool(self.save_dir) and "://" not in self.save_dir
+
+    def save(self, name: str, **kwargs: Any) -> None:
+        if not self.save_dir or not self.save_to_disk:
+            return
+        if not self._local_save_dir():
+            return super().save(name, **kwargs)
+        data = {"model": self.model.state_dict()}
+        data.update({key: obj.state_dict() for key, obj in self.checkpointables.items()})
+        data.update(kwargs)
+        basename = f"{name}.pth"
+        save_file = os.path.join(self.save_dir, basename)
+        self.logger.info("Saving checkpoint to %s", save_file)
+        atomic_save_torch(data, save_file)
+        self.tag_last_checkpoint(basename)
+
+    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
+        if not self._local_save_dir():
+            return super().tag_last_checkpoint(last_filename_basename)
+        atomic_write_text(os.path.join(self.save_dir, "last_checkpoint"), last_filename_basename)

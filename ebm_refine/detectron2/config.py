@@ -1,11 +1,20 @@
-"""``add_ebm_config``: the ``MODEL.EBM`` keys of the EBM ROI head.
+"""``add_ebm_config``: the ``MODEL.EBM`` keys of the EBM ROI head; ``validate_ebm_config``: their ranges.
 
 Every key is documented where it is defined. Unknown keys in a YAML file or ``--opts`` raise
 Detectron2's usual ``KeyError: Non-existent config key`` because the node is not ``new_allowed``.
+Values out of range fail when the model is built (:func:`validate_ebm_config`), naming the key.
 """
+import math
+
 from detectron2.config import CfgNode as CN
 
-__all__ = ["add_ebm_config"]
+from ..utils.errors import UserError
+
+__all__ = ["add_ebm_config", "validate_ebm_config", "ConfigValueError"]
+
+
+class ConfigValueError(UserError, ValueError):
+    """A config value out of its range; the message names the key."""
 
 
 def add_ebm_config(cfg: CN) -> CN:
@@ -34,6 +43,10 @@ def add_ebm_config(cfg: CN) -> CN:
     # loaded from MODEL.WEIGHTS (e.g. a model-zoo Faster R-CNN). False = joint training with the
     # usual Faster R-CNN losses.
     _C.MODEL.EBM.FREEZE_DETECTOR = True
+    # With FREEZE_DETECTOR, training refuses a detector whose weights did not (all) load from
+    # MODEL.WEIGHTS: a frozen random detector would train a useless head without a word. True allows it
+    # (tests, debugging).
+    _C.MODEL.EBM.ALLOW_UNTRAINED_DETECTOR = False
     # Joint training only: stop the EBM loss's gradients at the backbone/FPN features, so the energy
     # head learns on the detector's features without reshaping them. ML-IS can drive f to a sharp
     # peak at the ground truth; letting that reach the backbone destabilises training from scratch.
@@ -75,4 +88,55 @@ def add_ebm_config(cfg: CN) -> CN:
     _C.MODEL.EBM_BACKBONE.WIDTHS = [32, 64, 96, 128]  # channels of res2..res5
     _C.MODEL.EBM_BACKBONE.BLOCKS = [1, 1, 1, 1]  # basic blocks per stage
     _C.MODEL.EBM_BACKBONE.NORM = "GN"
+
+    # The ImageNet MobileNetV2-FPN backbone (MODEL.BACKBONE.NAME = "build_mobilenet_v2_fpn_backbone").
+    _C.MODEL.MOBILENET_V2 = CN()
+    # "imagenet" (torchvision's weights, downloaded once), a local state dict (torchvision key names; a
+    # bare file name is looked up in $EBM_WEIGHTS_DIR), or "" (random initialisation).
+    _C.MODEL.MOBILENET_V2.WEIGHTS = "imagenet"
+    # Keep the ImageNet layers fixed (BatchNorm folded, eval mode); only the FPN and heads train.
+    _C.MODEL.MOBILENET_V2.FROZEN = True
+
+    # The box refiner (MODEL.META_ARCHITECTURE = "EBMBoxRefiner") refines another detector's boxes.
+    _C.MODEL.EBM.REFINER = CN()
+    # Input detections scoring below this are not refined (nor evaluated); at most
+    # TEST.DETECTIONS_PER_IMAGE per image, highest scores first.
+    _C.MODEL.EBM.REFINER.MIN_SCORE = 0.0
+    # COCO results files with the detections to refine, one per dataset in DATASETS.TEST (like
+    # DATASETS.PROPOSAL_FILES_TEST); empty when the test datasets carry their detections.
+    _C.DATASETS.DETECTION_FILES_TEST = ()
     return cfg
+
+
+def _check(ok: bool, key: str, rule: str, value) -> None:
+    if not ok:
+        raise ConfigValueError(f"{key} must be {rule}, got {value!r}")
+
+
+def validate_ebm_config(cfg: CN) -> None:
+    """Raise :class:`ConfigValueError` naming the first ``MODEL.EBM`` value out of range."""
+    e = cfg.MODEL.EBM
+
+    def positive(key: str, value) -> None:
+        _check(isinstance(value, (int, float)) and math.isfinite(value) and value > 0, key, "> 0", value)
+
+    positive("MODEL.EBM.NUM_SAMPLES", e.NUM_SAMPLES)
+    _check(len(e.PROPOSAL_SIGMAS) > 0, "MODEL.EBM.PROPOSAL_SIGMAS", "a non-empty list", list(e.PROPOSAL_SIGMAS))
+    for name in ("PROPOSAL_SIGMAS", "PROPOSAL_SIGMAS_SIZE"):
+        for v in getattr(e, name):
+            positive(f"MODEL.EBM.{name}", v)
+    if len(e.PROPOSAL_SIGMAS_SIZE):
+        _check(len(e.PROPOSAL_SIGMAS_SIZE) == len(e.PROPOSAL_SIGMAS), "MODEL.EBM.PROPOSAL_SIGMAS_SIZE",
+               f"empty or as long as PROPOSAL_SIGMAS ({len(e.PROPOSAL_SIGMAS)})", list(e.PROPOSAL_SIGMAS_SIZE))
+    positive("MODEL.EBM.NCE_BETA", e.NCE_BETA)
+    positive("MODEL.EBM.LABEL_SIGMA", e.LABEL_SIGMA)
+    _check(e.LOSS_WEIGHT >= 0 and math.isfinite(e.LOSS_WEIGHT), "MODEL.EBM.LOSS_WEIGHT", ">= 0", e.LOSS_WEIGHT)
+    _check(e.MAX_GT_PER_IMAGE >= 0, "MODEL.EBM.MAX_GT_PER_IMAGE", ">= 0 (0 = all)", e.MAX_GT_PER_IMAGE)
+    positive("MODEL.EBM.HEAD.POOLER_RESOLUTION", e.HEAD.POOLER_RESOLUTION)
+    _check(e.HEAD.NUM_FC >= 0, "MODEL.EBM.HEAD.NUM_FC", ">= 0", e.HEAD.NUM_FC)
+    positive("MODEL.EBM.HEAD.FC_DIM", e.HEAD.FC_DIM)
+    _check(e.HEAD.POOLER_SAMPLING_RATIO >= 1, "MODEL.EBM.HEAD.POOLER_SAMPLING_RATIO", ">= 1", e.HEAD.POOLER_SAMPLING_RATIO)
+    _check(e.REFINE.NUM_STEPS >= 0, "MODEL.EBM.REFINE.NUM_STEPS", ">= 0", e.REFINE.NUM_STEPS)
+    positive("MODEL.EBM.REFINE.STEP_SIZE_CENTER", e.REFINE.STEP_SIZE_CENTER)
+    positive("MODEL.EBM.REFINE.STEP_SIZE_SIZE", e.REFINE.STEP_SIZE_SIZE)
+    _check(0 < e.REFINE.DECAY <= 1, "MODEL.EBM.REFINE.DECAY", "in (0, 1]", e.REFINE.DECAY)

@@ -23,14 +23,6 @@ def list_ebm_configs() -> List[str]:
 
 def get_ebm_cfg(relative: Optional[str] = None, opts: Optional[list] = None):
     """A Detectron2 CfgNode with the EBM keys, optionally merged with a shipped config and ``opts``."""
-    from detectron2.config import get_cfg
+    from .engine import load_config
 
-    from .config import add_ebm_config
-
-    cfg = get_cfg()
-    add_ebm_config(cfg)
-    if relative is not None:
-        cfg.merge_from_file(ebm_config_path(relative))
-    if opts:
-        cfg.merge_from_list(list(opts))
-    return cfg
+    return load_config(ebm_config_path(relative) if relative is not None else None, opts)

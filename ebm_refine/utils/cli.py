@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from typing import Any, Callable, List, Optional, Sequence
 
@@ -42,8 +43,25 @@ def debug_enabled(argv: Optional[Sequence[str]] = None) -> bool:
     return "--debug" in (argv if argv is not None else sys.argv[1:])
 
 
+def _reraised_user_error(text: str) -> Optional[str]:
+    """The message of a UserError re-raised from another process as text (DataLoader workers and
+    ``torch.multiprocessing`` put the worker's traceback in the message; its last line is ``module.Class: msg``)."""
+    if "Traceback (most recent call last)" not in text:
+        return None
+    last = [line for line in text.strip().splitlines() if line.strip()][-1]
+    match = re.match(r"^([\w.]+)\.(\w+): (.*)$", last)
+    if not match:
+        return None
+    module, name, message = match.groups()
+    cls = getattr(sys.modules.get(module), name, None)
+    return message if isinstance(cls, type) and issubclass(cls, UserError) else None
+
+
 def user_message(error: BaseException) -> Optional[str]:
     """The one-line message for an expected failure, or None when ``error`` looks like a bug."""
+    reraised = _reraised_user_error(str(error))
+    if reraised is not None:
+        return reraised
     if isinstance(error, UserError):
         return " ".join(str(error).split("\n")).strip() or type(error).__name__
     if isinstance(error, (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)):

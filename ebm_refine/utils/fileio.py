@@ -8,7 +8,6 @@ the temporary file is removed and the target is left untouched.
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 import tempfile
 from typing import IO, Any, Iterator
@@ -58,12 +57,8 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
 
 
 def atomic_save_torch(obj: Any, path: str) -> None:
-    """``torch.save(obj, path)`` atomically: a run killed while saving never leaves a partial file.
-
-    Accepts anything ``torch.save`` accepts; serialises to memory first so a failing pickle leaves no file.
-    """
+    """``torch.save(obj, path)`` atomically: a run killed (or a pickle failing) while saving leaves no partial file."""
     import torch
 
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    atomic_write_bytes(path, buf.getvalue())
+    with atomic_writer(path, "wb") as fh:
+        torch.save(obj, fh)

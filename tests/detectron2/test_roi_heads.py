@@ -1,6 +1,7 @@
 """EBMROIHeads: losses in training, refinement at inference, bad input."""
 import logging
 import math
+import re
 
 import pytest
 import torch
@@ -9,7 +10,15 @@ from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
-from ebm_refine.detectron2 import EBMCheckpointer, EBMROIHeads, freeze_detector
+from ebm_refine.detectron2 import (
+    ConfigValueError,
+    EBMCheckpointer,
+    EBMROIHeads,
+    ebm_config_path,
+    freeze_detector,
+    load_config,
+)
+from ebm_refine.detectron2.engine import ConfigError
 
 from d2_helpers import small_cfg
 
@@ -40,15 +49,17 @@ def test_joint_training_step_has_all_losses_and_gradients(joint_model):
 
 
 def test_frozen_detector_trains_only_the_energy_head(synthetic_names, tmp_path):
-    cfg = small_cfg(tmp_path, extra=["MODEL.EBM.FREEZE_DETECTOR", "True"])
+    cfg = small_cfg(tmp_path, extra=["MODEL.EBM.FREEZE_DETECTOR", "True", "MODEL.EBM.ALLOW_UNTRAINED_DETECTOR", "True"])
     model = build_model(cfg)
-    n = freeze_detector(model)
-    assert n == sum(p.numel() for p in model.roi_heads.energy_head.parameters())
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all(n.startswith("roi_heads.energy_head.") for n in trainable)
     model.train()
+    assert model.training and model.roi_heads.energy_head.training
+    assert not model.backbone.training and not model.proposal_generator.training and not model.roi_heads.box_head.training
     with EventStorage():
         losses = model(batch(cfg, cfg.DATASETS.TRAIN[0]))
-    assert "loss_cls" not in losses and "loss_ebm" in losses
-    sum(losses.values()).backward()
+    assert set(losses) == {"loss_ebm"}  # no RPN or box losses are computed
+    losses["loss_ebm"].backward()
     assert model.roi_heads.energy_head.score.weight.grad is not None
     assert all(p.grad is None for n_, p in model.named_parameters() if "energy_head" not in n_)
 
@@ -130,14 +141,25 @@ def test_non_finite_energy_keeps_the_unrefined_box(synthetic_names, tmp_path):
 
 
 def test_unknown_ebm_key_is_a_config_error(tmp_path):
-    # Detectron2's (yacs') usual errors: AssertionError for --opts, KeyError for a YAML file.
-    with pytest.raises(AssertionError, match="Non-existent key: MODEL.EBM.NOT_A_KEY"):
+    # Detectron2's (yacs') KeyError / AssertionError become one ConfigError naming the key and the file.
+    with pytest.raises(ConfigError, match="command-line option: Non-existent key: MODEL.EBM.NOT_A_KEY"):
         small_cfg(tmp_path, extra=["MODEL.EBM.NOT_A_KEY", "1"])
     bad = tmp_path / "bad.yaml"
-    bad.write_text("MODEL:\n  EBM:\n    STEPS: 3\n")
-    cfg = small_cfg(tmp_path)
-    with pytest.raises(KeyError, match="Non-existent config key: MODEL.EBM.STEPS"):
-        cfg.merge_from_file(str(bad))
+    bad.write_text("_BASE_: " + ebm_config_path("Synthetic/ebm_compact_fpn_synthetic.yaml") + "\nMODEL:\n  EBM:\n    STEPS: 3\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: Non-existent config key: MODEL.EBM.STEPS"):
+        load_config(str(bad))
+    with pytest.raises(ConfigError, match="missing.yaml' not found"):
+        load_config(str(tmp_path / "missing.yaml"))
+
+
+@pytest.mark.parametrize("key,value,rule", [
+    ("MODEL.EBM.NUM_SAMPLES", "0", "> 0"), ("MODEL.EBM.PROPOSAL_SIGMAS", "[0.05, -0.1]", "> 0"),
+    ("MODEL.EBM.REFINE.STEP_SIZE_SIZE", "0.0", "> 0"), ("MODEL.EBM.REFINE.DECAY", "1.5", "in (0, 1]"),
+    ("MODEL.EBM.PROPOSAL_SIGMAS_SIZE", "[0.1]", "empty or as long as PROPOSAL_SIGMAS (3)"),
+])
+def test_config_values_out_of_range_fail_at_build_time(synthetic_names, tmp_path, key, value, rule):
+    with pytest.raises(ConfigValueError, match=re.escape(f"{key} must be {rule}")):
+        build_model(small_cfg(tmp_path, extra=[key, value]))
 
 
 def test_bad_loss_name_is_rejected(synthetic_names, tmp_path):

@@ -1,34 +1,32 @@
-"""The README's main job (tools/synthetic_benchmark.py) in a small configuration."""
-import importlib.util
+"""The README's main job (ebm_refine.detectron2.benchmark, run by tools/synthetic_benchmark.py) in a small configuration."""
 import json
 
+import torch
 from detectron2.data import MetadataCatalog
 
-from d2_helpers import REPO
 from ebm_refine.data.synthetic_detection import image_rng
+from ebm_refine.detectron2 import get_ebm_cfg
+from ebm_refine.detectron2.benchmark import run_synthetic_benchmark
 
 
-def test_benchmark_trains_both_heads_and_reports_three_columns(synthetic_names, tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("synthetic_benchmark", REPO / "tools" / "synthetic_benchmark.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+def test_benchmark_trains_both_heads_and_reports_three_columns(synthetic_names, tmp_path):
     small = [
         "DATASETS.TRAIN", "('test_synth_train',)", "DATASETS.TEST", "('test_synth_val',)",
         "INPUT.MIN_SIZE_TRAIN", "(128,)", "INPUT.MAX_SIZE_TRAIN", "128", "INPUT.MIN_SIZE_TEST", "128",
         "INPUT.MAX_SIZE_TEST", "128", "MODEL.EBM.NUM_SAMPLES", "16", "SOLVER.IMS_PER_BATCH", "2",
         "DATALOADER.NUM_WORKERS", "0",
     ]
-    result = bench.main(["--quick", "--output", str(tmp_path), "--iters", "6", "--baseline-iters", "2", *small])
+    result = run_synthetic_benchmark(tmp_path, iters=6, baseline_iters=2, quick=True, opts=small)
     assert list(result["box_ap"]) == ["unrefined", "EBM (ML-IS) refined", "IoU-Net refined"]
     on_disk = json.loads((tmp_path / "synthetic_benchmark.json").read_text())
     for name, column in result["box_ap"].items():
         assert on_disk["box_ap"][name]["AP75"] == column["AP75"]
     for column in result["box_ap"].values():
         assert all(0.0 <= column[m] <= 100.0 for m in ("AP", "AP50", "AP75"))
-    out = capsys.readouterr().out
-    assert "| AP75 |" in out and "EBM (ML-IS) refined" in out
-    # The baseline started from the detector only: the checkpointer said so.
-    assert (tmp_path / "detector_only.pth").is_file()
+    assert "| AP75 |" in result["table"] and "EBM (ML-IS) refined" in result["table"]
+    # The baseline started from the detector only, frozen: its checkpoint has no energy head.
+    detector = torch.load(tmp_path / "detector_only.pth")["model"]
+    assert detector and not any(".energy_head." in k for k in detector)
 
 
 def test_held_out_tuning_split_is_registered_apart_from_val():
@@ -40,8 +38,6 @@ def test_held_out_tuning_split_is_registered_apart_from_val():
 
 
 def test_fast_configs_change_only_the_number_of_refinement_steps():
-    from ebm_refine.detectron2 import get_ebm_cfg
-
     for base in ("Synthetic/ebm_compact_fpn_synthetic", "COCO-Detection/ebm_faster_rcnn_R_50_FPN_1x"):
         full, fast = get_ebm_cfg(base + ".yaml"), get_ebm_cfg(base + "_fast.yaml")
         assert full.MODEL.EBM.REFINE.NUM_STEPS == 10 and fast.MODEL.EBM.REFINE.NUM_STEPS == 6

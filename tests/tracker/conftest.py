@@ -6,7 +6,7 @@ import torch
 
 from ebm_refine.tracking.synthetic import SyntheticConfig, SyntheticSequence
 
-from tracker_helpers import MOBILENET_WEIGHTS, TINY_NET, TINY_TRACKER  # noqa: E402,F401
+from tracker_helpers import TINY_NET, TINY_TRACKER  # noqa: E402,F401
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -37,9 +37,3 @@ def small_seq_cfg() -> SyntheticConfig:
 def small_seq(small_seq_cfg) -> SyntheticSequence:
     return SyntheticSequence(3, small_seq_cfg)
 
-
-@pytest.fixture(scope="session")
-def mobilenet_weights() -> Path:
-    if not MOBILENET_WEIGHTS.is_file():
-        pytest.skip(f"MobileNetV2 ImageNet weights not found at {MOBILENET_WEIGHTS} (set EBM_WEIGHTS_DIR)")
-    return MOBILENET_WEIGHTS

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from ebm_refine.core.proposal import BoxProposal
+from ebm_refine.models.imagenet import WeightsError
 from ebm_refine.tracking.models import Backbone, EnergyBoxEstimator, TrackerNet, load_net, save_net
 from ebm_refine.tracking.models.network import box_estimation_loss
 
@@ -40,10 +41,10 @@ def test_frozen_backbone_folds_batchnorm_exactly():
 def test_backbone_errors(tmp_path):
     with pytest.raises(ValueError, match="unknown backbone"):
         Backbone("vgg16")
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(WeightsError, match="missing.pth not found"):
         Backbone("resnet18", weights=str(tmp_path / "missing.pth"))
     torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7)}, tmp_path / "partial.pth")
-    with pytest.raises(ValueError, match="lack"):
+    with pytest.raises(WeightsError, match="lack"):
         Backbone("resnet18", weights=str(tmp_path / "partial.pth"))
 
 

@@ -1,0 +1,200 @@
+"""The energy part shared by every EBM model of the plugin: f(x, y) over FPN features, its training loss
+and the refinement of detections.
+
+:class:`EnergyMixin` gives a Detectron2 module (``EBMROIHeads``, the refiner's ``EnergyROIHeads``) three
+operations on top of two submodules, ``energy_pooler`` (box-differentiable multi-level RoI Align) and
+``energy_head`` (``ENERGY_HEAD_REGISTRY``), whose parameters are named ``roi_heads.energy_head.*`` in every
+model; :func:`energy_from_config` builds them and the settings from ``MODEL.EBM``.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional
+
+import torch
+from detectron2.layers import ShapeSpec
+from detectron2.structures import Boxes, Instances
+from torch import Tensor
+
+from ..core import (
+    BoxProposal,
+    MultiLevelBoxPooler,
+    box_iou_aligned,
+    ebm_loss,
+    iou_confidence_loss,
+    refine_boxes,
+    sampling_options,
+    valid_box_mask,
+)
+from .config import ConfigValueError
+from .energy_head import build_energy_head
+
+__all__ = ["EnergyMixin", "energy_from_config", "LOSSES"]
+
+LOSSES = ("ml_is", "kld_is", "nce", "nce_plus", "iou_confidence")
+
+
+def energy_from_config(cfg, input_shape: Dict[str, ShapeSpec], in_features: List[str]) -> dict:
+    """Keyword arguments of :meth:`EnergyMixin.init_energy` from ``MODEL.EBM`` and the FPN shapes."""
+    e = cfg.MODEL.EBM
+    if e.LOSS not in LOSSES:
+        raise ConfigValueError(f"MODEL.EBM.LOSS must be one of {LOSSES}, got {e.LOSS!r}")
+    channels = {input_shape[f].channels for f in in_features}
+    if len(channels) != 1:
+        raise ConfigValueError(f"the energy head needs equal channels on {in_features}, got {channels}")
+    res = e.HEAD.POOLER_RESOLUTION
+    return dict(
+        in_features=list(in_features),
+        energy_pooler=MultiLevelBoxPooler(res, [1.0 / input_shape[f].stride for f in in_features],
+                                          sampling_ratio=e.HEAD.POOLER_SAMPLING_RATIO),
+        energy_head=build_energy_head(cfg, ShapeSpec(channels=channels.pop(), height=res, width=res)),
+        loss=e.LOSS,
+        loss_weight=e.LOSS_WEIGHT,
+        proposal=BoxProposal(list(e.PROPOSAL_SIGMAS), list(e.PROPOSAL_SIGMAS_SIZE) or None),
+        num_samples=e.NUM_SAMPLES,
+        nce_beta=e.NCE_BETA,
+        label_sigma=e.LABEL_SIGMA,
+        max_gt_per_image=e.MAX_GT_PER_IMAGE,
+        refine_steps=e.REFINE.NUM_STEPS,
+        step_size_center=e.REFINE.STEP_SIZE_CENTER,
+        step_size_size=e.REFINE.STEP_SIZE_SIZE,
+        step_decay=e.REFINE.DECAY,
+        keep_unrefined=e.REFINE.KEEP_UNREFINED,
+        refine_fused=e.REFINE.FUSED,
+    )
+
+
+class EnergyMixin:
+    """f(x, y), its training loss and batched refinement; mixed into a ``torch.nn.Module``.
+
+    Settings (set by :meth:`init_energy`):
+        in_features: names of the FPN maps the energy reads, finest first (e.g. p2..p5).
+        energy_pooler: box-differentiable multi-level RoI pooler over those maps.
+        energy_head: module (R, C, P, P) features, (R,) classes -> (R,) scores.
+        loss_name: one of :data:`LOSSES`; ``loss_weight`` multiplies ``loss_ebm``.
+        proposal: the proposal distribution q(y | y_i); ``num_samples`` boxes per ground truth (M).
+        nce_beta: NCE+ beta; ``label_sigma``: KLD-IS label density std.
+        max_gt_per_image: ground truths per image used by the loss (0 = all).
+        refine_steps, step_size_center, step_size_size, step_decay: refiner settings (relative encoding).
+        keep_unrefined: store the unrefined boxes and their f in refined instances.
+        refine_fused: refine with the energy head's ``box_energy`` fast path when it has one
+            (``FCEnergyHead``: prepared pyramid pooling, backward written out; same boxes as autograd).
+    """
+
+    def init_energy(self, *, in_features: List[str], energy_pooler: MultiLevelBoxPooler, energy_head, loss: str, loss_weight: float,
+                    proposal: BoxProposal, num_samples: int, nce_beta: float, label_sigma: float,
+                    max_gt_per_image: int, refine_steps: int, step_size_center: float, step_size_size: float,
+                    step_decay: float, keep_unrefined: bool, refine_fused: bool = True) -> None:
+        if loss not in LOSSES:
+            raise ConfigValueError(f"MODEL.EBM.LOSS must be one of {LOSSES}, got {loss!r}")
+        self.energy_in_features = list(in_features)
+        self.energy_pooler = energy_pooler
+        self.energy_head = energy_head
+        self.loss_name = loss
+        self.loss_weight = loss_weight
+        self.proposal = proposal
+        self.num_samples = num_samples
+        self.nce_beta = nce_beta
+        self.label_sigma = label_sigma
+        self.max_gt_per_image = max_gt_per_image
+        self.refine_steps = refine_steps
+        self.step_size_center = step_size_center
+        self.step_size_size = step_size_size
+        self.step_decay = step_decay
+        self.keep_unrefined = keep_unrefined
+        self.refine_fused = refine_fused
+
+    def energy(
+        self, feats: List[Tensor], boxes: Tensor, classes: Tensor, image_index: Tensor,
+        level_groups: Optional[List[Tensor]] = None,
+    ) -> Tensor:
+        """f for boxes (R, 4) xyxy pixels of classes (R,) in images ``image_index`` (R,) -> (R,).
+
+        ``feats``: the FPN maps the pooler was built for, finest first. ``level_groups`` fixes the FPN
+        level of each box (see ``MultiLevelBoxPooler.level_groups``).
+        """
+        rois = torch.cat([image_index.to(boxes.dtype)[:, None], boxes], dim=1)
+        return self.energy_head(self.energy_pooler(feats, rois, level_groups), classes)
+
+    def ebm_losses(self, feats: List[Tensor], targets: List[Instances]) -> Tensor:
+        """The EBM loss over all ground truths (``gt_boxes`` xyxy pixels, ``gt_classes``) of the batch (scalar)."""
+        refs, classes, index = [], [], []
+        for i, t in enumerate(targets):
+            boxes = t.gt_boxes.tensor
+            keep = valid_box_mask(boxes)
+            if self.max_gt_per_image > 0 and boxes.shape[0] > self.max_gt_per_image:
+                chosen = torch.randperm(boxes.shape[0], device=boxes.device)[: self.max_gt_per_image]
+                keep = keep & torch.zeros_like(keep).index_fill_(0, chosen, True)
+            refs.append(boxes[keep])
+            classes.append(t.gt_classes[keep])
+            index.append(torch.full_like(t.gt_classes[keep], i))
+        ref = torch.cat(refs)
+        if ref.shape[0] == 0:
+            # No usable ground truth: an exact zero that still reaches the head's parameters (DDP-safe).
+            return sum(p.sum() * 0.0 for p in self.energy_head.parameters())
+        cls, idx = torch.cat(classes), torch.cat(index)
+        if self.loss_name == "iou_confidence":
+            s = self.proposal.sample(ref, self.num_samples)
+        else:
+            opts = sampling_options(self.loss_name, self.nce_beta if self.loss_name == "nce_plus" else None)
+            s = self.proposal.sample(ref, self.num_samples, include_reference=opts.include_center, beta=opts.beta)
+        n, m = s.boxes.shape[:2]
+        scores = self.energy(feats, s.boxes.reshape(-1, 4), cls.repeat_interleave(m), idx.repeat_interleave(m))
+        scores = scores.view(n, m)
+        if self.loss_name == "iou_confidence":
+            return iou_confidence_loss(scores, box_iou_aligned(s.boxes, ref[:, None]))
+        return ebm_loss(self.loss_name, scores, s.log_q, offsets=s.rel, label_sigma=self.label_sigma)
+
+    def energy_features(self, features: Dict[str, Tensor]) -> List[Tensor]:
+        """The maps of ``features`` (name -> (B, C, H, W)) the energy reads, finest first."""
+        return [features[f] for f in self.energy_in_features]
+
+    def ebm_loss_dict(self, features: Dict[str, Tensor], targets: List[Instances]) -> Dict[str, Tensor]:
+        """``{"loss_ebm": weighted EBM loss}`` from the FPN ``features`` and ground-truth ``targets``."""
+        return {"loss_ebm": self.ebm_losses(self.energy_features(features), targets) * self.loss_weight}
+
+    @torch.no_grad()
+    def refine_instances(self, feats: List[Tensor], instances: List[Instances]) -> List[Instances]:
+        """Refine ``pred_boxes`` (xyxy pixels) of every image in one batched call; modifies ``instances`` in place.
+
+        Adds ``pred_energies`` (and with ``keep_unrefined``, ``pred_boxes_unrefined`` and
+        ``pred_energies_unrefined``). Scores and classes are unchanged. A box refined out of the image
+        keeps its unrefined value.
+        """
+        if not instances:
+            return instances
+        boxes = torch.cat([x.pred_boxes.tensor for x in instances])
+        classes = torch.cat([x.pred_classes for x in instances])
+        index = torch.cat([torch.full_like(x.pred_classes, i) for i, x in enumerate(instances)])
+        # Each box keeps the pyramid level of its initial size while it moves.
+        groups = self.energy_pooler.level_groups(boxes)
+        # The head's fused energy-and-gradient when it has one (same boxes, no autograd), else autograd.
+        box_energy = getattr(self.energy_head, "box_energy", None) if self.refine_fused else None
+        energy_fn = None
+        if box_energy is not None:
+            rois = torch.cat([index.to(boxes.dtype)[:, None], boxes], dim=1)
+            energy_fn = box_energy(self.energy_pooler.prepare(feats, rois, groups), classes)
+        res = refine_boxes(
+            energy_fn if energy_fn is not None else (lambda b: self.energy(feats, b, classes, index, groups)),
+            boxes,
+            num_steps=self.refine_steps,
+            step_size_center=self.step_size_center,
+            step_size_size=self.step_size_size,
+            decay=self.step_decay,
+            returns_grad=energy_fn is not None,
+        )
+        start = 0
+        for x in instances:
+            n = len(x)
+            refined = Boxes(res.boxes[start : start + n].clone())
+            refined.clip(x.image_size)
+            # A box refined out of the image (empty after clipping) keeps its unrefined value, so
+            # refinement never drops a detection that post-processing would keep.
+            lost = ~refined.nonempty() & x.pred_boxes.nonempty()
+            refined.tensor[lost] = x.pred_boxes.tensor[lost]
+            if self.keep_unrefined:
+                x.pred_boxes_unrefined = x.pred_boxes
+                x.pred_energies_unrefined = res.initial_scores[start : start + n]
+            x.pred_boxes = refined
+            x.pred_energies = res.scores[start : start + n]
+            start += n
+        return instances
