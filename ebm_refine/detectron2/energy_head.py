@@ -57,7 +57,7 @@ class FCEnergyHead(nn.Module):
         # Small initial scores: all boxes start almost equally likely (flat energy).
         nn.init.normal_(self.score.weight, std=0.001)
         nn.init.zeros_(self.score.bias)
-        self._prepared = {}  # the fast path's copies of the hidden layers, see _prepared_layers
+        self._prepared = _DerivedCache()  # the fast path's copies of the hidden layers, see _prepared_layers
 
     @classmethod
     def from_config(cls, cfg, input_shape: ShapeSpec):
@@ -121,6 +121,17 @@ class FCEnergyHead(nn.Module):
                     self._prepared[i] = (key, _PreparedLinear(weight, layer.bias.detach()))
             layers.append(self._prepared[i][1])
         return layers
+
+
+class _DerivedCache(dict):
+    """Copies derived from a module's weights (rebuilt on demand): never deep-copied or saved with the module
+    (oneDNN tensors cannot be, and a copy would only hold stale weights)."""
+
+    def __deepcopy__(self, memo):
+        return type(self)()
+
+    def __reduce__(self):
+        return type(self), ()
 
 
 class _PreparedLinear:

@@ -1,4 +1,8 @@
 """The fused refinement fast path (prepared pyramid pooling + FCBoxEnergy) against autograd, and its count."""
+import copy
+import io
+import pickle
+
 import pytest
 import torch
 from detectron2.data import DatasetCatalog, DatasetMapper
@@ -228,3 +232,15 @@ def test_onednn_layers_equal_the_plain_matrix_products():
     for ours, plain in zip(*results):
         torch.testing.assert_close(ours, plain, rtol=1e-5, atol=1e-5 * plain.abs().max().item())
 
+
+def test_head_and_pooler_copy_and_save_without_their_fast_path_caches():
+    g = torch.Generator().manual_seed(6)
+    feats, boxes, _ = _scene(g, 64, 96, 4, 5, dtype=torch.float32)
+    pooler = MultiLevelBoxPooler(7, SCALES)
+    head = _head(4, 2, 16, 1, True, dtype=torch.float32)
+    f = head.box_energy(pooler.prepare(feats, [boxes]))(boxes)[0]  # fills both caches (oneDNN copies on a CPU)
+    for copied_head, copied_pooler in ((copy.deepcopy(head), copy.deepcopy(pooler)),
+                                       (pickle.loads(pickle.dumps(head)), pickle.loads(pickle.dumps(pooler)))):
+        assert not copied_head._prepared and not copied_pooler._scratch._tensors
+        torch.testing.assert_close(copied_head.box_energy(copied_pooler.prepare(feats, [boxes]))(boxes)[0], f)
+    torch.save({"head": head, "pooler": pooler}, io.BytesIO())
