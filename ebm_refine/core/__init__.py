@@ -6,6 +6,7 @@ losses     ML-IS, KLD-IS, NCE / NCE+, IoU-Net confidence
 objectives which samples each method needs, and the loss from their scores
 roi_pool   RoI Align with gradients w.r.t. the boxes, FPN level assignment
 separable_pool  the same RoI Align as two matrix products with a written-out backward (few boxes, small maps)
+pyramid_pool    the same RoI Align for many boxes on a feature pyramid, prepared once, written-out box gradient
 refine     batched gradient ascent with per-element backtracking (Algorithm S1)
 regressor  a generic EBM regressor for any target dimension
 """
@@ -35,6 +36,7 @@ from .proposal import BoxProposal, BoxSamples, GaussianMixtureProposal
 from .refine import BoxRefinementResult, RefinementResult, gradient_ascent, refine_boxes
 from .regressor import EBMRegressor, mlp
 from .roi_pool import MultiLevelBoxPooler, assign_boxes_to_levels, box_roi_align, boxes_to_rois
+from .pyramid_pool import PyramidRoIAlign
 from .separable_pool import roi_align_axis_weights, separable_box_roi_align
 
 __all__ = [k for k in dir() if not k.startswith("_")]

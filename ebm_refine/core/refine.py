@@ -62,6 +62,18 @@ def _given_value_and_grad(energy_fn: EnergyAndGradFn, y: Tensor) -> tuple[Tensor
     return f.detach(), g.detach()
 
 
+def _value(energy_fn: Union[EnergyFn, EnergyAndGradFn], value_fn: Optional[EnergyFn], returns_grad: bool,
+           y: Tensor) -> Tensor:
+    with torch.no_grad():
+        if value_fn is not None:
+            f = value_fn(y)
+        else:
+            f = energy_fn(y)[0] if returns_grad else energy_fn(y)
+    if f.shape != y.shape[:1]:
+        raise ValueError(f"the energy must return shape ({y.shape[0]},), got {tuple(f.shape)}")
+    return f.detach()
+
+
 def gradient_ascent(
     energy_fn: Union[EnergyFn, EnergyAndGradFn],
     init: Tensor,
@@ -72,6 +84,7 @@ def gradient_ascent(
     active: Optional[Tensor] = None,
     returns_grad: bool = False,
     backtracking: bool = True,
+    value_fn: Optional[EnergyFn] = None,
 ) -> RefinementResult:
     """Maximise ``energy_fn`` from ``init`` by gradient ascent with per-element backtracking.
 
@@ -92,6 +105,9 @@ def gradient_ascent(
             element's step size multiplied by ``decay``. False: pytracking's refinement, which the
             paper's tracker uses: every step with a finite f is taken and every step size is multiplied
             by ``decay`` after each step (``decay = 1``: constant steps); f may then end below its start.
+        value_fn: f alone, (N, D) -> (N,), for the last candidate, whose gradient is never used. By
+            default the last candidate is scored by ``energy_fn`` without autograd (or, with
+            ``returns_grad``, by ``energy_fn`` and its gradient dropped).
     Returns:
         :class:`RefinementResult`.
     """
@@ -116,9 +132,12 @@ def gradient_ascent(
         # per-element bookkeeping beyond the acceptance test (refinement cost is the operation count).
         g = torch.where(ok[:, None], g, 0.0)
         accepted = torch.zeros(n, dtype=torch.long, device=init.device)
-        for _ in range(num_steps):
+        for step in range(num_steps):
             candidate = torch.addcmul(y, lam, g)
-            f_c, g_c = value_and_grad(energy_fn, candidate)
+            if step == num_steps - 1:  # no further step: the gradient is not needed
+                f_c, g_c = _value(energy_fn, value_fn, returns_grad, candidate), g
+            else:
+                f_c, g_c = value_and_grad(energy_fn, candidate)
             accept = ((f_c > f) if backtracking else ok) & torch.isfinite(f_c)
             keep = accept[:, None]
             y = torch.where(keep, candidate, y)
@@ -169,7 +188,8 @@ def refine_boxes(
     Args:
         energy_fn: maps (N, 4) xyxy pixel boxes to (N,) scores; rows independent. With
             ``returns_grad`` it returns ``(f, df/dboxes)`` ((N,), (N, 4)), which is chained to the
-            relative space here without autograd.
+            relative space here without autograd; if it also has a ``value(boxes)`` method (f alone),
+            that scores the last candidate, whose gradient is never used.
         boxes: (N, 4) initial boxes, xyxy pixels.
         num_steps, decay, backtracking: see :func:`gradient_ascent`.
         step_size_center: lambda for the two centre offsets.
@@ -209,10 +229,12 @@ def refine_boxes(
         lo, hi = g[:, :2], g[:, 2:]
         return f, torch.cat([ref_size * (lo + hi), half * (hi - lo)], dim=1)
 
+    value = getattr(energy_fn, "value", None) if returns_grad else None
     res = gradient_ascent(
         energy_and_grad_in_relative_space if returns_grad else energy_in_relative_space,
         torch.zeros_like(ref), step_size=step, num_steps=num_steps, decay=decay, active=valid,
         returns_grad=returns_grad, backtracking=backtracking,
+        value_fn=(lambda u: value(decode(u)[0])) if value is not None else None,
     )
     refined = torch.where(valid[:, None], decode(res.values)[0], ref)
     # Scores of the stand-in mean nothing: invalid boxes report -inf (sorts last, never kept by NMS).

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["box_roi_align", "assign_boxes_to_levels", "MultiLevelBoxPooler", "boxes_to_rois"]
+__all__ = ["box_roi_align", "assign_boxes_to_levels", "MultiLevelBoxPooler", "boxes_to_rois", "sample_positions"]
 
 
 def _pair(v: Union[int, Sequence[int]]) -> Tuple[int, int]:
@@ -47,20 +47,27 @@ def boxes_to_rois(boxes: Union[Tensor, Sequence[Tensor]]) -> Tensor:
     return torch.cat(parts, dim=0)
 
 
+def sample_positions(lo: Tensor, hi: Tensor, spatial_scale: Union[float, Tensor], count: int) -> Tensor:
+    """RoI Align's sample positions along one axis: (R,) box edges (image pixels) -> (R, count) positions
+    in feature pixels where pixel centres are integers (``count`` = bins x samples per bin).
+
+    ``spatial_scale`` is a float or an (R,) tensor (each box on its own level). The one formula of the
+    sampling pattern: the prepared pooling computes its positions with it too, so both read the same
+    pixels with the same weights (a sample on a pixel centre gets the same side of the bilinear kink).
+    """
+    start = lo * spatial_scale - 0.5
+    step = (hi - lo) * spatial_scale / count
+    k = torch.arange(count, device=lo.device, dtype=lo.dtype) + 0.5
+    return start[:, None] + step[:, None] * k[None, :]
+
+
 def _sampling_grid(rois_xyxy: Tensor, height: int, width: int, output_size: Tuple[int, int],
                    spatial_scale: float, sampling_ratio: int) -> Tensor:
     """(R, 4) image-pixel boxes -> (R, Ph*s, Pw*s, 2) grid in grid_sample's normalised coordinates."""
     ph, pw = output_size
     s = sampling_ratio
-    dtype, device = rois_xyxy.dtype, rois_xyxy.device
-    x1 = rois_xyxy[:, 0] * spatial_scale - 0.5
-    y1 = rois_xyxy[:, 1] * spatial_scale - 0.5
-    bw = (rois_xyxy[:, 2] - rois_xyxy[:, 0]) * spatial_scale / (pw * s)
-    bh = (rois_xyxy[:, 3] - rois_xyxy[:, 1]) * spatial_scale / (ph * s)
-    kx = torch.arange(pw * s, device=device, dtype=dtype) + 0.5
-    ky = torch.arange(ph * s, device=device, dtype=dtype) + 0.5
-    xs = x1[:, None] + bw[:, None] * kx[None, :]  # (R, Pw*s) feature-pixel coordinates
-    ys = y1[:, None] + bh[:, None] * ky[None, :]
+    xs = sample_positions(rois_xyxy[:, 0], rois_xyxy[:, 2], spatial_scale, pw * s)  # (R, Pw*s)
+    ys = sample_positions(rois_xyxy[:, 1], rois_xyxy[:, 3], spatial_scale, ph * s)
     # Clamp to pixel centres (roi_align's rule for [-1, W]); then map to align_corners=False coords.
     xs = xs.clamp(0, width - 1)
     ys = ys.clamp(0, height - 1)
@@ -173,6 +180,7 @@ class MultiLevelBoxPooler(nn.Module):
             raise ValueError(f"scales must be consecutive pyramid levels, got {scales}")
         self.canonical_box_size = canonical_box_size
         self.canonical_level = canonical_level
+        self._scratch = None  # ScratchMemory of prepare(), created on first use
 
     def level_groups(self, boxes: Union[Tensor, Sequence[Tensor]]) -> List[Tensor]:
         """Indices of the rois pooled from each level: a list of (R_l,) long tensors.
@@ -217,3 +225,38 @@ class MultiLevelBoxPooler(nn.Module):
                 pooled = box_roi_align(feat, rois[idx], self.output_size, scale, self.sampling_ratio)
                 out = out.index_copy(0, idx, pooled)
         return out
+
+    def prepare(
+        self,
+        features: List[Tensor],
+        boxes: Union[Tensor, Sequence[Tensor]],
+        level_groups: Optional[List[Tensor]] = None,
+    ) -> "PyramidRoIAlign":
+        """The fast path of :meth:`forward` for a fixed set of boxes that move (refinement).
+
+        Args:
+            features: as in :meth:`forward`.
+            boxes: (R, 5) rois or a list of B (n_i, 4) boxes: fixes each box's image and, without
+                ``level_groups``, its level (by its size here).
+            level_groups: optional fixed level assignment from :meth:`level_groups`.
+        Returns:
+            a :class:`~ebm_refine.core.pyramid_pool.PyramidRoIAlign` whose ``forward(boxes)`` pools
+            (R, 4) xyxy boxes (row r on the image and level fixed here) as :meth:`forward` does, channels
+            last, and whose ``box_grad`` chains a gradient back to the boxes without autograd. Its large
+            tensors live in this pooler's :class:`~ebm_refine.core.pyramid_pool.ScratchMemory`, kept for
+            the next call (~150 MB for 100 boxes on an 800 px pyramid): it is valid until the next
+            ``prepare``.
+        """
+        from .pyramid_pool import PyramidRoIAlign, ScratchMemory  # they build on this module's sample_positions
+
+        if len(features) != len(self.scales):
+            raise ValueError(f"expected {len(self.scales)} feature levels, got {len(features)}")
+        rois = boxes_to_rois(boxes)
+        groups = level_groups if level_groups is not None else self.level_groups(rois)
+        levels = torch.zeros(rois.shape[0], dtype=torch.long, device=rois.device)
+        for level, idx in enumerate(groups):
+            levels[idx] = level
+        if self._scratch is None:
+            self._scratch = ScratchMemory()
+        return PyramidRoIAlign(features, self.scales, rois[:, 0].long(), levels, self.output_size,
+                               self.sampling_ratio, scratch=self._scratch)

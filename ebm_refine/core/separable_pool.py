@@ -9,7 +9,8 @@ samples of a bin keeps the factorisation, so for one box::
 where ``Ay[i, q]`` is the mean of ``hat(y_k - q)`` over the s sampling rows of bin row i (same for x).
 The sampling pattern and the border rule (positions clamped to the map's outermost pixel centres) are
 those of :func:`~ebm_refine.core.roi_pool.box_roi_align`, so the two agree to float precision,
-gradients included (the right derivative at pixel centres, as ``grid_sample``'s backward).
+gradients included (the right derivative at pixel centres and none on the outermost ones or beyond, as
+``grid_sample``'s backward with border padding).
 
 Why a second formulation: refinement pools a few boxes 2 x (T + 1) times per frame, and there the
 cost is the number of tensor operations, not arithmetic. :class:`SeparableRoIAlign` prepares a map
@@ -69,7 +70,8 @@ class PoolingState(NamedTuple):
 
     ``ax`` (R, Pw, L) and ``ay`` (R, Ph, L) are the axis weights, ``fx`` (R, Pw * C, L) the map
     contracted with ``ax``. Per group of axes pooled together (both axes when the output is square,
-    else x and y apart): ``inside`` (A, R, bins * s) marks samples that were not clamped, ``cell``
+    else x and y apart): ``inside`` (A, R, bins * s) marks samples strictly inside the outermost pixel
+    centres (the others get no gradient), ``cell``
     (A, R, bins, s) is the long index of the pixel at or left of each sample.
     """
 
@@ -143,7 +145,7 @@ class SeparableRoIAlign:
         r = boxes.shape[0]
         pos = torch.baddbmm(self._shift[g], boxes.expand(a, r, 4), lerp)  # (A, R, bins*s)
         clamped = torch.clamp(pos, self._zero, self._limit[g])
-        inside = clamped == pos  # roi_align's border rule: no gradient where clamped
+        inside = (pos > self._zero) & (pos < self._limit[g])  # grid_sample's rule: none on or past the border
         hat = (1 - (clamped[..., None] - self.pixels).abs()).clamp_(min=0)
         weights = hat.view(a, r, bins, self.s, self.length).mean(3)
         return weights, inside, clamped.long().view(a, r, bins, self.s)
@@ -198,12 +200,18 @@ class SeparableRoIAlign:
         return full.view(c, n, n)[:, :self.height, :self.width]
 
 
-def bin_major_weight(weight: Tensor, channels: int, output_size: Union[int, Sequence[int]]) -> Tensor:
+def bin_major_weight(weight: Tensor, channels: int, output_size: Union[int, Sequence[int]],
+                     layout: str = "wch") -> Tensor:
     """Reorder a linear layer's (K, C * Ph * Pw) weight, written for RoI Align's (C, Ph, Pw) flattening,
-    to the (Pw, C, Ph) flattening of :meth:`SeparableRoIAlign.forward`: (K, Pw * C * Ph), contiguous."""
+    to a bin-major flattening: ``layout="wch"`` (Pw, C, Ph), the output of :meth:`SeparableRoIAlign.forward`,
+    or ``"hwc"`` (Ph, Pw, C), channels-last, the output of
+    :meth:`~ebm_refine.core.pyramid_pool.PyramidRoIAlign.forward`. Returns (K, C * Ph * Pw), contiguous."""
     ph, pw = _pair(output_size)
+    order = {"wch": (0, 3, 1, 2), "hwc": (0, 2, 3, 1)}
+    if layout not in order:
+        raise ValueError(f"layout must be one of {sorted(order)}, got {layout!r}")
     k = weight.shape[0]
-    return weight.reshape(k, channels, ph, pw).permute(0, 3, 1, 2).reshape(k, pw * channels * ph).contiguous()
+    return weight.reshape(k, channels, ph, pw).permute(*order[layout]).reshape(k, -1).contiguous()
 
 
 def roi_align_axis_weights(lo: Tensor, hi: Tensor, bins: int, sampling_ratio: int, length: int) -> Tensor:

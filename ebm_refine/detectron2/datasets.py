@@ -5,6 +5,10 @@ Registered when the plugin is imported (like Detectron2's builtin datasets; noth
 * ``ebm_synthetic_train`` / ``ebm_synthetic_val``: the embedded synthetic benchmark. Its files are
   generated on first use (deterministically, see :mod:`ebm_refine.data.synthetic_detection`) under
   ``$EBM_DATASETS/ebm_synthetic`` or ``$DETECTRON2_DATASETS/ebm_synthetic`` (default ``./datasets``).
+* ``ebm_synthetic_tune``: a held-out synthetic split for choosing settings (e.g. the number of
+  refinement steps of the fast configs) without looking at ``ebm_synthetic_val``, on which results are
+  reported: every image's random stream is seeded by (seed, split name, index), so its images are
+  independent of both.
 * ``coco128_train2017``, ``coco_tiny_train2017``, ``coco_val2017_first128``: the small real COCO sets of
   the project's data folder (``$EBM_SHARED_DATA``; in a source checkout ``../shared/data``), with the 80
   COCO categories. Loading one whose files are absent is a one-line error.
@@ -30,7 +34,8 @@ __all__ = ["register_synthetic_detection", "default_synthetic_root", "SYNTHETIC_
            "SHARED_COCO_SPLITS"]
 
 # name -> (split, number of images)
-SYNTHETIC_SPLITS = {"ebm_synthetic_train": ("train", 600), "ebm_synthetic_val": ("val", 100)}
+SYNTHETIC_SPLITS = {"ebm_synthetic_train": ("train", 600), "ebm_synthetic_val": ("val", 100),
+                    "ebm_synthetic_tune": ("tune", 100)}
 
 
 def default_synthetic_root() -> Path:

@@ -59,6 +59,7 @@ def energy_from_config(cfg, input_shape: Dict[str, ShapeSpec], in_features: List
         step_size_size=e.REFINE.STEP_SIZE_SIZE,
         step_decay=e.REFINE.DECAY,
         keep_unrefined=e.REFINE.KEEP_UNREFINED,
+        refine_fused=e.REFINE.FUSED,
     )
 
 
@@ -75,12 +76,14 @@ class EnergyMixin:
         max_gt_per_image: ground truths per image used by the loss (0 = all).
         refine_steps, step_size_center, step_size_size, step_decay: refiner settings (relative encoding).
         keep_unrefined: store the unrefined boxes and their f in refined instances.
+        refine_fused: refine with the energy head's ``box_energy`` fast path when it has one
+            (``FCEnergyHead``: prepared pyramid pooling, backward written out; same boxes as autograd).
     """
 
     def init_energy(self, *, in_features: List[str], energy_pooler: MultiLevelBoxPooler, energy_head, loss: str, loss_weight: float,
                     proposal: BoxProposal, num_samples: int, nce_beta: float, label_sigma: float,
                     max_gt_per_image: int, refine_steps: int, step_size_center: float, step_size_size: float,
-                    step_decay: float, keep_unrefined: bool) -> None:
+                    step_decay: float, keep_unrefined: bool, refine_fused: bool = True) -> None:
         if loss not in LOSSES:
             raise ConfigValueError(f"MODEL.EBM.LOSS must be one of {LOSSES}, got {loss!r}")
         self.energy_in_features = list(in_features)
@@ -98,6 +101,7 @@ class EnergyMixin:
         self.step_size_size = step_size_size
         self.step_decay = step_decay
         self.keep_unrefined = keep_unrefined
+        self.refine_fused = refine_fused
 
     def energy(
         self, feats: List[Tensor], boxes: Tensor, classes: Tensor, image_index: Tensor,
@@ -163,13 +167,20 @@ class EnergyMixin:
         index = torch.cat([torch.full_like(x.pred_classes, i) for i, x in enumerate(instances)])
         # Each box keeps the pyramid level of its initial size while it moves.
         groups = self.energy_pooler.level_groups(boxes)
+        # The head's fused energy-and-gradient when it has one (same boxes, no autograd), else autograd.
+        box_energy = getattr(self.energy_head, "box_energy", None) if self.refine_fused else None
+        energy_fn = None
+        if box_energy is not None:
+            rois = torch.cat([index.to(boxes.dtype)[:, None], boxes], dim=1)
+            energy_fn = box_energy(self.energy_pooler.prepare(feats, rois, groups), classes)
         res = refine_boxes(
-            lambda b: self.energy(feats, b, classes, index, groups),
+            energy_fn if energy_fn is not None else (lambda b: self.energy(feats, b, classes, index, groups)),
             boxes,
             num_steps=self.refine_steps,
             step_size_center=self.step_size_center,
             step_size_size=self.step_size_size,
             decay=self.step_decay,
+            returns_grad=energy_fn is not None,
         )
         start = 0
         for x in instances:

@@ -2,7 +2,10 @@
 import json
 
 import torch
+from detectron2.data import MetadataCatalog
 
+from ebm_refine.data.synthetic_detection import image_rng
+from ebm_refine.detectron2 import get_ebm_cfg
 from ebm_refine.detectron2.benchmark import run_synthetic_benchmark
 
 
@@ -24,3 +27,19 @@ def test_benchmark_trains_both_heads_and_reports_three_columns(synthetic_names, 
     # The baseline started from the detector only, frozen: its checkpoint has no energy head.
     detector = torch.load(tmp_path / "detector_only.pth")["model"]
     assert detector and not any(".energy_head." in k for k in detector)
+
+
+def test_held_out_tuning_split_is_registered_apart_from_val():
+    tune, val = MetadataCatalog.get("ebm_synthetic_tune"), MetadataCatalog.get("ebm_synthetic_val")
+    assert tune.json_file.endswith("instances_tune.json") and tune.json_file != val.json_file
+    assert tune.evaluator_type == "coco" and tune.thing_classes == val.thing_classes
+    # Every image draws from a stream seeded by the split's name too: image i of "tune" is not image i of "val".
+    assert image_rng(0, "tune", 0).random() != image_rng(0, "val", 0).random()
+
+
+def test_fast_configs_change_only_the_number_of_refinement_steps():
+    for base in ("Synthetic/ebm_compact_fpn_synthetic", "COCO-Detection/ebm_faster_rcnn_R_50_FPN_1x"):
+        full, fast = get_ebm_cfg(base + ".yaml"), get_ebm_cfg(base + "_fast.yaml")
+        assert full.MODEL.EBM.REFINE.NUM_STEPS == 10 and fast.MODEL.EBM.REFINE.NUM_STEPS == 6
+        fast.MODEL.EBM.REFINE.NUM_STEPS, fast.OUTPUT_DIR = 10, full.OUTPUT_DIR
+        assert fast == full
