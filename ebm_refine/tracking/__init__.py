@@ -1,4 +1,4 @@
-"""Single-object tracking: datasets, evaluation and (in a later step) the EBM-refined ATOM-style tracker.
+"""Single-object tracking: the EBM-refined ATOM-style tracker, its training, datasets and evaluation.
 
 Sub-packages
 ------------
@@ -7,6 +7,9 @@ datasets     one :class:`~ebm_refine.tracking.datasets.Sequence` type and loader
              name -> loader registry.
 evaluation   a resumable, parallel runner for trackers with pytracking's API, the three scoring protocols
              (``pytracking``, ``otb``, ``trackingnet``), reports/plots and the TrackingNet submission packer.
+tracker      ``EBMAtomTracker`` (online classifier + box estimation by EBM / IoU-Net / none), parameter files.
+models       the backbone, the box estimator (energy network) and the network file format.
+train        pytracking-ltr-style training of the box estimator (pairs, sources, trainer).
 
 This module deliberately imports nothing heavy: import the sub-packages you need.
 """

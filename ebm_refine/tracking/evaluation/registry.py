@@ -157,11 +157,11 @@ for _algo, _what in (("csrt", "CSRT (discriminative correlation filter, channel 
     register_tracker(_algo, f"{_BASELINES}:OpenCVContribTracker", {"default": {"algorithm": _algo}},
                      description=f"baseline: OpenCV-contrib's {_what}; needs opencv-contrib-python-headless",
                      requires=f"{_BASELINES}:require_opencv_contrib")
-# The EBM tracker (issue 5): parameter sets are the YAML files configs/tracking/{ebm,ebm_fast,iounet,norefine}.yaml.
+# The EBM tracker: parameter sets are the shipped parameter files (configs/tracking/<name>.yaml).
 register_tracker(
     "ebm_atom", "ebm_refine.tracking.tracker.ebm_atom:EBMAtomTracker",
-    {"default": {"params": "ebm"}, "ebm": {"params": "ebm"}, "ebm_fast": {"params": "ebm_fast"},
-     "iounet": {"params": "iounet"}, "norefine": {"params": "norefine"}},
+    {"default": {"params": "ebm"}, **{name: {"params": name} for name in
+                                      ("ebm", "ebm_fast", "ebm_pytracking", "iounet", "norefine")}},
     description="ATOM-style tracker, box refinement by an EBM (ebm), IoU-Net (iounet) or none (norefine); "
                 "ebm_atom/<path.yaml> for another parameter file",
     param_resolver="ebm_refine.tracking.tracker.params:tracker_param_set")
