@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import collections
 import glob
-import math
 import os
 import re
 import sys
@@ -117,15 +116,12 @@ def open_source(args: argparse.Namespace, warn: Warnings) -> FrameSource:
     """The frames ``--video-input``, ``--input`` or ``--webcam`` name, checked to be large enough to draw on."""
     if args.webcam:
         source = open_webcam(args.webcam_index)
-    elif args.video_input or (args.mode == "track" and len(args.input) == 1 and os.path.isfile(args.input[0])
-                              and args.input[0].lower().endswith(VIDEO_EXTENSIONS)):
+    elif args.video_input or (len(args.input) == 1 and args.input[0].lower().endswith(VIDEO_EXTENSIONS)):
         source = open_video(args.video_input or args.input[0])
     else:
-        name = None
-        if args.mode == "track" and len(args.input) == 1 and os.path.isdir(args.input[0]):
-            folder = Path(os.path.abspath(args.input[0]))
-            name = folder.parent.name if folder.name in FRAME_SUBFOLDERS else folder.name
-        # A sequence's frames must not have gaps when a ground truth (one row per frame) goes with them.
+        folder = Path(os.path.abspath(args.input[0]))
+        name = (folder.parent.name if folder.name in FRAME_SUBFOLDERS else folder.name) if folder.is_dir() else None
+        # Tracking reads the frames of one sequence; with a ground truth (a row per frame) they must not skip.
         paths = expand_inputs(args.input, sequence=args.mode == "track", contiguous=bool(args.ground_truth))
         source = open_images(paths, args.fps, warn.truncated, name)
     h, w = source.first.shape[:2]
