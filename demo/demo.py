@@ -20,18 +20,12 @@ Two modes (the first argument, or ``--mode``):
             --ground-truth ../shared/data/tracking/otb/Crossing/groundtruth_rect.txt \\
             --checkpoint checkpoints/tracking/ebm_mobilenet_real/net.pth --output output/demo/crossing.mp4
 
-Outputs are written to a hidden temporary file next to the target and renamed into place only when
-complete, so a failed or interrupted run never leaves a truncated video that looks finished, and never
-replaces a complete earlier output. Ctrl-C ends a webcam recording and keeps what was rendered; on any
-other input it discards the partial render and leaves an existing output as it was (exit status 130).
-Temporary files that a killed run left behind are removed by the next run to the same output; two runs
-cannot write the same output at once.
-
-Bad input (a missing or unreadable video or image, an unsupported codec, an empty folder, frames smaller
-than 16x16 px, an unwritable output, a bad start box, a missing or wrong checkpoint, ``detect`` without
-``MODEL.WEIGHTS``) ends with one line on stderr naming the file or option and what to do, exit status 2;
-``--debug`` shows the traceback. Truncated JPEG frames are drawn as far as their data goes, and a
-non-finite energy is drawn as "n/a": each gives one warning, then a count at the end.
+An output appears only when complete (written to a hidden file, then renamed): a failed run leaves none,
+and Ctrl-C keeps an earlier output as it was (exit status 130), except that it ends a webcam recording
+and keeps it. Bad input (a missing or unreadable file, frames under 16x16 px, an unwritable output, a bad
+start box, a wrong checkpoint, ``detect`` without ``MODEL.WEIGHTS``) ends with one line on stderr, exit
+status 2 (``--debug``: the traceback). Truncated JPEG frames and non-finite energies are drawn (as far as
+the data goes, as "n/a") with one warning each and a count at the end. Details: docs/bad_input.md.
 """
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ truncated video that looks finished, and never replaces a complete earlier outpu
     write_frames(source, out, lambda i, frame: draw(model(frame), frame))
 
 Expected failures are :class:`~ebm_refine.utils.UserError` subclasses naming the file and what to do.
-Listing a folder of images is the job of :func:`ebm_refine.tracking.datasets.io.list_frames`.
+Folders of images are listed by :func:`ebm_refine.tracking.datasets.io.list_frames`.
 """
 from __future__ import annotations
 
@@ -180,11 +180,9 @@ class FrameOutput:
     output; with it held, hidden temporary files of earlier runs can only be leftovers of a run that was
     killed (SIGKILL, a power cut) and are removed.
 
-    Attributes:
-        path: the absolute target path. count: frames written so far.
+    Attributes: ``path``, the absolute target path; ``count``, the frames written so far.
     """
 
-    path: str
     count: int = 0
 
     def __init__(self, path: str, program: Optional[str] = None):
@@ -216,11 +214,11 @@ class FrameOutput:
         raise NotImplementedError
 
     def commit(self) -> str:
-        """Move the complete output into place and release the lock; returns the target path."""
+        """Move the complete output into place, release the lock; returns the target path."""
         raise NotImplementedError
 
     def abort(self) -> None:
-        """Delete what was written and release the lock; an existing target stays as it was."""
+        """Delete what was written, release the lock; an existing target stays as it was."""
         raise NotImplementedError
 
     @contextlib.contextmanager

@@ -392,3 +392,38 @@ def test_truncated_frame_and_non_finite_energy_warn_once(tiny_tracker, tmp_path,
     energy = [w for w in warnings if "energy" in w]
     assert energy[0].startswith("demo.py: warning: frame 2: the box energy is inf") and str(path) in energy[0]
     assert energy[1] == "demo.py: warning: 4 frames with a non-finite energy in all" and len(energy) == 2
+
+
+def test_ground_truth_and_frame_folders_follow_the_dataset_readers(tiny_tracker, tmp_path, capsys, demo_error):
+    """--ground-truth is read by read_box_file and a track folder listed by list_frames: errors name file:line."""
+    frames = _frames_folder(tmp_path / "seq", 4)
+    gt = tmp_path / "gt.txt"
+
+    def track(*extra: str) -> int:
+        capsys.readouterr()
+        return demo.main(["track", "--input", str(frames), "--output", str(tmp_path / "t.mp4"), *extra])
+
+    gt.write_text("20,30,60,60\n21,x,60,60\n")
+    assert track("--ground-truth", str(gt)) == 2
+    demo_error(capsys.readouterr().err, f"{gt}:2: non-numeric value 'x'")
+    gt.write_text("NaN,NaN,NaN,NaN\n20,30,60,60\n")
+    assert track("--ground-truth", str(gt)) == 2
+    demo_error(capsys.readouterr().err, f"{gt}:1: not a box x,y,w,h", "--init-box")
+    gt.write_text("20,30,60,60\n21,30,-60,60\n")
+    assert track("--ground-truth", str(gt)) == 2
+    demo_error(capsys.readouterr().err, f"{gt}:2: box", "negative width or height")
+    # a ground truth has one row per frame: a missing frame would shift it, so it is an error ...
+    (frames / "3.jpg").unlink()                                     # frames 1, 2, 4
+    gt.write_text("20,30,60,60\n21,30,60,60\nNaN,NaN,NaN,NaN\n22,30,60,60\n")
+    assert track("--ground-truth", str(gt)) == 2
+    demo_error(capsys.readouterr().err, str(frames / "3.jpg"), "missing frame")
+    # ... while frames alone may skip numbers; a NaN row (frame 3) is a frame without a box
+    assert track("--init-box", "20,30,60,60", *tiny_tracker) == 0
+    assert video_info(tmp_path / "t.mp4") == (3, 160, 120)
+    cv2.imwrite(str(frames / "3.jpg"), _frame(3))
+    assert track("--ground-truth", str(gt), *tiny_tracker) == 0
+    assert video_info(tmp_path / "t.mp4") == (4, 160, 120)
+    cv2.imwrite(str(frames / "thumb.jpg"), _frame(0))               # a file that is not a frame
+    assert track("--init-box", "20,30,60,60") == 2
+    demo_error(capsys.readouterr().err, str(frames / "thumb.jpg"), "not a frame of the sequence")
+    assert no_partials(tmp_path)
