@@ -17,7 +17,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
+import torch
 
+from ebm_refine.core.boxes import xywh_to_xyxy
 from ebm_refine.utils import BadValueError, UserError
 
 Color = Tuple[int, int, int]  # BGR
@@ -105,11 +107,6 @@ def legend(img: np.ndarray, entries: Sequence[Tuple[str, Color, bool]], extra: S
         y += line_h
 
 
-def xywh_to_xyxy(box: Sequence[float]) -> Tuple[float, float, float, float]:
-    x, y, w, h = (float(v) for v in box)
-    return x, y, x + w, y + h
-
-
 # ----------------------------------------------------------------------------------------- detection
 def class_names(cfg) -> List[str]:
     """``thing_classes`` of the config's test (else train) dataset, when registered."""
@@ -193,6 +190,10 @@ def build_tracker(tracker_params: str, overrides: Dict[str, Any]):
         raise BadValueError(f"--tracker-params {tracker_params!r} / --set: {e}") from None
 
 
+def _xyxy(box_xywh: Sequence[float]) -> List[float]:
+    return xywh_to_xyxy(torch.as_tensor(box_xywh, dtype=torch.float64)).tolist()
+
+
 class TrackingDemo:
     """``(index, frame) -> image``: the tracker started on frame 0 from ``init_box``, its box on every frame.
 
@@ -236,8 +237,8 @@ class TrackingDemo:
         if self.ground_truth is not None:
             entries.append(("ground truth", self.gt_color, True))
             if index < len(self.ground_truth) and np.isfinite(self.ground_truth[index]).all():
-                draw_box(img, xywh_to_xyxy(self.ground_truth[index]), self.gt_color, 1, dashed=True)
-        draw_box(img, xywh_to_xyxy(box), self.track_color, 2)
+                draw_box(img, _xyxy(self.ground_truth[index]), self.gt_color, 1, dashed=True)
+        draw_box(img, _xyxy(box), self.track_color, 2)
         label(img, info, (int(box[0]), int(box[1]) - 2), self.track_color)
         legend(img, entries, [f"frame {index + 1}  {info}"])
         return img
