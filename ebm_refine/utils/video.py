@@ -400,5 +400,6 @@ def write_frames(source: FrameSource, out: FrameOutput, render: Callable[[int, n
     except BaseException:
         out.abort()
         raise
-    out.commit()
+    with out.abort_on_error():  # a failed rename must not leave the temporary file and the lock behind
+        out.commit()
     return n
