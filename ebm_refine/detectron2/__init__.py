@@ -23,6 +23,7 @@ from .evaluation import RefinementCOCOEvaluator, format_refinement_table
 from .meta_arch import EBMRCNN, freeze_detector
 from .mobilenet import MobileNetV2Trunk, build_mobilenet_v2_fpn_backbone
 from .postprocessing import ebm_detector_postprocess
+from .predictor import EBMPredictor
 from .refiner import EBMBoxRefiner, EnergyROIHeads
 from .roi_heads import EBMROIHeads
 
@@ -52,6 +53,7 @@ __all__ = [
     "RefinementCOCOEvaluator",
     "format_refinement_table",
     "EBMCheckpointer",
+    "EBMPredictor",
     "CheckpointError",
     "CheckedDatasetMapper",
     "check_annotations",

@@ -5,7 +5,7 @@ Nothing here imports Detectron2; everything is usable from the core, the plugin,
 """
 from .errors import BadValueError, MissingFileError, UnknownNameError, UserError
 from .fileio import atomic_save_torch, atomic_write_bytes, atomic_write_text, atomic_writer, check_writable, file_lock
-from .images import ImageDecodeError, read_image
+from .images import IMAGE_EXTENSIONS, ImageDecodeError, read_image
 from .resources import data_root, resource_path, shared_data_dir
 
 __all__ = [
@@ -19,6 +19,7 @@ __all__ = [
     "atomic_save_torch",
     "file_lock",
     "check_writable",
+    "IMAGE_EXTENSIONS",
     "ImageDecodeError",
     "read_image",
     "data_root",

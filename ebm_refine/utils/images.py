@@ -15,7 +15,11 @@ import numpy as np
 
 from .errors import BadValueError, MissingFileError
 
-__all__ = ["ImageDecodeError", "jpeg_is_truncated", "read_image"]
+__all__ = ["IMAGE_EXTENSIONS", "ImageDecodeError", "jpeg_is_truncated", "read_image"]
+
+# File extensions (lower case) of the image formats :func:`read_image` decodes with every OpenCV build;
+# frame folders and image inputs are listed by them.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 _JPEG_START = b"\xff\xd8"
 _JPEG_SOS = b"\xff\xda"   # start of scan: entropy-coded data follows

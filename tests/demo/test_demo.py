@@ -45,6 +45,7 @@ def _load_demo():
 
 
 demo = _load_demo()
+import predictor  # noqa: E402  (demo/predictor.py, on sys.path once demo.py is loaded, as in Detectron2's demo)
 
 
 def _flatten(d: dict, prefix: str = "") -> List[str]:
@@ -147,11 +148,13 @@ def test_detect_images_to_mp4_and_folder(data, tmp_path):
 def test_detect_predictor_outputs(data):
     """The predictor returns refined and unrefined boxes, scores, classes and energies."""
     cfg = demo.load_detection_cfg(str(REPO / CONFIG), [*TINY_DET_OPTS, "MODEL.WEIGHTS", str(data["weights"])], 0.0)
-    inst = demo.EBMPredictor(cfg)(_frame(0))
+    from ebm_refine.detectron2 import EBMPredictor
+
+    inst = EBMPredictor(cfg)(_frame(0))
     assert len(inst) > 0
     for field in ("pred_boxes", "pred_boxes_unrefined", "scores", "pred_classes", "pred_energies"):
         assert inst.has(field), field
-    drawn = demo.draw_detections(_frame(0), inst, demo.class_names(cfg), 0.0)
+    drawn = predictor.draw_detections(_frame(0), inst, predictor.class_names(cfg), 0.0)
     assert drawn.shape == (120, 160, 3) and not np.array_equal(drawn, _frame(0))
 
 
@@ -200,7 +203,7 @@ def test_track_generated_frames_numeric_order(tiny_tracker, tmp_path):
     frames.mkdir()
     for i in range(1, 13):
         cv2.imwrite(str(frames / f"{i}.png"), _frame(i % 6))
-    assert [Path(p).name for p in demo.list_images(str(frames))][:3] == ["1.png", "2.png", "3.png"]
+    assert [Path(p).name for p in demo.expand_inputs([str(frames)], sequence=True)][:3] == ["1.png", "2.png", "3.png"]
     out = tmp_path / "track.mp4"
     rc = demo.main(["track", "--input", str(frames), "--init-box", "20,30,60,60", "--max-frames", "4",
                     "--output", str(out), *tiny_tracker])
@@ -278,7 +281,7 @@ def test_ctrl_c_keeps_a_complete_earlier_output(data, tmp_path, monkeypatch, cap
     assert demo.main(["detect", "--input", str(frames), "--output", str(out), *det_args(data)]) == 0
     before = out.read_bytes()
     assert video_info(out)[0] == 6
-    real_draw, calls = demo.draw_detections, []
+    real_draw, calls = predictor.draw_detections, []
 
     def interrupted_on_third_frame(*args, **kwargs):
         calls.append(1)
@@ -286,7 +289,7 @@ def test_ctrl_c_keeps_a_complete_earlier_output(data, tmp_path, monkeypatch, cap
             raise KeyboardInterrupt
         return real_draw(*args, **kwargs)
 
-    monkeypatch.setattr(demo, "draw_detections", interrupted_on_third_frame)
+    monkeypatch.setattr(predictor, "draw_detections", interrupted_on_third_frame)
     capsys.readouterr()
     assert demo.main(["detect", "--input", str(frames), "--output", str(out), *det_args(data)]) == 130
     err = capsys.readouterr().err.strip().splitlines()[-1]
@@ -389,3 +392,38 @@ def test_truncated_frame_and_non_finite_energy_warn_once(tiny_tracker, tmp_path,
     energy = [w for w in warnings if "energy" in w]
     assert energy[0].startswith("demo.py: warning: frame 2: the box energy is inf") and str(path) in energy[0]
     assert energy[1] == "demo.py: warning: 4 frames with a non-finite energy in all" and len(energy) == 2
+
+
+def test_ground_truth_and_frame_folders_follow_the_dataset_readers(tiny_tracker, tmp_path, capsys, demo_error):
+    """--ground-truth is read by read_box_file and a track folder listed by list_frames: errors name file:line."""
+    frames = _frames_folder(tmp_path / "seq", 4)
+    gt = tmp_path / "gt.txt"
+
+    def track(*extra: str) -> int:
+        capsys.readouterr()
+        return demo.main(["track", "--input", str(frames), "--output", str(tmp_path / "t.mp4"), *extra])
+
+    gt.write_text("20,30,60,60\n21,x,60,60\n")
+    assert track("--ground-truth", str(gt)) == 2
+    demo_error(capsys.readouterr().err, f"{gt}:2: non-numeric value 'x'")
+    gt.write_text("NaN,NaN,NaN,NaN\n20,30,60,60\n")
+    assert track("--ground-truth", str(gt)) == 2
+    demo_error(capsys.readouterr().err, f"{gt}:1: not a box x,y,w,h", "--init-box")
+    gt.write_text("20,30,60,60\n21,30,-60,60\n")
+    assert track("--ground-truth", str(gt)) == 2
+    demo_error(capsys.readouterr().err, f"{gt}:2: box", "negative width or height")
+    # a ground truth has one row per frame: a missing frame would shift it, so it is an error ...
+    (frames / "3.jpg").unlink()                                     # frames 1, 2, 4
+    gt.write_text("20,30,60,60\n21,30,60,60\nNaN,NaN,NaN,NaN\n22,30,60,60\n")
+    assert track("--ground-truth", str(gt)) == 2
+    demo_error(capsys.readouterr().err, str(frames / "3.jpg"), "missing frame")
+    # ... while frames alone may skip numbers; a NaN row (frame 3) is a frame without a box
+    assert track("--init-box", "20,30,60,60", *tiny_tracker) == 0
+    assert video_info(tmp_path / "t.mp4") == (3, 160, 120)
+    cv2.imwrite(str(frames / "3.jpg"), _frame(3))
+    assert track("--ground-truth", str(gt), *tiny_tracker) == 0
+    assert video_info(tmp_path / "t.mp4") == (4, 160, 120)
+    cv2.imwrite(str(frames / "thumb.jpg"), _frame(0))               # a file that is not a frame
+    assert track("--init-box", "20,30,60,60") == 2
+    demo_error(capsys.readouterr().err, str(frames / "thumb.jpg"), "not a frame of the sequence")
+    assert no_partials(tmp_path)

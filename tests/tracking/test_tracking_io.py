@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from ebm_refine.tracking.datasets.io import (AnnotationError, list_frames, polygon_to_xywh, read_box_file,
-                                             read_flag_file)
+from ebm_refine.tracking.datasets.io import (AnnotationError, DatasetError, list_frames, natural_key,
+                                             polygon_to_xywh, read_box_file, read_flag_file)
 from tracking_helpers import touch_frames
 
 
@@ -96,3 +96,21 @@ def test_preserve_area_matches_got10k_corner2rect_up_to_its_one_pixel(tracking_d
     # got10k adds one pixel to w and h around the same centre
     np.testing.assert_allclose(ours[:, 2:] + 1, ref[:, 2:], atol=1e-9)
     np.testing.assert_allclose(ours[:, :2] + ours[:, 2:] / 2, ref[:, :2] + ref[:, 2:] / 2, atol=1e-9)
+
+
+def test_list_frames_of_any_names_in_natural_order(tmp_path):
+    """numbered=False (a folder of photos): any image name, digit runs compared as numbers, no gap checks."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in ["img10.jpg", "img2.jpg", "cat.png", "IMG1.tif", "notes.txt", ".hidden.jpg"]:
+        (folder / name).write_bytes(b"")
+    names = [p.rsplit("/", 1)[-1] for p in list_frames(str(folder), numbered=False)]
+    assert names == ["cat.png", "IMG1.tif", "img2.jpg", "img10.jpg"]
+    with pytest.raises(DatasetError, match="cat.png: not a frame of the sequence"):
+        list_frames(str(folder))
+    assert natural_key("a/b/Frame12_x3.jpg") == ["frame", 12, "_x", 3, ".jpg"]
+    with pytest.raises(ValueError, match="frame_range"):
+        list_frames(str(folder), numbered=False, frame_range=(1, 2))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="empty: no images"):
+        list_frames(str(tmp_path / "empty"), numbered=False)

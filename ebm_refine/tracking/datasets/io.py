@@ -10,15 +10,14 @@ from __future__ import annotations
 import logging
 import os
 import re
-from typing import Dict, Iterable, List, Optional, Sequence as _Seq, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence as _Seq, Tuple, Union
 
 import numpy as np
 
 from ...utils import BadValueError, MissingFileError
+from ...utils.images import IMAGE_EXTENSIONS
 
 logger = logging.getLogger(__name__)
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 
 # OTB mixes commas, tabs and spaces between files (Crossing uses tabs, DragonBaby commas); any run of
 # them is one separator.
@@ -142,8 +141,14 @@ def frame_number(filename: str) -> int:
     return int(found[-1])
 
 
+def natural_key(path: str) -> List[Union[int, str]]:
+    """Sort key of a file name that compares its digit runs as numbers: ``img2.jpg`` before ``img10.jpg``
+    (frame and photo folders are often not zero-padded). Only the base name counts, case-insensitively."""
+    return [int(t) if t.isdigit() else t.lower() for t in _DIGITS.split(os.path.basename(path))]
+
+
 def list_frames(folder: str, extensions: Iterable[str] = IMAGE_EXTENSIONS, contiguous: bool = True,
-                frame_range: Optional[Tuple[int, int]] = None) -> List[str]:
+                frame_range: Optional[Tuple[int, int]] = None, numbered: bool = True) -> List[str]:
     """List the image files of ``folder`` sorted by frame number (so ``10.jpg`` follows ``9.jpg``).
 
     Args:
@@ -152,6 +157,9 @@ def list_frames(folder: str, extensions: Iterable[str] = IMAGE_EXTENSIONS, conti
         contiguous: require consecutive frame numbers; a gap raises an error naming the missing file.
         frame_range: optional inclusive ``(first, last)`` frame numbers to keep (OTB's David starts at
             300); every number in it must be present.
+        numbered: the files are the frames of a sequence: each name carries a frame number, no number
+            twice. False lists any image (a folder of photos) in :func:`natural_key` order and ignores
+            ``contiguous``; ``frame_range`` needs numbered frames.
 
     Raises:
         MissingFileError naming the folder or the first missing frame; DatasetError naming an image
@@ -162,7 +170,12 @@ def list_frames(folder: str, extensions: Iterable[str] = IMAGE_EXTENSIONS, conti
     exts = tuple(e.lower() for e in extensions)
     names = [n for n in os.listdir(folder) if n.lower().endswith(exts) and not n.startswith(".")]
     if not names:
-        raise MissingFileError(f"{folder}: no frames ({', '.join(exts)}); check the dataset root and layout")
+        raise MissingFileError(f"{folder}: no images ({', '.join(exts)}); check the path, or the dataset root "
+                               "and layout")
+    if not numbered:
+        if frame_range is not None:
+            raise ValueError("list_frames: frame_range needs numbered=True")
+        return [os.path.join(folder, n) for n in sorted(names, key=natural_key)]
     numbered = sorted((frame_number(os.path.join(folder, n)), n) for n in names)
     seen: Dict[int, str] = {}
     for k, n in numbered:
