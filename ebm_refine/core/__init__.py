@@ -9,6 +9,7 @@ separable_pool  the same RoI Align as two matrix products with a written-out bac
 pyramid_pool    the same RoI Align for many boxes on a feature pyramid, prepared once, written-out box gradient
 refine     batched gradient ascent with per-element backtracking (Algorithm S1)
 regressor  a generic EBM regressor for any target dimension
+robust     DeepGUM: Gaussian-uniform mixture on residuals, EM, r-weighted losses
 """
 from .boxes import (
     box_area,
@@ -35,6 +36,7 @@ from .objectives import EBM_METHODS, SamplingOptions, ebm_loss, sampling_options
 from .proposal import BoxProposal, BoxSamples, GaussianMixtureProposal
 from .refine import BoxRefinementResult, RefinementResult, gradient_ascent, refine_boxes
 from .regressor import EBMRegressor, mlp
+from .robust import DeepGUM, GUMState, fit_gum, gum_responsibilities, weighted_mean
 from .roi_pool import MultiLevelBoxPooler, assign_boxes_to_levels, box_roi_align, boxes_to_rois
 from .pyramid_pool import PyramidRoIAlign
 from .separable_pool import roi_align_axis_weights, separable_box_roi_align
