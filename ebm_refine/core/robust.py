@@ -72,8 +72,10 @@ def gum_log_densities(residuals: Tensor, state: GUMState) -> tuple[Tensor, Tenso
         ((N,) log rho N(e_n; 0, Sigma), (N,) log (1 - rho) U(e_n)).
     """
     e = _as_2d(residuals).to(torch.float64)
-    cov = state.cov.to(e)
     d = e.shape[1]
+    if state.dim != d:
+        raise ValueError(f"residuals have dimension {d} but the mixture was fitted in dimension {state.dim}")
+    cov = state.cov.to(e)
     chol = torch.linalg.cholesky(cov)
     z = torch.linalg.solve_triangular(chol, e.T, upper=False)  # (D, N)
     log_det = 2.0 * torch.log(torch.diagonal(chol)).sum()
@@ -159,9 +161,16 @@ def weighted_mean(per_sample: Tensor, weights: Optional[Tensor], valid: Optional
     loop reduces exactly to the unweighted one when every sample is an inlier. Weights are constants
     (detached): EM, not SGD, sets them. Zero total weight gives an exact zero with a graph.
     """
+    if per_sample.dim() != 1:
+        raise ValueError(f"per_sample losses must be (N,), got {tuple(per_sample.shape)}")
+    for name, t in (("weights", weights), ("valid", valid)):
+        if t is not None and t.shape != per_sample.shape:
+            raise ValueError(f"{name} must have the per-sample losses' shape {tuple(per_sample.shape)}, "
+                             f"got {tuple(t.shape)}")
     if valid is None:
         valid = torch.ones_like(per_sample, dtype=torch.bool)
     w = torch.ones_like(per_sample) if weights is None else weights.detach().to(per_sample)
+    valid = valid.bool()
     w = torch.where(valid, w, torch.zeros_like(w))
     masked = torch.where(valid, per_sample, torch.zeros_like(per_sample))
     return (w * masked).sum() / w.sum().clamp(min=1e-12)
