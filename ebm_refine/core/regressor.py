@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from .objectives import ebm_loss, sampling_options
 from .proposal import GaussianMixtureProposal
 from .refine import RefinementResult, gradient_ascent
+from .robust import weighted_mean
 
 __all__ = ["mlp", "EBMRegressor"]
 
@@ -69,6 +70,7 @@ class EBMRegressor(nn.Module):
         beta: Optional[float] = None,
         label_sigma: Optional[float] = None,
         generator: Optional[torch.Generator] = None,
+        sample_weights: Optional[Tensor] = None,
     ) -> Tensor:
         """Loss of ``method`` (ml_is, kld_is, nce, nce_plus) for a batch.
 
@@ -77,9 +79,14 @@ class EBMRegressor(nn.Module):
             y_true: (B, D) targets; rows with non-finite values are ignored (masked).
             proposal: mixture around each target (D must match).
             num_samples: M noise samples per target.
+            sample_weights: optional (B,) weights of the targets' losses, e.g. DeepGUM's inlier
+                responsibilities r_n (:mod:`.robust`); the loss is then sum r_n L_n / sum r_n over the
+                valid targets. None (or all ones) gives the plain mean. Treated as constants.
         Returns:
             scalar loss.
         """
+        if sample_weights is not None and sample_weights.shape != y_true.shape[:1]:
+            raise ValueError(f"sample_weights must be ({y_true.shape[0]},), got {tuple(sample_weights.shape)}")
         valid = torch.isfinite(y_true).all(dim=1)
         centers = torch.where(valid[:, None], y_true, torch.zeros_like(y_true))
         opts = sampling_options(method, beta)
@@ -87,9 +94,50 @@ class EBMRegressor(nn.Module):
             centers, num_samples, include_center=opts.include_center, beta=opts.beta, generator=generator
         )
         scores = self.score(self.x_encoder(x), samples)
-        return ebm_loss(
-            method, scores, log_q, offsets=samples - centers[:, None, :], label_sigma=label_sigma, valid=valid
+        offsets = samples - centers[:, None, :]
+        if sample_weights is None:
+            return ebm_loss(method, scores, log_q, offsets=offsets, label_sigma=label_sigma, valid=valid)
+        per_target = ebm_loss(
+            method, scores, log_q, offsets=offsets, label_sigma=label_sigma, valid=valid, reduction="none"
         )
+        return weighted_mean(per_target, sample_weights, valid)
+
+    @torch.no_grad()
+    def mode_on_grid(self, x: Tensor, y_grid: Tensor, chunk: int = 256) -> Tensor:
+        """The best grid point per input, argmax_g f(x, y_g): a direct guess to refine.
+
+        Args:
+            x: (B, ...) inputs.
+            y_grid: (G, D) candidate targets (e.g. a grid over the targets' range).
+            chunk: inputs per forward pass (bounds memory at chunk * G evaluations).
+        Returns:
+            (B, D) the highest-scoring grid point of each input.
+        """
+        out = []
+        for xc in torch.split(x, chunk):
+            f = self.score(self.x_encoder(xc), y_grid[None].expand(xc.shape[0], -1, -1))
+            out.append(y_grid[f.argmax(dim=1)])
+        return torch.cat(out) if out else y_grid.new_zeros(0, y_grid.shape[1])
+
+    @torch.no_grad()
+    def residuals(
+        self,
+        x: Tensor,
+        y_true: Tensor,
+        y_init: Tensor,
+        *,
+        step_size: Union[float, Sequence[float]] = 0.01,
+        num_steps: int = 10,
+        decay: float = 0.5,
+    ) -> Tensor:
+        """DeepGUM residuals e = prediction after refinement - annotation, (B, D).
+
+        The prediction is what the model outputs at test time: ``y_init`` (a direct regressor's
+        output, the previous estimate, or :meth:`mode_on_grid`) refined by :meth:`predict`. It is not
+        refined from the annotation itself: in a region without data f is flat, so ascent started at a
+        wrong annotation would barely move and call it an inlier.
+        """
+        return self.predict(x, y_init, step_size=step_size, num_steps=num_steps, decay=decay).values - y_true
 
     @torch.no_grad()
     def predict(

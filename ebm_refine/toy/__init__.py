@@ -1,4 +1,5 @@
-"""The paper's 1-D toy regression benchmark: problems with exact densities, training, KL evaluation."""
+"""The paper's 1-D toy regression benchmark: problems with exact densities, training, KL evaluation, and the
+annotation-outlier experiment (plain vs DeepGUM training)."""
 from .benchmark import (
     METHODS,
     BenchmarkConfig,
@@ -15,6 +16,14 @@ from .benchmark import (
     train_ebm,
     train_gaussian,
     with_overrides,
+)
+from .outliers import (
+    OUTLIER_KINDS,
+    OutlierConfig,
+    inject_outliers,
+    quick_outlier_config,
+    run_outlier_benchmark,
+    run_outlier_single,
 )
 from .problems import PROBLEMS, BimodalLogNormalProblem, HeteroscedasticSineProblem, ToyProblem, get_problem
 

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..core import EBMRegressor, GaussianMixtureProposal, mlp
+from ..core import EBMRegressor, GaussianMixtureProposal, mlp, weighted_mean
 from .problems import ToyProblem, get_problem
 
 __all__ = [
@@ -108,10 +108,17 @@ class GaussianRegressor(nn.Module):
         out = self.net(x)
         return out[:, 0], out[:, 1]
 
-    def nll(self, x: Tensor, y: Tensor) -> Tensor:
-        """Mean Gaussian negative log-likelihood (nats, constant dropped) of targets y (B,)."""
+    def nll(self, x: Tensor, y: Tensor, sample_weights: Optional[Tensor] = None) -> Tensor:
+        """Gaussian negative log-likelihood (nats, constant dropped) of targets y (B,), averaged.
+
+        ``sample_weights`` (B,), e.g. DeepGUM's inlier responsibilities, turn the mean into the
+        weighted mean sum w_n l_n / sum w_n (constants; None: the plain mean).
+        """
         mean, log_var = self(x)
-        return 0.5 * (log_var + (y - mean) ** 2 * torch.exp(-log_var)).mean()
+        per_sample = 0.5 * (log_var + (y - mean) ** 2 * torch.exp(-log_var))
+        if sample_weights is None:
+            return per_sample.mean()
+        return weighted_mean(per_sample, sample_weights)
 
     @torch.no_grad()
     def log_density_on_grid(self, x: Tensor, y_grid: Tensor) -> Tensor:
