@@ -54,7 +54,7 @@ from ..utils import BadValueError
 from ..utils.fileio import file_lock
 from .clutter import CocoObjectSource, draw_distractors, render_background
 from .rle import encode_rle, mask_to_box
-from .shapes import SHAPE_NAMES, ShapeSpec, polygon_bounds, rasterize, render_fill, sample_shape
+from .shapes import SHAPE_NAMES, ShapeGeometry, polygon_bounds, rasterize, render_fill, sample_shape
 
 __all__ = [
     "CLASS_NAMES",
@@ -177,7 +177,7 @@ def _boxes_touch(a: Tuple[float, ...], b: Tuple[float, ...], margin: float) -> b
 
 
 def _place(
-    rng: np.random.Generator, cfg: SyntheticDetectionConfig, spec: ShapeSpec,
+    rng: np.random.Generator, cfg: SyntheticDetectionConfig, spec: ShapeGeometry,
     placed: List[Tuple[float, float, float, float]], owner: np.ndarray, full_areas: List[int],
 ) -> Optional[Tuple[np.ndarray, int, int, Tuple[float, float, float, float]]]:
     """Find a position for ``spec``; returns (patch, x0, y0, float box) or None if none was found."""

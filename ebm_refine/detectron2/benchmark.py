@@ -17,7 +17,7 @@ from typing import Dict, Optional, Sequence
 import torch
 
 from ..utils.fileio import atomic_save_torch, atomic_write_text
-from .configs import get_ebm_cfg
+from .model_zoo import get_ebm_cfg
 from .engine import EBMTrainer
 from .evaluation import format_refinement_table
 from .meta_arch import ENERGY_HEAD_PREFIX

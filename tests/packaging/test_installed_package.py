@@ -19,7 +19,7 @@ CHECK = textwrap.dedent("""
     assert data_root() == Path(ebm_refine.__file__).parent, data_root()
 
     from ebm_refine.detectron2 import get_ebm_cfg
-    from ebm_refine.detectron2.configs import list_ebm_configs
+    from ebm_refine.detectron2.model_zoo import list_ebm_configs
     configs = list_ebm_configs()
     for name in configs:
         get_ebm_cfg(name)

@@ -7,7 +7,7 @@ measured per frame (first frame's ``initialize`` excluded), and ``time_refine`` 
 reports for everything box estimation adds to a frame: the estimator's test maps (on a window around the
 initial boxes), candidate generation, gradient-ascent refinement and top-k averaging.
 
-    python tools/benchmark_tracker.py --params ebm ebm_fast iounet norefine --frames 100 --json bench.json
+    python tools/bench_tracker.py --params ebm ebm_fast iounet norefine --frames 100 --json bench.json
 
 ``--params`` takes parameter-set names or YAML paths (e.g. a file with ``_base_: ebm.yaml`` and another
 ``checkpoint``).
