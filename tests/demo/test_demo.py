@@ -29,7 +29,7 @@ from tracker_helpers import TINY_NET, TINY_TRACKER  # noqa: E402
 # The tiny detector of tests/detectron2 (128 px, narrow heads) as --opts for the demo's config file.
 TINY_DET_OPTS = [
     "INPUT.MIN_SIZE_TEST", "128", "INPUT.MAX_SIZE_TEST", "128",
-    "MODEL.EBM_BACKBONE.WIDTHS", "[16, 16, 32, 32]", "MODEL.FPN.OUT_CHANNELS", "32",
+    "MODEL.COMPACT_RESNET.WIDTHS", "[16, 16, 32, 32]", "MODEL.FPN.OUT_CHANNELS", "32",
     "MODEL.ROI_BOX_HEAD.FC_DIM", "64", "MODEL.EBM.HEAD.FC_DIM", "64", "MODEL.EBM.NUM_SAMPLES", "16",
     "MODEL.RPN.POST_NMS_TOPK_TEST", "50", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0",
 ]
