@@ -12,7 +12,7 @@ validation part of ``../shared/data/tracking_train``; never the evaluation seque
   collapsed frames whether f prefers the collapsed box to the true one.
 
     python tools/probe_box_refinement.py --params ebm --pairs 200 --json probe.json
-    python tools/probe_box_refinement.py --params iounet --set box_refinement.step_size=[1e-2,5e-2] --probe pairs
+    python tools/probe_box_refinement.py --params iounet --set box_refinement.step_size_center=1e-2 box_refinement.step_size_size=5e-2 --probe pairs
 """
 from __future__ import annotations
 

@@ -75,7 +75,7 @@ def test_estimator_scores_and_box_gradients():
     assert torch.allclose(alone[0, 0], s[1, 1], atol=1e-5)
 
 
-@pytest.mark.parametrize("method", ["ml_is", "iou", "nce", "kld_is"])
+@pytest.mark.parametrize("method", ["ml_is", "iou_confidence", "nce", "kld_is"])
 def test_losses_train_only_the_estimator(method):
     net = TrackerNet(dict(TINY_NET, loss={"method": method, "sigmas": [0.05, 0.5], "num_samples": 8,
                                           "label_sigma": 0.05}))
@@ -118,6 +118,19 @@ def test_save_and_load_net(tmp_path, tiny_net):
     assert torch.allclose(a, b)
     with pytest.raises(FileNotFoundError, match="train_tracker"):
         load_net(str(tmp_path / "nope.pth"))
+
+
+def test_network_files_with_pre_rename_loss_names_still_load(tmp_path, tiny_net):
+    """Files written before issue 17 store loss "beta" and method "iou"; they load with today's names."""
+    path = str(tmp_path / "old.pth")
+    save_net(path, tiny_net)
+    state = torch.load(path, weights_only=False)
+    loss = state["config"]["loss"]
+    loss["method"], loss["beta"] = "iou", 0.2
+    del loss["nce_beta"]
+    torch.save(state, path)
+    cfg = load_net(path).config["loss"]
+    assert cfg["method"] == "iou_confidence" and cfg["nce_beta"] == 0.2 and "beta" not in cfg
 
 
 def _trained_like_estimator():

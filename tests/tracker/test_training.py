@@ -152,6 +152,19 @@ def test_config_keys_are_strict():
             check_train_config(cfg)
 
 
+def test_renamed_training_keys_name_their_new_name():
+    from ebm_refine.tracking.train import check_train_config
+    from ebm_refine.utils import UserError
+
+    cfg = _cfg(2)
+    cfg["net"] = {"loss": {"method": "nce_plus", "beta": 0.1}}
+    with pytest.raises(UserError, match=r"^training config key 'net.loss.beta' was renamed 'net.loss.nce_beta'; "):
+        check_train_config(cfg)
+    cfg["net"] = {"loss": {"method": "iou"}}
+    with pytest.raises(UserError, match=r"^net.loss.method 'iou' was renamed 'iou_confidence'; use the new name$"):
+        check_train_config(cfg)
+
+
 @pytest.mark.slow
 def test_script_errors_are_one_line(tmp_path):
     # An unknown --set key (it used to run the full schedule), then a missing data root.

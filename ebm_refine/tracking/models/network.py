@@ -33,13 +33,19 @@ NET_FORMAT = "ebm_refine.tracker_net/1"
 _UNREADABLE = (EOFError, RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, AttributeError,
                ImportError, IndexError, KeyError, TypeError, UnicodeDecodeError)
 
-LOSS_METHODS = EBM_METHODS + ("iou",)
+# The loss names of ebm_refine.core.losses.LOSS_NAMES and MODEL.EBM.LOSS: the EBM methods and IoU-Net's
+# IoU-prediction loss ("iou_confidence"; the tracker reads such a network with box_refinement.mode "iounet").
+LOSS_METHODS = EBM_METHODS + ("iou_confidence",)
+# Loss-method values renamed in issue 17 (old -> new): an error naming the new value in a training config,
+# converted on load in network files written before the rename (see _upgrade_stored_config).
+RENAMED_LOSS_METHODS = {"iou": "iou_confidence"}
 
 DEFAULT_NET_CONFIG: Dict[str, Any] = {
     "backbone": {"name": "resnet18", "weights": None, "frozen": True},
     "estimator": {"pred_dims": [256, 256], "inter_dims": [256, 256], "ref_pool": [3, 1], "test_pool": [5, 3]},
-    # Training objective of the box estimator: an EBM method ("ml_is", ...) or "iou" (IoU-Net baseline).
-    "loss": {"method": "ml_is", "sigmas": [0.05, 0.5], "num_samples": 128, "label_sigma": 0.05, "beta": None},
+    # Training objective of the box estimator: an EBM method ("ml_is", ...) or "iou_confidence" (IoU-Net
+    # baseline). nce_beta: NCE+'s beta (MODEL.EBM.NCE_BETA; null = the core's default).
+    "loss": {"method": "ml_is", "sigmas": [0.05, 0.5], "num_samples": 128, "label_sigma": 0.05, "nce_beta": None},
 }
 
 
@@ -70,12 +76,15 @@ class TrackerNet(nn.Module):
             ref_pool=est["ref_pool"], test_pool=est["test_pool"],
             strides=(self.backbone.strides["layer2"], self.backbone.strides["layer3"]))
         method = self.config["loss"]["method"]
+        if method in RENAMED_LOSS_METHODS:
+            raise UserError(f"net.loss.method {method!r} was renamed {RENAMED_LOSS_METHODS[method]!r}; "
+                            f"use the new name")
         if method not in LOSS_METHODS:
             raise ValueError(f"unknown loss method {method!r}; expected one of {LOSS_METHODS}")
 
     @property
     def method(self) -> str:
-        """Training objective of the box estimator ("ml_is", ..., or "iou")."""
+        """Training objective of the box estimator ("ml_is", ..., or "iou_confidence")."""
         return self.config["loss"]["method"]
 
     def extract(self, images: Tensor) -> Dict[str, Tensor]:
@@ -106,16 +115,16 @@ def box_estimation_loss(estimator: EnergyBoxEstimator, ref_feats: Dict[str, Tens
 
     EBM methods draw M samples from the K-component mixture in relative box coordinates (the paper's
     tracking setting: sigmas 0.05 and 0.5, M = 128, plus the ground truth as sample 0 for ML-IS) and use
-    :func:`ebm_refine.core.objectives.ebm_loss`. ``"iou"`` regresses 2 IoU - 1 of the same samples
+    :func:`ebm_refine.core.objectives.ebm_loss`. ``"iou_confidence"`` regresses 2 IoU - 1 of the same samples
     (IoU-Net baseline, :func:`ebm_refine.core.losses.iou_confidence_loss`).
     """
     method = loss_cfg["method"]
     proposal = BoxProposal(loss_cfg["sigmas"])
-    if method == "iou":
+    if method == "iou_confidence":
         samples = proposal.sample(test_boxes, int(loss_cfg["num_samples"]), include_reference=True,
                                   generator=generator)
     else:
-        opts = sampling_options(method, loss_cfg.get("beta"))
+        opts = sampling_options(method, loss_cfg.get("nce_beta"))
         samples = proposal.sample(test_boxes, int(loss_cfg["num_samples"]), include_reference=opts.include_center,
                                   beta=opts.beta, generator=generator)
     # Ground truths that are degenerate (a target cropped to nothing) carry no signal.
@@ -125,7 +134,7 @@ def box_estimation_loss(estimator: EnergyBoxEstimator, ref_feats: Dict[str, Tens
     scores = estimator(ref_feats, torch.where(row_valid[:, None], ref_boxes,
                                               ref_boxes.new_tensor([0.0, 0.0, 16.0, 16.0])), test_feats, safe)
     sample_valid = valid_box_mask(samples.boxes) & row_valid[:, None]
-    if method == "iou":
+    if method == "iou_confidence":
         iou = box_iou_aligned(samples.boxes, test_boxes[:, None, :])
         return iou_confidence_loss(scores, iou, valid=sample_valid)
     return ebm_loss(method, scores, samples.log_q, offsets=samples.rel, label_sigma=loss_cfg.get("label_sigma"),
@@ -199,7 +208,8 @@ def load_net(path: str, map_location: str = "cpu") -> TrackerNet:
     if bad:
         raise UserError(f"{path}: {len(bad)} weight tensor(s) hold NaN or infinity (e.g. {bad[0]}), the result of "
                         f"a diverged training; retrain it or use another network file")
-    cfg = copy.deepcopy(state["config"])
+    stored = _upgrade_stored_config(state["config"])
+    cfg = copy.deepcopy(stored)
     # The stored backbone weights replace whatever the config pointed at (no file lookup, no download).
     cfg["backbone"] = dict(cfg["backbone"], weights=None)
     try:
@@ -209,5 +219,23 @@ def load_net(path: str, map_location: str = "cpu") -> TrackerNet:
     except (RuntimeError, KeyError, ValueError, TypeError) as exc:
         raise UserError(f"{path}: its weights do not fit the network its config describes "
                         f"({' '.join(str(exc).split())[:160]}); {hint}") from None
-    net.config = copy.deepcopy(state["config"])
+    net.config = copy.deepcopy(stored)
     return net.eval()
+
+
+def _upgrade_stored_config(config: Any) -> Any:
+    """A network file's stored config in today's vocabulary.
+
+    Network files keep the config they were trained with, and the shipped ones
+    (``checkpoints/tracking/*/net.pth``) and users' own predate the renames of issue 17 (loss ``beta`` ->
+    ``nce_beta``, method ``iou`` -> ``iou_confidence``). Old files must keep loading, so the old names are
+    converted here, on load only; a training config with an old name is still an error (``RENAMED_KEYS``).
+    """
+    if not isinstance(config, dict) or not isinstance(config.get("loss"), dict):
+        return config
+    loss = dict(config["loss"])
+    if "beta" in loss:
+        beta = loss.pop("beta")
+        loss.setdefault("nce_beta", beta)
+    loss["method"] = RENAMED_LOSS_METHODS.get(loss.get("method"), loss.get("method"))
+    return dict(config, loss=loss)

@@ -76,7 +76,7 @@ def probe_pairs(net: TrackerNet, sequences: _Seq[Sequence], params: Dict[str, An
     Args:
         net: the tracker network (box estimator + backbone), in eval mode.
         sequences: annotated sequences; frame 0 is the reference, a random later valid frame the test.
-        params: tracker parameters (``search_area_scale``, ``image_sample_size``, ``box_refinement``).
+        params: tracker parameters (``search_area_factor``, ``image_sample_size``, ``box_refinement``).
         num_pairs: pairs drawn (sequence uniformly, then a frame), from ``seed``.
         size_errors: search-region size factors (the size of a tracker's previous estimate / true size).
         init_scales: box estimation is started from the true box with its sides times these.
@@ -88,7 +88,7 @@ def probe_pairs(net: TrackerNet, sequences: _Seq[Sequence], params: Dict[str, An
     usable = [(s, v) for s in sequences for v in [_valid_frames(s)] if v.size >= 2 and v[0] == 0]
     if not usable:
         raise ValueError("no sequence has a valid first-frame box and another valid frame")
-    area, sample = float(params["search_area_scale"]), int(params["image_sample_size"])
+    area, sample = float(params["search_area_factor"]), int(params["image_sample_size"])
     cfg = params["box_refinement"]
     gen = torch.Generator(device=next(net.parameters()).device).manual_seed(seed)
     est = net.estimator

@@ -2,7 +2,7 @@
 
 Per frame:
 
-1. crop a square search region around the previous position (``search_area_scale`` x the target's
+1. crop a square search region around the previous position (``search_area_factor`` x the target's
    geometric-mean size), resample it to ``image_sample_size`` and run the backbone once;
 2. the online classifier's score map on ``layer3`` gives the new centre (or says the target is lost,
    or that a distractor makes the answer uncertain);
@@ -96,7 +96,7 @@ class EBMAtomTracker:
 
     # ------------------------------------------------------------------ helpers
     def _crop(self, image: np.ndarray, center: np.ndarray, size: np.ndarray) -> Tuple[np.ndarray, CropTransform]:
-        side = math.sqrt(float(size[0] * size[1])) * float(self.params["search_area_scale"])
+        side = math.sqrt(float(size[0] * size[1])) * float(self.params["search_area_factor"])
         return sample_patch(image, (center[0], center[1]), side, int(self.params["image_sample_size"]))
 
     def _features(self, crops: np.ndarray) -> Dict[str, Tensor]:

@@ -37,14 +37,25 @@ CONFIG_DIR = str(resource_path("configs/tracking"))
 # Parameter keys that hold file paths (resolved as the module docstring says).
 PATH_KEYS = ("checkpoint",)
 
+# Keys renamed for one vocabulary across the core, the Detectron2 plugin and the tracker (issue 17): tracker
+# parameters and training-config keys. An old key is an error naming the new one, not a silent alias (two
+# spellings of one setting would drift apart between files).
+RENAMED_KEYS: Dict[str, str] = {
+    "search_area_scale": "search_area_factor",
+    "box_refinement.step_size": "box_refinement.step_size_center and box_refinement.step_size_size",
+    "box_refinement.step_decay": "box_refinement.decay",
+    "net.loss.beta": "net.loss.nce_beta",
+}
+
 DEFAULT_TRACKER_PARAMS: Dict[str, Any] = {
     "name": "ebm_atom",
     # Network file from tools/train_tracker.py (see the module docstring for how relative paths resolve).
     "checkpoint": None,
     "device": "cpu",
     "seed": 0,
-    # Search region: a square of sqrt(w h) * search_area_scale image pixels, resampled to image_sample_size.
-    "search_area_scale": 5.0,
+    # Search region: a square of sqrt(w h) * search_area_factor image pixels, resampled to image_sample_size
+    # (the same factor as the training crops' data.processing.search_area_factor).
+    "search_area_factor": 5.0,
     "image_sample_size": 288,
     "classifier": {
         "compressed_dim": 64,
@@ -76,10 +87,13 @@ DEFAULT_TRACKER_PARAMS: Dict[str, Any] = {
         "box_jitter_pos": 0.1,  # uniform centre jitter range, fraction of sqrt(w h)
         "box_jitter_size": 0.5,  # uniform log-size jitter range
         "num_steps": 10,
-        "step_size": [2.0e-4, 1.0e-3],  # (centre, log-size) in the relative space of each initial box
-        "step_decay": 0.5,
-        # true: a step that does not increase f is rejected and that box's step size shrinks by step_decay;
-        # false: pytracking's refinement (the paper's tracker, atom_prob_ml: step_decay 1), every step taken.
+        # Step sizes per unit gradient in the relative space of each initial box (centre offsets, log-sizes),
+        # named as in ebm_refine.core.refine_boxes and MODEL.EBM.REFINE.
+        "step_size_center": 2.0e-4,
+        "step_size_size": 1.0e-3,
+        "decay": 0.5,
+        # true: a step that does not increase f is rejected and that box's step size shrinks by decay;
+        # false: pytracking's refinement (the paper's tracker, atom_prob_ml: decay 1), every step taken.
         "backtracking": True,
         # Keep the previous size unless the averaged refined boxes' f exceeds the f of the classifier's box
         # (new centre, previous size) by this much; null: always take the refined size.
@@ -109,6 +123,8 @@ def merge_params(base: Dict[str, Any], override: Optional[Dict[str, Any]], path:
         raise UserError(f"{path or 'top level'}: expected a mapping of {kind}s, got {override!r}")
     for key, value in (override or {}).items():
         where = f"{path}.{key}" if path else key
+        if strict and key not in out and where in RENAMED_KEYS:
+            raise UnknownKeyError(f"{kind} {where!r} was renamed {RENAMED_KEYS[where]!r}; use the new name")
         if strict and key not in out:
             known = ", ".join(sorted(map(str, out))) or "none"
             raise UnknownKeyError(f"unknown {kind} {where!r} (known at this level: {known}); check the spelling")

@@ -54,7 +54,7 @@ from torch.utils.data import DataLoader
 from ...utils.errors import UserError
 from ...utils.fileio import atomic_save_torch, atomic_write_text
 from ...utils.resources import shared_data_dir
-from ..models.network import DEFAULT_NET_CONFIG, NET_FORMAT, TrackerNet, non_finite_tensors, read_torch_file, save_net
+from ..models.network import DEFAULT_NET_CONFIG, NET_FORMAT, RENAMED_LOSS_METHODS, TrackerNet, non_finite_tensors, read_torch_file, save_net
 from ..synthetic import SyntheticConfig, SyntheticDataset
 from ..tracker.params import UnknownKeyError, merge_params
 from .data import DEFAULT_PROCESSING, FileSequence, IndexSampler, PairDataset, coco_sequences
@@ -155,6 +155,9 @@ def check_train_config(cfg: Dict[str, Any]) -> Dict[str, Any]:
     if not isinstance(tcfg["lr"], (int, float)) or not tcfg["lr"] > 0 or not math.isfinite(tcfg["lr"]):
         raise UserError(f"train.lr: {tcfg['lr']!r} must be a finite number > 0")
     loss = dict(DEFAULT_NET_CONFIG["loss"], **((cfg.get("net") or {}).get("loss") or {}))
+    if loss["method"] in RENAMED_LOSS_METHODS:
+        raise UserError(f"net.loss.method {loss['method']!r} was renamed {RENAMED_LOSS_METHODS[loss['method']]!r}; "
+                        f"use the new name")
     if not isinstance(loss["num_samples"], int) or loss["num_samples"] < 1:
         raise UserError(f"net.loss.num_samples: {loss['num_samples']!r} must be a whole number >= 1")
     sig = loss["sigmas"]
