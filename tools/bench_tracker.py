@@ -41,7 +41,7 @@ def _video(frames: int):
         seq = load_dataset("otb", otb, sequences=["DragonBaby"])[0]
         n = min(frames, len(seq))
         return "otb/DragonBaby", [read_frame(f) for f in seq.frames[:n]], seq.init_box
-    from ebm_refine.tracking.synthetic import SyntheticConfig, SyntheticSequence
+    from ebm_refine.data.synthetic_tracking import SyntheticConfig, SyntheticSequence
 
     seq = SyntheticSequence(1_000_000, SyntheticConfig(height=360, width=640, num_frames=frames))
     return "synthetic_640x360", [seq.frame(i) for i in range(frames)], seq.boxes[0]

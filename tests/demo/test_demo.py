@@ -21,7 +21,7 @@ import torch
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "demo" / "demo.py"
 sys.path.insert(0, str(REPO / "tests" / "detectron2"))
-sys.path.insert(0, str(REPO / "tests" / "tracker"))
+sys.path.insert(0, str(REPO / "tests" / "tracking"))
 
 from d2_helpers import small_cfg  # noqa: E402
 from tracker_helpers import TINY_NET, TINY_TRACKER  # noqa: E402

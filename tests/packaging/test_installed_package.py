@@ -25,7 +25,7 @@ CHECK = textwrap.dedent("""
         get_ebm_cfg(name)
     print("detectron2 configs:", len(configs))
 
-    from ebm_refine.tracking.synthetic import SyntheticConfig, SyntheticSequence
+    from ebm_refine.data.synthetic_tracking import SyntheticConfig, SyntheticSequence
     from ebm_refine.tracking.tracker import EBMAtomTracker, load_tracker_params
     seq = SyntheticSequence(7, SyntheticConfig(num_frames=4, height=240, width=320))
     names = [p[:-5] for p in list_resources("configs/tracking", "*.yaml") if not p.startswith("train_")]

@@ -27,7 +27,7 @@ from ...core.boxes import box_iou_aligned, cxcywh_to_xyxy, xywh_to_xyxy
 from ..datasets.sequence import Sequence, read_frame
 from ..models.network import TrackerNet
 from .box_estimation import estimate_box
-from .crop import image_to_tensor, sample_patch
+from ..processing import image_to_tensor, sample_patch
 
 __all__ = ["PROBE_BOXES", "probe_boxes", "probe_pairs", "probe_tracking", "summarize_pairs"]
 

@@ -36,7 +36,7 @@ from torch import Tensor
 from ..models.network import TrackerNet, load_net
 from .box_estimation import estimate_box
 from .classifier import OnlineClassifier
-from .crop import CropTransform, as_rgb_image, image_to_tensor, sample_patch
+from ..processing import CropTransform, as_rgb_image, image_to_tensor, sample_patch
 from .params import load_tracker_params, merge_params
 
 __all__ = ["EBMAtomTracker", "validate_init_box"]

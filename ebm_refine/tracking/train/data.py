@@ -4,7 +4,7 @@ The pipeline consumes sequences through a small interface (:class:`TrainSequence
 frames, ``seq.frame(i)`` -> (H, W, 3) uint8 RGB, ``seq.boxes`` (N, 4) ``[x, y, w, h]`` pixels (NaN where
 unknown) and ``seq.visible`` (N,) bool. Adapters turn the other sources into it:
 
-* :class:`~ebm_refine.tracking.synthetic.SyntheticSequence` already has it;
+* :class:`~ebm_refine.data.synthetic_tracking.SyntheticSequence` already has it;
 * :class:`FileSequence` wraps a :class:`ebm_refine.tracking.datasets.Sequence` (TrackingNet TRAIN_i,
   LaSOT, GOT-10k, any folder) -- frames read from disk;
 * :class:`ImageSequence` is one still image with one box (COCO objects as one-frame sequences).
@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from ..tracker.crop import sample_patch
+from ..processing import sample_patch
 
 __all__ = ["TrainSequence", "FileSequence", "ImageSequence", "coco_sequences", "PairDataset",
            "IndexSampler", "DEFAULT_PROCESSING"]

@@ -55,7 +55,7 @@ from ...utils.errors import UserError
 from ...utils.fileio import atomic_save_torch, atomic_write_text
 from ...utils.resources import shared_data_dir
 from ..models.network import DEFAULT_NET_CONFIG, NET_FORMAT, RENAMED_LOSS_METHODS, TrackerNet, non_finite_tensors, read_torch_file, save_net
-from ..synthetic import SyntheticConfig, SyntheticDataset
+from ...data.synthetic_tracking import SyntheticConfig, SyntheticDataset
 from ..tracker.params import UnknownKeyError, merge_params
 from .data import DEFAULT_PROCESSING, FileSequence, IndexSampler, PairDataset, coco_sequences
 

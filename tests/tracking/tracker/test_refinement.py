@@ -8,7 +8,7 @@ import torch
 from ebm_refine.core.boxes import box_iou_aligned, decode_relative, xywh_to_xyxy
 from ebm_refine.core.refine import refine_boxes
 from ebm_refine.tracking.models import TrackerNet
-from ebm_refine.tracking.tracker.crop import image_to_tensor, sample_patch
+from ebm_refine.tracking.processing import image_to_tensor, sample_patch
 
 from tracker_helpers import TINY_NET
 

@@ -12,7 +12,7 @@ import pytest
 
 from tracking_helpers import write_boxes_txt, write_jpeg
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 TOOL = REPO / "tools" / "eval_tracking.py"
 
 

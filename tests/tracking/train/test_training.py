@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from ebm_refine.tracking.models import load_net
-from ebm_refine.tracking.synthetic import SyntheticDataset
+from ebm_refine.data.synthetic_tracking import SyntheticDataset
 from ebm_refine.tracking.tracker import EBMAtomTracker, load_tracker_params
 from ebm_refine.tracking.train import PairDataset, coco_sequences, train
 from ebm_refine.tracking.train.data import IndexSampler
