@@ -30,7 +30,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from ebm_refine.tracking.datasets import load_dataset  # noqa: E402
 from ebm_refine.tracking.tracker import EBMAtomTracker  # noqa: E402
 from ebm_refine.tracking.tracker.diagnostics import probe_pairs, probe_tracking, summarize_pairs  # noqa: E402
-from ebm_refine.tracking.tracker.params import apply_dotted_overrides, load_tracker_params  # noqa: E402
+from ebm_refine.tracking.tracker.params import load_tracker_params  # noqa: E402
+from ebm_refine.utils.config import apply_dotted_overrides  # noqa: E402
 from ebm_refine.utils import UserError, atomic_write_text, shared_data_dir  # noqa: E402
 from ebm_refine.utils.cli import add_debug_argument, run_cli  # noqa: E402
 

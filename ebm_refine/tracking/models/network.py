@@ -20,6 +20,7 @@ from ebm_refine.core.losses import iou_confidence_loss
 from ebm_refine.core.objectives import EBM_METHODS, ebm_loss, sampling_options
 from ebm_refine.core.proposal import BoxProposal
 
+from ...utils.config import merge_params
 from ...utils.errors import UserError
 from ...utils.fileio import atomic_save_torch
 from .backbone import Backbone, build_backbone
@@ -49,13 +50,6 @@ DEFAULT_NET_CONFIG: Dict[str, Any] = {
 }
 
 
-def _merge(base: Dict, over: Optional[Dict]) -> Dict:
-    out = copy.deepcopy(base)
-    for k, v in (over or {}).items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
-    return out
-
-
 class TrackerNet(nn.Module):
     """Backbone + :class:`EnergyBoxEstimator`.
 
@@ -67,7 +61,7 @@ class TrackerNet(nn.Module):
 
     def __init__(self, config: Optional[Dict[str, Any]] = None, backbone: Optional[Backbone] = None):
         super().__init__()
-        self.config = _merge(DEFAULT_NET_CONFIG, config)
+        self.config = merge_params(DEFAULT_NET_CONFIG, config, strict=False)
         self.backbone = backbone if backbone is not None else build_backbone(self.config["backbone"])
         ch = self.backbone.out_channels
         est = self.config["estimator"]

@@ -37,7 +37,8 @@ from ..models.network import TrackerNet, load_net
 from .box_estimation import estimate_box
 from .classifier import OnlineClassifier
 from ..processing import CropTransform, as_rgb_image, image_to_tensor, sample_patch
-from .params import load_tracker_params, merge_params
+from ...utils.config import merge_params
+from .params import RENAMED_KEYS, load_tracker_params
 
 __all__ = ["EBMAtomTracker", "validate_init_box"]
 
@@ -80,7 +81,7 @@ class EBMAtomTracker:
         if params is None or isinstance(params, str):
             params = load_tracker_params(params, overrides)
         elif overrides:
-            params = merge_params(params, overrides)
+            params = merge_params(params, overrides, renamed=RENAMED_KEYS)
         self.params = params
         self.mode = params["box_refinement"]["mode"]
         if self.mode not in REFINEMENT_MODES:

@@ -16,35 +16,26 @@ from __future__ import annotations
 
 import copy
 import os
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Tuple
 
-import yaml
-
+from ...utils.config import UnknownKeyError, load_yaml, merge_params
 from ...utils.errors import UserError
 from ...utils.resources import data_root, resource_path
 
-__all__ = ["DEFAULT_TRACKER_PARAMS", "CONFIG_DIR", "load_tracker_params", "merge_params", "load_yaml",
-           "apply_dotted_overrides", "UnknownKeyError"]
+__all__ = ["DEFAULT_TRACKER_PARAMS", "CONFIG_DIR", "RENAMED_KEYS", "load_tracker_params"]
 
-
-class UnknownKeyError(UserError, KeyError):
-    """A parameter or config key that does not exist (a ``KeyError`` too, for callers that catch that)."""
-
-    def __str__(self) -> str:  # KeyError would quote the message
-        return str(self.args[0]) if self.args else ""
 
 CONFIG_DIR = str(resource_path("configs/tracking"))
 # Parameter keys that hold file paths (resolved as the module docstring says).
 PATH_KEYS = ("checkpoint",)
 
-# Keys renamed for one vocabulary across the core, the Detectron2 plugin and the tracker (issue 17): tracker
-# parameters and training-config keys. An old key is an error naming the new one, not a silent alias (two
+# Tracker parameters renamed for one vocabulary across the core, the Detectron2 plugin and the tracker
+# (issue 17). An old key is an error naming the new one, not a silent alias (two
 # spellings of one setting would drift apart between files).
 RENAMED_KEYS: Dict[str, str] = {
     "search_area_scale": "search_area_factor",
     "box_refinement.step_size": "box_refinement.step_size_center and box_refinement.step_size_size",
     "box_refinement.step_decay": "box_refinement.decay",
-    "net.loss.beta": "net.loss.nce_beta",
 }
 
 DEFAULT_TRACKER_PARAMS: Dict[str, Any] = {
@@ -114,65 +105,6 @@ DEFAULT_TRACKER_PARAMS: Dict[str, Any] = {
 }
 
 
-def merge_params(base: Dict[str, Any], override: Optional[Dict[str, Any]], path: str = "",
-                 strict: bool = True, kind: str = "tracker parameter") -> Dict[str, Any]:
-    """Recursive dict merge; with ``strict`` an override key missing from ``base`` raises
-    :class:`UnknownKeyError` naming the dotted key (``kind`` says what the keys are)."""
-    out = copy.deepcopy(base)
-    if override is not None and not isinstance(override, dict):
-        raise UserError(f"{path or 'top level'}: expected a mapping of {kind}s, got {override!r}")
-    for key, value in (override or {}).items():
-        where = f"{path}.{key}" if path else key
-        if strict and key not in out and where in RENAMED_KEYS:
-            raise UnknownKeyError(f"{kind} {where!r} was renamed {RENAMED_KEYS[where]!r}; use the new name")
-        if strict and key not in out:
-            known = ", ".join(sorted(map(str, out))) or "none"
-            raise UnknownKeyError(f"unknown {kind} {where!r} (known at this level: {known}); check the spelling")
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = merge_params(out[key], value, where, strict, kind)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
-def apply_dotted_overrides(target: Dict[str, Any], items: Sequence[str]) -> Dict[str, Any]:
-    """Command-line ``a.b.c=value`` items (value parsed as YAML) written into ``target``, in place.
-
-    Missing sections are created (unknown keys are caught when the result is merged strictly). Raises
-    :class:`OverrideError` (a ``UserError`` and ``ValueError``) for an item without ``=``, a path through
-    a non-section value or a value that is not YAML. Returns ``target``.
-    """
-    for item in items:
-        if "=" not in item:
-            raise OverrideError(f"--set expects key=value, got {item!r}")
-        key, value = item.split("=", 1)
-        node = target
-        parts = key.split(".")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                raise OverrideError(f"--set {key}: {p!r} is not a section")
-        try:
-            node[parts[-1]] = yaml.safe_load(value)
-        except yaml.YAMLError as exc:
-            raise OverrideError(f"--set {key}: value {value!r} is not valid YAML ({exc.__class__.__name__})") from None
-    return target
-
-
-def load_yaml(path: str) -> Dict[str, Any]:
-    """Read a YAML mapping, following ``_base_`` chains (base keys first, this file's keys on top)."""
-    with open(path, "r", encoding="utf-8") as fh:
-        data = yaml.safe_load(fh) or {}
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: expected a mapping at the top level; fix the file")
-    _resolve_file_paths(data, path)
-    base = data.pop("_base_", None)
-    if base is not None:
-        base_path = base if os.path.isabs(base) else os.path.join(os.path.dirname(os.path.abspath(path)), base)
-        data = merge_params(load_yaml(base_path), data, strict=False)
-    return data
-
-
 def _resolve_file_paths(data: Dict[str, Any], yaml_path: str) -> None:
     """Make the relative ``PATH_KEYS`` values of one parameter file absolute (shipped file, else next to it)."""
     for key in PATH_KEYS:
@@ -182,10 +114,6 @@ def _resolve_file_paths(data: Dict[str, Any], yaml_path: str) -> None:
         shipped = data_root() / value
         local = os.path.join(os.path.dirname(os.path.abspath(yaml_path)), value)
         data[key] = str(shipped) if shipped.exists() or not os.path.exists(local) else local
-
-
-class OverrideError(UserError, ValueError):
-    """A malformed command-line override (a ``ValueError`` too, for callers that catch that)."""
 
 
 class MissingParamsError(UserError, FileNotFoundError):
@@ -229,7 +157,7 @@ def load_tracker_params(name_or_path: Optional[str] = None, overrides: Optional[
     if name_or_path is not None:
         path = _resolve(name_or_path)
         try:
-            params = merge_params(params, load_yaml(path))
+            params = merge_params(params, load_yaml(path, _resolve_file_paths), renamed=RENAMED_KEYS)
         except UnknownKeyError as exc:
             raise UnknownKeyError(f"{path}: {exc}") from None
-    return merge_params(params, overrides)
+    return merge_params(params, overrides, renamed=RENAMED_KEYS)

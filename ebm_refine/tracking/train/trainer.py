@@ -51,16 +51,21 @@ import torch.distributed as dist
 import yaml
 from torch.utils.data import DataLoader
 
+from ...utils.config import UnknownKeyError, load_yaml, merge_params
 from ...utils.errors import UserError
 from ...utils.fileio import atomic_save_torch, atomic_write_text
 from ...utils.resources import shared_data_dir
 from ..models.network import DEFAULT_NET_CONFIG, NET_FORMAT, RENAMED_LOSS_METHODS, TrackerNet, non_finite_tensors, read_torch_file, save_net
 from ...data.synthetic_tracking import SyntheticConfig, SyntheticDataset
-from ..tracker.params import UnknownKeyError, merge_params
 from .data import DEFAULT_PROCESSING, FileSequence, IndexSampler, PairDataset, coco_sequences
 
 __all__ = ["DEFAULT_TRAIN", "train", "build_sources", "load_train_config", "check_train_config",
            "TrainingDivergedError"]
+
+
+# Training-config keys renamed for one vocabulary across the core, the Detectron2 plugin and the tracker
+# (issue 17); an old key is an error naming the new one. (A renamed loss-method value: RENAMED_LOSS_METHODS.)
+RENAMED_KEYS = {"net.loss.beta": "net.loss.nce_beta"}
 
 
 class TrainingDivergedError(UserError):
@@ -94,8 +99,6 @@ def _expand(path: str) -> str:
 
 def load_train_config(path: str) -> Dict[str, Any]:
     """Read a training YAML (``_base_`` chains allowed, as for tracker parameters), checked strictly."""
-    from ..tracker.params import load_yaml
-
     try:
         return check_train_config(load_yaml(path))
     except UserError as exc:
@@ -121,7 +124,7 @@ def check_train_config(cfg: Dict[str, Any]) -> Dict[str, Any]:
     kind = "training config key"
     schema = {"net": copy.deepcopy(DEFAULT_NET_CONFIG),
               "data": {"processing": dict(DEFAULT_PROCESSING), "sources": []}, "train": dict(DEFAULT_TRAIN)}
-    merge_params(schema, cfg, kind=kind)
+    merge_params(schema, cfg, kind=kind, renamed=RENAMED_KEYS)
     data = cfg.get("data") or {}
     sources = data.get("sources") or []
     if not isinstance(sources, list):

@@ -7,7 +7,7 @@ import torch
 
 from ebm_refine.core.boxes import box_iou_aligned, xywh_to_xyxy
 from ebm_refine.tracking.tracker import EBMAtomTracker, load_tracker_params
-from ebm_refine.tracking.tracker.params import merge_params
+from ebm_refine.utils.config import merge_params
 
 from tracker_helpers import TINY_TRACKER
 
