@@ -226,7 +226,7 @@ class EBMAtomTracker:
         size = np.clip(size, self.size / r, self.size * r)
         size = np.clip(size, self.base_size * float(s["min_scale_factor"]), self.base_size * float(s["max_scale_factor"]))
         h, w = image_hw
-        size = np.minimum(size, np.array([w, h], dtype=np.float64) * 1.5)
+        size = np.minimum(size, np.array([w, h], dtype=np.float64) * float(s["max_image_ratio"]))
         return np.maximum(size, float(s["min_size"]))
 
     def _clamp_pos(self, pos: np.ndarray, image_hw: Tuple[int, int]) -> np.ndarray:

@@ -101,6 +101,9 @@ DEFAULT_TRACKER_PARAMS: Dict[str, Any] = {
         "max_change_per_frame": 1.5,  # largest size ratio between consecutive frames
         "min_size": 4.0,  # pixels
         "inside_ratio": 0.25,  # at least this fraction of the box's width/height stays inside the image
+        # Width / height at most this times the image's: a box may overhang the border (a target partly out
+        # of view) but not grow without bound when the estimate drifts on a flat background.
+        "max_image_ratio": 1.5,
     },
 }
 

@@ -51,13 +51,15 @@ import torch.distributed as dist
 import yaml
 from torch.utils.data import DataLoader
 
+from ...data.synthetic_tracking import SyntheticConfig, SyntheticDataset
 from ...utils.config import UnknownKeyError, load_yaml, merge_params
 from ...utils.errors import UserError
 from ...utils.fileio import atomic_save_torch, atomic_write_text
 from ...utils.resources import shared_data_dir
-from ..models.network import DEFAULT_NET_CONFIG, NET_FORMAT, RENAMED_LOSS_METHODS, TrackerNet, non_finite_tensors, read_torch_file, save_net
-from ...data.synthetic_tracking import SyntheticConfig, SyntheticDataset
+from ..models.network import (DEFAULT_NET_CONFIG, NET_FORMAT, RENAMED_LOSS_METHODS, TrackerNet, net_state,
+                              non_finite_tensors, read_torch_file, save_net)
 from .data import DEFAULT_PROCESSING, FileSequence, IndexSampler, PairDataset, coco_sequences
+from .loss import BoxEstimationActor
 
 __all__ = ["DEFAULT_TRAIN", "train", "build_sources", "load_train_config", "check_train_config",
            "TrainingDivergedError"]
@@ -294,8 +296,9 @@ def train(cfg: Dict[str, Any], out_dir: str, *, resume: bool = True, rank: int =
         return {"iterations": n_iter, "start_iteration": start, "final_loss": _last_logged_loss(log_file),
                 "net_path": net_path, "seconds": 0.0}
 
-    model = torch.nn.parallel.DistributedDataParallel(net, device_ids=[dev.index] if dev.type == "cuda" else None) \
-        if distributed else net
+    actor = BoxEstimationActor(net)
+    model = torch.nn.parallel.DistributedDataParallel(actor, device_ids=[dev.index] if dev.type == "cuda" else None) \
+        if distributed else actor
     batch = int(tcfg["batch_size"])
     dataset = PairDataset(build_sources(cfg.get("data", {})), cfg.get("data", {}).get("processing"), seed=seed)
     workers = int(tcfg["num_workers"])
@@ -404,8 +407,7 @@ def _last_logged_loss(log_file: str) -> float:
 
 def _save_checkpoint(path: str, net: TrackerNet, opt, sched, iteration: int, cfg: Dict[str, Any]) -> None:
     state = {
-        "net": {"format": NET_FORMAT, "config": copy.deepcopy(net.config),
-                "backbone": net.backbone.state_dict(), "estimator": net.estimator.state_dict()},
+        "net": net_state(net),
         "optimizer": opt.state_dict(),
         "scheduler": sched.state_dict(),
         "iteration": int(iteration),

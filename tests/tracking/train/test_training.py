@@ -5,7 +5,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -74,6 +73,7 @@ def test_train_checkpoint_and_exact_resume(tmp_path):
     assert [r["iteration"] for r in logs] == [1, 2, 3, 4]
 
 
+@pytest.mark.slow
 def test_trained_net_drives_the_tracker_with_worker_processes(tmp_path, small_seq):
     out = train(_cfg(2, workers=1), str(tmp_path), log=lambda s: None)
     net = load_net(out["net_path"])
@@ -94,6 +94,7 @@ def _run_script(tmp_path, out, *extra):
                            "--out", str(out), *extra], capture_output=True, text=True, env=env, timeout=300)
 
 
+@pytest.mark.slow
 def test_ddp_two_gloo_processes(tmp_path):
     out = tmp_path / "ddp"
     proc = _run_script(tmp_path, out, "--world-size", "2", "--set", "train.num_iterations=3",
