@@ -13,17 +13,14 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
-from tracker_helpers import TINY_NET  # noqa: E402
+from tracker_helpers import TINY_NET, one_torch_thread  # noqa: E402
 
 
 @pytest.fixture(scope="session", autouse=True)
 def _one_thread():
-    # Two OpenMP threads on a shared 2-core machine are ~10x slower than one (spin-waiting). Session scope
-    # so that module- and session-scoped fixtures (which train small models) run under it too.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+    # Session scope, so that module- and session-scoped fixtures (which train small models) run under it too.
+    with one_torch_thread():
+        yield
 
 
 @pytest.fixture(scope="session")
