@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -41,6 +43,7 @@ def test_bench_refiner_writes_positive_throughput(tmp_path: Path) -> None:
         assert row["min_score_gain"] >= 0
 
 
+@pytest.mark.slow
 def test_bench_tracker_reports_the_refinement_share(tmp_path: Path) -> None:
     out = tmp_path / "tracker.json"
     _run("bench_tracker.py", "--params", "ebm_fast", "norefine", "--frames", "4", "--json", str(out))

@@ -1,6 +1,7 @@
 """The README's main job (ebm_refine.detectron2.benchmark, run by tools/synthetic_benchmark.py) in a small configuration."""
 import json
 
+import pytest
 import torch
 from detectron2.data import MetadataCatalog
 
@@ -9,6 +10,7 @@ from ebm_refine.detectron2 import get_ebm_cfg
 from ebm_refine.detectron2.benchmark import run_synthetic_benchmark
 
 
+@pytest.mark.slow
 def test_benchmark_trains_both_heads_and_reports_three_columns(synthetic_names, tmp_path):
     small = [
         "DATASETS.TRAIN", "('test_synth_train',)", "DATASETS.TEST", "('test_synth_val',)",

@@ -56,6 +56,7 @@ def installed(tmp_path_factory):
     return site
 
 
+@pytest.mark.slow
 def test_installed_wheel_loads_every_shipped_config_and_network(installed, tmp_path):
     script = tmp_path / "check.py"
     script.write_text(CHECK)
