@@ -217,10 +217,9 @@ def test_resume_with_fewer_iterations_is_an_error(tmp_path):
 
 
 def test_non_finite_loss_stops_before_anything_non_finite_is_saved(tmp_path, monkeypatch):
-    from ebm_refine.tracking.models import TrackerNet
-    from ebm_refine.tracking.train import TrainingDivergedError
+    from ebm_refine.tracking.train import BoxEstimationActor, TrainingDivergedError
 
-    forward = TrackerNet.forward
+    forward = BoxEstimationActor.forward
     calls = {"n": 0}
 
     def nan_from_the_third(self, *args, **kwargs):
@@ -228,7 +227,7 @@ def test_non_finite_loss_stops_before_anything_non_finite_is_saved(tmp_path, mon
         loss = forward(self, *args, **kwargs)
         return loss * float("nan") if calls["n"] >= 3 else loss
 
-    monkeypatch.setattr(TrackerNet, "forward", nan_from_the_third)
+    monkeypatch.setattr(BoxEstimationActor, "forward", nan_from_the_third)
     with pytest.raises(TrainingDivergedError, match="iteration 3.*iteration 2"):
         train(_cfg(6), str(tmp_path), log=lambda s: None)
     state = torch.load(tmp_path / "checkpoint.pth", weights_only=False)
