@@ -17,7 +17,6 @@ Both return plain dicts (JSON-ready); ``tools/probe_box_refinement.py`` prints a
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Dict, List, Optional, Sequence as _Seq, Tuple
 
 import numpy as np
@@ -27,7 +26,7 @@ from ...core.boxes import box_iou_aligned, cxcywh_to_xyxy, xywh_to_xyxy
 from ..datasets.sequence import Sequence, read_frame
 from ..models.network import TrackerNet
 from .box_estimation import estimate_box
-from ..processing import image_to_tensor, sample_patch
+from ..processing import image_to_tensor, sample_patch, search_region_side
 
 __all__ = ["PROBE_BOXES", "probe_boxes", "probe_pairs", "probe_tracking", "summarize_pairs"]
 
@@ -100,7 +99,7 @@ def probe_pairs(net: TrackerNet, sequences: _Seq[Sequence], params: Dict[str, An
         if seq.name not in ref_cache:
             box0 = seq.ground_truth[0]
             c0 = box0[:2] + box0[2:] / 2
-            feats0, tf0 = _crop_features(net, read_frame(seq.frames[0]), c0, math.sqrt(box0[2] * box0[3]) * area,
+            feats0, tf0 = _crop_features(net, read_frame(seq.frames[0]), c0, search_region_side(box0[2], box0[3], area),
                                          sample)
             ref = torch.as_tensor(tf0.boxes_to_crop(np.r_[box0[:2], box0[:2] + box0[2:]]), dtype=torch.float32,
                                   device=feats0["layer2"].device)
@@ -111,7 +110,7 @@ def probe_pairs(net: TrackerNet, sequences: _Seq[Sequence], params: Dict[str, An
         gt = seq.ground_truth[t]
         center = gt[:2] + gt[2:] / 2
         for err in size_errors:
-            feats, tf = _crop_features(net, image, center, math.sqrt(gt[2] * gt[3]) * area * float(err), sample)
+            feats, tf = _crop_features(net, image, center, search_region_side(gt[2], gt[3], area) * float(err), sample)
             gt_crop = np.r_[(center - [tf.x0, tf.y0]) * tf.scale, gt[2:] * tf.scale]
             names, boxes = probe_boxes(gt_crop)
             dev = feats["layer2"].device

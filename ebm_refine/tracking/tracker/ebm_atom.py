@@ -36,7 +36,7 @@ from torch import Tensor
 from ..models.network import TrackerNet, load_net
 from .box_estimation import estimate_box
 from .classifier import OnlineClassifier
-from ..processing import CropTransform, as_rgb_image, image_to_tensor, sample_patch
+from ..processing import CropTransform, as_rgb_image, image_to_tensor, sample_patch, search_region_side
 from ...utils.config import merge_params
 from .params import RENAMED_KEYS, load_tracker_params
 
@@ -97,7 +97,7 @@ class EBMAtomTracker:
 
     # ------------------------------------------------------------------ helpers
     def _crop(self, image: np.ndarray, center: np.ndarray, size: np.ndarray) -> Tuple[np.ndarray, CropTransform]:
-        side = math.sqrt(float(size[0] * size[1])) * float(self.params["search_area_factor"])
+        side = search_region_side(size[0], size[1], self.params["search_area_factor"])
         return sample_patch(image, (center[0], center[1]), side, int(self.params["image_sample_size"]))
 
     def _features(self, crops: np.ndarray) -> Dict[str, Tensor]:
