@@ -210,7 +210,7 @@ def run_track(args: argparse.Namespace) -> int:
     path, _ = output_target(args.output, source.name, images=False)
     # Imported here: torch loads for seconds, and the checks above should fail fast.
     from ebm_refine.tracking.tracker.ebm_atom import validate_init_box
-    from ebm_refine.tracking.tracker.params import apply_dotted_overrides
+    from ebm_refine.utils.config import apply_dotted_overrides
 
     try:
         validate_init_box(init, source.first.shape[:2])

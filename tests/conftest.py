@@ -47,3 +47,19 @@ def mobilenet_weights() -> Path:
     if not path.is_file():
         pytest.skip(f"MobileNetV2 ImageNet weights not found at {path} (set EBM_WEIGHTS_DIR)")
     return path
+
+
+@pytest.fixture(scope="session")
+def small_seq_cfg():
+    """A small, easy generated tracking sequence's settings (tests/data and tests/tracking use it)."""
+    from ebm_refine.data.synthetic_tracking import SyntheticConfig
+
+    return SyntheticConfig(height=120, width=160, num_frames=12, num_occluders=(0, 0), distractor_prob=0.0,
+                           min_size=0.25, max_size=0.35, max_speed=2.0)
+
+
+@pytest.fixture(scope="session")
+def small_seq(small_seq_cfg):
+    from ebm_refine.data.synthetic_tracking import SyntheticSequence
+
+    return SyntheticSequence(3, small_seq_cfg)

@@ -186,7 +186,7 @@ def main(argv=None) -> dict:
 
     def infer(steps):
         heads.refine = steps is not None
-        heads.refine_steps = steps or 0
+        heads.num_steps = steps or 0
         with torch.no_grad():
             return model(inputs)
 

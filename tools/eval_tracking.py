@@ -47,7 +47,7 @@ from ebm_refine.tracking.evaluation import (PROTOCOLS, RunError, describe_tracke
                                             pack_trackingnet, run_dataset, tracker_results_dir, write_report)
 from ebm_refine.tracking.evaluation.registry import TrackerFactory, tracker_names  # noqa: E402
 from ebm_refine.tracking.evaluation.results import result_path  # noqa: E402
-from ebm_refine.tracking.tracker.params import apply_dotted_overrides  # noqa: E402
+from ebm_refine.utils.config import apply_dotted_overrides  # noqa: E402
 from ebm_refine.utils import MissingFileError, UserError  # noqa: E402
 from ebm_refine.utils.cli import add_debug_argument, log_to_stderr, run_cli  # noqa: E402
 

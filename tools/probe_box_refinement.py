@@ -12,7 +12,7 @@ validation part of ``../shared/data/tracking_train``; never the evaluation seque
   collapsed frames whether f prefers the collapsed box to the true one.
 
     python tools/probe_box_refinement.py --params ebm --pairs 200 --json probe.json
-    python tools/probe_box_refinement.py --params iounet --set box_refinement.step_size=[1e-2,5e-2] --probe pairs
+    python tools/probe_box_refinement.py --params iounet --set box_refinement.step_size_center=1e-2 box_refinement.step_size_size=5e-2 --probe pairs
 """
 from __future__ import annotations
 
@@ -30,7 +30,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from ebm_refine.tracking.datasets import load_dataset  # noqa: E402
 from ebm_refine.tracking.tracker import EBMAtomTracker  # noqa: E402
 from ebm_refine.tracking.tracker.diagnostics import probe_pairs, probe_tracking, summarize_pairs  # noqa: E402
-from ebm_refine.tracking.tracker.params import apply_dotted_overrides, load_tracker_params  # noqa: E402
+from ebm_refine.tracking.tracker.params import load_tracker_params  # noqa: E402
+from ebm_refine.utils.config import apply_dotted_overrides  # noqa: E402
 from ebm_refine.utils import UserError, atomic_write_text, shared_data_dir  # noqa: E402
 from ebm_refine.utils.cli import add_debug_argument, run_cli  # noqa: E402
 

@@ -33,8 +33,8 @@ from typing import Any, Dict, List
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from ebm_refine.tracking.tracker.params import apply_dotted_overrides  # noqa: E402
-from ebm_refine.tracking.train.trainer import check_train_config, load_train_config, train  # noqa: E402
+from ebm_refine.utils.config import apply_dotted_overrides  # noqa: E402
+from ebm_refine.tracking.train import check_train_config, load_train_config, train  # noqa: E402
 from ebm_refine.utils import UserError  # noqa: E402
 from ebm_refine.utils.cli import add_debug_argument, run_cli  # noqa: E402
 

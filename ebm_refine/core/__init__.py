@@ -39,6 +39,6 @@ from .regressor import EBMRegressor, mlp
 from .robust import DeepGUM, GUMState, fit_gum, gum_responsibilities, weighted_mean
 from .roi_pool import MultiLevelBoxPooler, assign_boxes_to_levels, box_roi_align, boxes_to_rois
 from .pyramid_pool import PyramidRoIAlign
-from .separable_pool import roi_align_axis_weights, separable_box_roi_align
+from .separable_pool import separable_box_roi_align
 
 __all__ = [k for k in dir() if not k.startswith("_")]

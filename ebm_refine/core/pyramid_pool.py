@@ -32,8 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .roi_pool import sample_positions
-from .separable_pool import _axis_constants, _pair, bin_major_weight
+from .roi_pool import _pair, sample_positions
+from .separable_pool import _axis_constants, bin_major_weight
 
 __all__ = ["PyramidRoIAlign", "PyramidPoolingState", "ScratchMemory"]
 

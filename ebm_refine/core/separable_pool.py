@@ -39,7 +39,9 @@ from typing import NamedTuple, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
-__all__ = ["SeparableRoIAlign", "PoolingState", "bin_major_weight", "roi_align_axis_weights",
+from .roi_pool import _pair
+
+__all__ = ["SeparableRoIAlign", "PoolingState", "bin_major_weight",
            "separable_box_roi_align"]
 
 
@@ -214,24 +216,6 @@ def bin_major_weight(weight: Tensor, channels: int, output_size: Union[int, Sequ
     return weight.reshape(k, channels, ph, pw).permute(*order[layout]).reshape(k, -1).contiguous()
 
 
-def roi_align_axis_weights(lo: Tensor, hi: Tensor, bins: int, sampling_ratio: int, length: int) -> Tensor:
-    """Interpolation weights of RoI Align along one axis.
-
-    Args:
-        lo, hi: (N,) box edges in feature-pixel coordinates where pixel centres are integers
-            (image pixels x spatial_scale - 0.5).
-        bins: number of output bins along the axis.
-        sampling_ratio: samples per bin.
-        length: map size along the axis (H or W).
-    Returns:
-        (N, bins, length) weights; each row sums to 1.
-    """
-    # As a map of one row, in pixels where spatial_scale = 1 puts box edge x at position x - 0.5.
-    pool = SeparableRoIAlign(lo.new_zeros(1, 1, length), (1, bins), 1.0, sampling_ratio)
-    boxes = torch.stack([lo + 0.5, torch.zeros_like(lo), hi + 0.5, torch.ones_like(lo)], dim=1)
-    return pool._weights(boxes, 0)[0][0, :, :, :length]
-
-
 class _SeparableRoIAlignFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, feature: Tensor, boxes: Tensor, output_size: Tuple[int, int], spatial_scale: float,
@@ -280,9 +264,3 @@ def separable_box_roi_align(
         return feature.new_zeros(0, c, ph, pw)
     return _SeparableRoIAlignFn.apply(feature, boxes.to(feature.dtype), (ph, pw), float(spatial_scale),
                                       int(sampling_ratio))
-
-
-def _pair(size: Union[int, Sequence[int]]) -> Tuple[int, int]:
-    if isinstance(size, int):
-        return size, size
-    return int(size[0]), int(size[1])

@@ -1,8 +1,10 @@
-"""Datasets for the detection benchmark (pure numpy + OpenCV; no Detectron2 import).
+"""The generated datasets (pure numpy + OpenCV; no Detectron2 import).
 
 synthetic_detection   the deterministic synthetic COCO-format dataset used by the embedded default
 shapes, clutter       its object classes and its backgrounds / distractors
 rle                   COCO run-length encoding of masks and tight boxes
+synthetic_tracking    procedurally generated tracking sequences (tracker training and held-out tests);
+                      import it by name (its names are not re-exported here)
 """
 from .synthetic_detection import (
     CLASS_NAMES,

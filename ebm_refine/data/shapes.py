@@ -18,7 +18,7 @@ from typing import List, Tuple
 import cv2
 import numpy as np
 
-__all__ = ["SHAPE_NAMES", "ShapeSpec", "sample_shape", "shape_polygons", "rasterize", "render_fill"]
+__all__ = ["SHAPE_NAMES", "ShapeGeometry", "sample_shape", "shape_polygons", "rasterize", "render_fill"]
 
 SHAPE_NAMES: Tuple[str, ...] = ("rectangle", "ellipse", "triangle", "ring", "cross")
 
@@ -31,7 +31,7 @@ _FIXED = float(1 << _SHIFT)
 
 
 @dataclass(frozen=True)
-class ShapeSpec:
+class ShapeGeometry:
     """One object's geometry before placement.
 
     Attributes:
@@ -54,7 +54,7 @@ def sample_shape(
     size_range: Tuple[float, float],
     aspect_range: Tuple[float, float],
     max_rotation_deg: float,
-) -> ShapeSpec:
+) -> ShapeGeometry:
     """Draw a shape's size, aspect ratio, rotation and kind-specific parameters.
 
     The scale ``sqrt(width * height)`` is log-uniform in ``size_range`` (px) and the aspect ratio
@@ -82,7 +82,7 @@ def sample_shape(
         params = (th, tv, float(rng.uniform(-0.3, 0.3)), float(rng.uniform(-0.3, 0.3)))
     elif kind not in SHAPE_NAMES:
         raise ValueError(f"unknown shape kind {kind!r}; expected one of {SHAPE_NAMES}")
-    return ShapeSpec(kind, w, h, angle, params)
+    return ShapeGeometry(kind, w, h, angle, params)
 
 
 def _ellipse(a: float, b: float) -> np.ndarray:
@@ -97,7 +97,7 @@ def _rect(x0: float, y0: float, x1: float, y1: float) -> np.ndarray:
     return np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], dtype=np.float64)
 
 
-def shape_polygons(spec: ShapeSpec) -> Tuple[List[np.ndarray], List[np.ndarray]]:
+def shape_polygons(spec: ShapeGeometry) -> Tuple[List[np.ndarray], List[np.ndarray]]:
     """(fills, holes): lists of (N_i, 2) float64 polygons in the rotated local frame (px).
 
     The object is the union of ``fills`` minus the union of ``holes``.
@@ -129,14 +129,14 @@ def shape_polygons(spec: ShapeSpec) -> Tuple[List[np.ndarray], List[np.ndarray]]
     return [p @ rot for p in fills], [p @ rot for p in holes]
 
 
-def polygon_bounds(spec: ShapeSpec) -> Tuple[float, float, float, float]:
+def polygon_bounds(spec: ShapeGeometry) -> Tuple[float, float, float, float]:
     """(x_min, y_min, x_max, y_max) of the rotated shape relative to its centre (px)."""
     fills, _ = shape_polygons(spec)
     pts = np.concatenate(fills, axis=0)
     return (float(pts[:, 0].min()), float(pts[:, 1].min()), float(pts[:, 0].max()), float(pts[:, 1].max()))
 
 
-def rasterize(spec: ShapeSpec, cx: float, cy: float) -> Tuple[np.ndarray, int, int]:
+def rasterize(spec: ShapeGeometry, cx: float, cy: float) -> Tuple[np.ndarray, int, int]:
     """Hard-edged mask of the shape centred at continuous image coordinates (cx, cy) (px).
 
     Returns:

@@ -83,8 +83,8 @@ class CompactResNet(Backbone):
 
 @BACKBONE_REGISTRY.register()
 def build_compact_fpn_backbone(cfg, input_shape: ShapeSpec) -> Backbone:
-    """Compact ResNet + FPN. Uses MODEL.FPN.* and MODEL.EBM_BACKBONE.{WIDTHS,BLOCKS,NORM}."""
-    c = cfg.MODEL.EBM_BACKBONE
+    """Compact ResNet + FPN. Uses MODEL.FPN.* and MODEL.COMPACT_RESNET.{WIDTHS,BLOCKS,NORM}."""
+    c = cfg.MODEL.COMPACT_RESNET
     bottom_up = CompactResNet(c.WIDTHS, c.BLOCKS, c.NORM)
     return FPN(
         bottom_up=bottom_up,

@@ -5,12 +5,20 @@ Detectron2's usual ``KeyError: Non-existent config key`` because the node is not
 Values out of range fail when the model is built (:func:`validate_ebm_config`), naming the key.
 """
 import math
+import re
 
 from detectron2.config import CfgNode as CN
 
 from ..utils.errors import UserError
 
-__all__ = ["add_ebm_config", "validate_ebm_config", "ConfigValueError"]
+__all__ = ["add_ebm_config", "validate_ebm_config", "ConfigValueError", "RENAMED_KEYS", "renamed_key_hint"]
+
+# Keys renamed for one vocabulary across the core, this plugin and the tracker (issue 17). An old key in a
+# YAML file or ``--opts`` is an error naming its new name (no silent alias: two spellings of one setting
+# would drift apart in shipped configs).
+RENAMED_KEYS = {
+    "MODEL.EBM_BACKBONE": "MODEL.COMPACT_RESNET",  # a compact ResNet, nothing EBM-specific about it
+}
 
 
 class ConfigValueError(UserError, ValueError):
@@ -84,10 +92,10 @@ def add_ebm_config(cfg: CN) -> CN:
     _C.MODEL.EBM.REFINE.KEEP_UNREFINED = True
 
     # The compact CPU backbone (MODEL.BACKBONE.NAME = "build_compact_fpn_backbone"); unused otherwise.
-    _C.MODEL.EBM_BACKBONE = CN()
-    _C.MODEL.EBM_BACKBONE.WIDTHS = [32, 64, 96, 128]  # channels of res2..res5
-    _C.MODEL.EBM_BACKBONE.BLOCKS = [1, 1, 1, 1]  # basic blocks per stage
-    _C.MODEL.EBM_BACKBONE.NORM = "GN"
+    _C.MODEL.COMPACT_RESNET = CN()
+    _C.MODEL.COMPACT_RESNET.WIDTHS = [32, 64, 96, 128]  # channels of res2..res5
+    _C.MODEL.COMPACT_RESNET.BLOCKS = [1, 1, 1, 1]  # basic blocks per stage
+    _C.MODEL.COMPACT_RESNET.NORM = "GN"
 
     # The ImageNet MobileNetV2-FPN backbone (MODEL.BACKBONE.NAME = "build_mobilenet_v2_fpn_backbone").
     _C.MODEL.MOBILENET_V2 = CN()
@@ -106,6 +114,19 @@ def add_ebm_config(cfg: CN) -> CN:
     # DATASETS.PROPOSAL_FILES_TEST); empty when the test datasets carry their detections.
     _C.DATASETS.DETECTION_FILES_TEST = ()
     return cfg
+
+
+def renamed_key_hint(message: str):
+    """For Detectron2's ``Non-existent config key: K`` message: "K was renamed N" if K (or a section above
+    it) is in :data:`RENAMED_KEYS`, else None."""
+    match = re.search(r"Non-existent (?:config )?key: (\S+)", message)
+    if match is None:
+        return None
+    key = match.group(1)
+    for old, new in RENAMED_KEYS.items():
+        if key == old or key.startswith(old + "."):
+            return f"{key} was renamed {new + key[len(old):]}; use the new name"
+    return None
 
 
 def _check(ok: bool, key: str, rule: str, value) -> None:

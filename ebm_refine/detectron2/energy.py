@@ -54,10 +54,10 @@ def energy_from_config(cfg, input_shape: Dict[str, ShapeSpec], in_features: List
         nce_beta=e.NCE_BETA,
         label_sigma=e.LABEL_SIGMA,
         max_gt_per_image=e.MAX_GT_PER_IMAGE,
-        refine_steps=e.REFINE.NUM_STEPS,
+        num_steps=e.REFINE.NUM_STEPS,
         step_size_center=e.REFINE.STEP_SIZE_CENTER,
         step_size_size=e.REFINE.STEP_SIZE_SIZE,
-        step_decay=e.REFINE.DECAY,
+        decay=e.REFINE.DECAY,
         keep_unrefined=e.REFINE.KEEP_UNREFINED,
         refine_fused=e.REFINE.FUSED,
     )
@@ -74,7 +74,7 @@ class EnergyMixin:
         proposal: the proposal distribution q(y | y_i); ``num_samples`` boxes per ground truth (M).
         nce_beta: NCE+ beta; ``label_sigma``: KLD-IS label density std.
         max_gt_per_image: ground truths per image used by the loss (0 = all).
-        refine_steps, step_size_center, step_size_size, step_decay: refiner settings (relative encoding).
+        num_steps, step_size_center, step_size_size, decay: refiner settings (relative encoding).
         keep_unrefined: store the unrefined boxes and their f in refined instances.
         refine_fused: refine with the energy head's ``box_energy`` fast path when it has one
             (``FCEnergyHead``: prepared pyramid pooling, backward written out; same boxes as autograd).
@@ -82,8 +82,8 @@ class EnergyMixin:
 
     def init_energy(self, *, in_features: List[str], energy_pooler: MultiLevelBoxPooler, energy_head, loss: str, loss_weight: float,
                     proposal: BoxProposal, num_samples: int, nce_beta: float, label_sigma: float,
-                    max_gt_per_image: int, refine_steps: int, step_size_center: float, step_size_size: float,
-                    step_decay: float, keep_unrefined: bool, refine_fused: bool = True) -> None:
+                    max_gt_per_image: int, num_steps: int, step_size_center: float, step_size_size: float,
+                    decay: float, keep_unrefined: bool, refine_fused: bool = True) -> None:
         if loss not in LOSSES:
             raise ConfigValueError(f"MODEL.EBM.LOSS must be one of {LOSSES}, got {loss!r}")
         self.energy_in_features = list(in_features)
@@ -96,10 +96,10 @@ class EnergyMixin:
         self.nce_beta = nce_beta
         self.label_sigma = label_sigma
         self.max_gt_per_image = max_gt_per_image
-        self.refine_steps = refine_steps
+        self.num_steps = num_steps
         self.step_size_center = step_size_center
         self.step_size_size = step_size_size
-        self.step_decay = step_decay
+        self.decay = decay
         self.keep_unrefined = keep_unrefined
         self.refine_fused = refine_fused
 
@@ -176,10 +176,10 @@ class EnergyMixin:
         res = refine_boxes(
             energy_fn if energy_fn is not None else (lambda b: self.energy(feats, b, classes, index, groups)),
             boxes,
-            num_steps=self.refine_steps,
+            num_steps=self.num_steps,
             step_size_center=self.step_size_center,
             step_size_size=self.step_size_size,
-            decay=self.step_decay,
+            decay=self.decay,
             returns_grad=energy_fn is not None,
         )
         start = 0

@@ -29,7 +29,7 @@ from detectron2.evaluation import COCOEvaluator, DatasetEvaluators
 
 from ..utils.errors import UserError
 from .checkpoint import EBMCheckpointer
-from .config import add_ebm_config
+from .config import add_ebm_config, renamed_key_hint
 from .box_change import BoxChangeEvaluator
 from .data import CheckedDatasetMapper, DatasetError, load_dataset_dicts
 from .detections import DetectionsMapper, RefinedDetectionsWriter, load_detections_into_dataset
@@ -71,6 +71,9 @@ def load_config(config_file: Optional[str] = None, opts: Optional[List[str]] = N
 
 def _config_message(error: BaseException) -> str:
     text = error.args[0] if error.args and isinstance(error.args[0], str) else str(error)
+    renamed = renamed_key_hint(text)
+    if renamed is not None:
+        return renamed
     return " ".join(text.split()) + " (check the key's spelling and value type in ebm_refine/detectron2/config.py)"
 
 

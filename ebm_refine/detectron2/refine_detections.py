@@ -91,7 +91,7 @@ def load_refiner(cfg, weights: str):
 @contextlib.contextmanager
 def refinement_settings(heads, num_steps: int, step_size_center: float, step_size_size: float) -> Iterator[None]:
     """Temporarily refine with other steps / step sizes (the energy heads' attributes)."""
-    keys = ("refine_steps", "step_size_center", "step_size_size")
+    keys = ("num_steps", "step_size_center", "step_size_size")
     old = [getattr(heads, k) for k in keys]
     for k, v in zip(keys, (num_steps, step_size_center, step_size_size)):
         setattr(heads, k, v)

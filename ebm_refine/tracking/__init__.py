@@ -9,7 +9,12 @@ evaluation   a resumable, parallel runner for trackers with pytracking's API, th
              (``pytracking``, ``otb``, ``trackingnet``), reports/plots and the TrackingNet submission packer.
 tracker      ``EBMAtomTracker`` (online classifier + box estimation by EBM / IoU-Net / none), parameter files.
 models       the backbone, the box estimator (energy network) and the network file format.
-train        pytracking-ltr-style training of the box estimator (pairs, sources, trainer).
+train        pytracking-ltr-style training of the box estimator (pairs, sources, loss, trainer).
+processing   (module) search-region crops and the training crops' jitter, shared by tracker and training
+             (ltr's ``processing_utils``).
+
+The generated training / test sequences are :mod:`ebm_refine.data.synthetic_tracking`, next to the
+synthetic detection set; YAML config helpers are :mod:`ebm_refine.utils.config`.
 
 This module deliberately imports nothing heavy: import the sub-packages you need.
 """

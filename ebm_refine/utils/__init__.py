@@ -1,5 +1,5 @@
-"""Small shared utilities: package resources, atomic file writing, image reading and the command-line error
-convention.
+"""Small shared utilities: package resources, atomic file writing, image reading, the command-line error
+convention, and (``ebm_refine.utils.config``) the YAML config helpers of the tracker and its training.
 
 Nothing here imports Detectron2; everything is usable from the core, the plugin, the tracker and the tools.
 """

@@ -17,6 +17,9 @@ truncated video that looks finished, and never replaces a complete earlier outpu
 
 Expected failures are :class:`~ebm_refine.utils.UserError` subclasses naming the file and what to do.
 Folders of images are listed by :func:`ebm_refine.tracking.datasets.io.list_frames`.
+
+(Just past the ~400-line guide: a quarter of it is documentation, and sources, outputs and the loop that joins
+them under one set of commit / discard rules read best together.)
 """
 from __future__ import annotations
 

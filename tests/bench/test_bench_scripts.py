@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -41,15 +43,16 @@ def test_bench_refiner_writes_positive_throughput(tmp_path: Path) -> None:
         assert row["min_score_gain"] >= 0
 
 
-def test_benchmark_tracker_reports_the_refinement_share(tmp_path: Path) -> None:
+@pytest.mark.slow
+def test_bench_tracker_reports_the_refinement_share(tmp_path: Path) -> None:
     out = tmp_path / "tracker.json"
-    _run("benchmark_tracker.py", "--params", "ebm_fast", "norefine", "--frames", "4", "--json", str(out))
+    _run("bench_tracker.py", "--params", "ebm_fast", "norefine", "--frames", "4", "--json", str(out))
     res = json.loads(out.read_text())
     fast, none = res["variants"]["ebm_fast"], res["variants"]["norefine"]
     assert res["frames_timed"] == 3 and fast["fps"] > 0 and fast["num_steps"] == 3
     assert 0 < fast["refine_share"] < 1 and none["refine_share"] == 0
     # Bad input: one line on stderr, exit 2 (the run_cli convention).
-    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "benchmark_tracker.py"), "--params", "no_such_params"],
+    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "bench_tracker.py"), "--params", "no_such_params"],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and "no_such_params" in proc.stderr

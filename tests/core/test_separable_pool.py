@@ -2,10 +2,18 @@ import pytest
 import torch
 
 from ebm_refine.core import box_roi_align
-from ebm_refine.core.separable_pool import (SeparableRoIAlign, bin_major_weight, roi_align_axis_weights,
-                                            separable_box_roi_align)
+from ebm_refine.core.separable_pool import SeparableRoIAlign, bin_major_weight, separable_box_roi_align
 
 from test_roi_pool import random_boxes
+
+
+def roi_align_axis_weights(lo, hi, bins: int, sampling_ratio: int, length: int):
+    """(N, bins, length) RoI Align interpolation weights along one axis, for (N,) box edges ``lo``, ``hi`` in
+    feature pixels with integer pixel centres: the pooling's own weights on a map of one row."""
+    # spatial_scale = 1 puts box edge x at position x - 0.5.
+    pool = SeparableRoIAlign(lo.new_zeros(1, 1, length), (1, bins), 1.0, sampling_ratio)
+    boxes = torch.stack([lo + 0.5, torch.zeros_like(lo), hi + 0.5, torch.ones_like(lo)], dim=1)
+    return pool._weights(boxes, 0)[0][0, :, :, :length]
 
 
 @pytest.mark.parametrize("output_size", [(5, 3), (4, 4)])  # both axes in one pass when square

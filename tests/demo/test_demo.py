@@ -21,15 +21,15 @@ import torch
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "demo" / "demo.py"
 sys.path.insert(0, str(REPO / "tests" / "detectron2"))
-sys.path.insert(0, str(REPO / "tests" / "tracker"))
+sys.path.insert(0, str(REPO / "tests" / "tracking"))
 
 from d2_helpers import small_cfg  # noqa: E402
-from tracker_helpers import TINY_NET, TINY_TRACKER  # noqa: E402
+from tracker_helpers import TINY_NET, TINY_TRACKER, one_torch_thread  # noqa: E402
 
 # The tiny detector of tests/detectron2 (128 px, narrow heads) as --opts for the demo's config file.
 TINY_DET_OPTS = [
     "INPUT.MIN_SIZE_TEST", "128", "INPUT.MAX_SIZE_TEST", "128",
-    "MODEL.EBM_BACKBONE.WIDTHS", "[16, 16, 32, 32]", "MODEL.FPN.OUT_CHANNELS", "32",
+    "MODEL.COMPACT_RESNET.WIDTHS", "[16, 16, 32, 32]", "MODEL.FPN.OUT_CHANNELS", "32",
     "MODEL.ROI_BOX_HEAD.FC_DIM", "64", "MODEL.EBM.HEAD.FC_DIM", "64", "MODEL.EBM.NUM_SAMPLES", "16",
     "MODEL.RPN.POST_NMS_TOPK_TEST", "50", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0",
 ]
@@ -83,11 +83,8 @@ def run_script(*args: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module", autouse=True)
 def _one_thread():
-    # Two OpenMP threads on a shared 2-core machine spin-wait; one is much faster for these tiny models.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+    with one_torch_thread():
+        yield
 
 
 def _frame(i: int, w: int = 160, h: int = 120) -> np.ndarray:

@@ -19,7 +19,7 @@ def small_cfg(output_dir, train="test_synth_train", test="test_synth_val", extra
         "DATASETS.TRAIN", f"('{train}',)", "DATASETS.TEST", f"('{test}',)",
         "INPUT.MIN_SIZE_TRAIN", "(128,)", "INPUT.MAX_SIZE_TRAIN", "128",
         "INPUT.MIN_SIZE_TEST", "128", "INPUT.MAX_SIZE_TEST", "128",
-        "MODEL.EBM_BACKBONE.WIDTHS", "[16, 16, 32, 32]", "MODEL.FPN.OUT_CHANNELS", "32",
+        "MODEL.COMPACT_RESNET.WIDTHS", "[16, 16, 32, 32]", "MODEL.FPN.OUT_CHANNELS", "32",
         "MODEL.ROI_BOX_HEAD.FC_DIM", "64", "MODEL.EBM.HEAD.FC_DIM", "64", "MODEL.EBM.NUM_SAMPLES", "16",
         "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "64", "MODEL.RPN.POST_NMS_TOPK_TEST", "50",
         "SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", "3", "SOLVER.WARMUP_ITERS", "1",

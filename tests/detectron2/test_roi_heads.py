@@ -152,6 +152,18 @@ def test_unknown_ebm_key_is_a_config_error(tmp_path):
         load_config(str(tmp_path / "missing.yaml"))
 
 
+def test_renamed_config_key_names_its_new_name(tmp_path):
+    old = tmp_path / "old.yaml"
+    old.write_text("_BASE_: " + ebm_config_path("Synthetic/ebm_compact_fpn_synthetic.yaml")
+                   + "\nMODEL:\n  EBM_BACKBONE:\n    WIDTHS: [8, 8, 8, 8]\n")
+    with pytest.raises(ConfigError, match=r"^.*old.yaml: MODEL.EBM_BACKBONE was renamed "
+                                          r"MODEL.COMPACT_RESNET; use the new name$"):
+        load_config(str(old))
+    with pytest.raises(ConfigError, match="command-line option: MODEL.EBM_BACKBONE.NORM was renamed "
+                                          "MODEL.COMPACT_RESNET.NORM"):
+        load_config(None, ["MODEL.EBM_BACKBONE.NORM", "BN"])
+
+
 @pytest.mark.parametrize("key,value,rule", [
     ("MODEL.EBM.NUM_SAMPLES", "0", "> 0"), ("MODEL.EBM.PROPOSAL_SIGMAS", "[0.05, -0.1]", "> 0"),
     ("MODEL.EBM.REFINE.STEP_SIZE_SIZE", "0.0", "> 0"), ("MODEL.EBM.REFINE.DECAY", "1.5", "in (0, 1]"),

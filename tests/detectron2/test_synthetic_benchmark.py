@@ -1,6 +1,7 @@
 """The README's main job (ebm_refine.detectron2.benchmark, run by tools/synthetic_benchmark.py) in a small configuration."""
 import json
 
+import pytest
 import torch
 from detectron2.data import MetadataCatalog
 
@@ -9,6 +10,7 @@ from ebm_refine.detectron2 import get_ebm_cfg
 from ebm_refine.detectron2.benchmark import run_synthetic_benchmark
 
 
+@pytest.mark.slow
 def test_benchmark_trains_both_heads_and_reports_three_columns(synthetic_names, tmp_path):
     small = [
         "DATASETS.TRAIN", "('test_synth_train',)", "DATASETS.TEST", "('test_synth_val',)",
@@ -43,3 +45,13 @@ def test_fast_configs_change_only_the_number_of_refinement_steps():
         assert full.MODEL.EBM.REFINE.NUM_STEPS == 10 and fast.MODEL.EBM.REFINE.NUM_STEPS == 6
         fast.MODEL.EBM.REFINE.NUM_STEPS, fast.OUTPUT_DIR = 10, full.OUTPUT_DIR
         assert fast == full
+
+
+def test_baseline_config_changes_only_the_loss_the_freezing_and_the_step_sizes():
+    ebm, iounet = get_ebm_cfg("Synthetic/ebm_compact_fpn_synthetic.yaml"), get_ebm_cfg("Synthetic/iounet_compact_fpn_synthetic.yaml")
+    assert iounet.MODEL.EBM.LOSS == "iou_confidence" and iounet.MODEL.EBM.FREEZE_DETECTOR
+    assert (iounet.MODEL.EBM.REFINE.STEP_SIZE_CENTER, iounet.MODEL.EBM.REFINE.STEP_SIZE_SIZE) == (0.02, 0.02)
+    e = iounet.MODEL.EBM
+    e.LOSS, e.FREEZE_DETECTOR, iounet.OUTPUT_DIR = ebm.MODEL.EBM.LOSS, ebm.MODEL.EBM.FREEZE_DETECTOR, ebm.OUTPUT_DIR
+    e.REFINE.STEP_SIZE_CENTER, e.REFINE.STEP_SIZE_SIZE = ebm.MODEL.EBM.REFINE.STEP_SIZE_CENTER, ebm.MODEL.EBM.REFINE.STEP_SIZE_SIZE
+    assert iounet == ebm

@@ -13,6 +13,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_train_then_evaluate_writes_refined_and_unrefined_ap(synthetic_names, tmp_path):
     out = tmp_path / "out"
     cfg = small_cfg(out, extra=["SOLVER.MAX_ITER", "4", "SOLVER.CHECKPOINT_PERIOD", "2"])
@@ -35,6 +36,7 @@ def test_train_then_evaluate_writes_refined_and_unrefined_ap(synthetic_names, tm
     assert "Starting training from iteration 4" in (out / "log.txt").read_text()
 
 
+@pytest.mark.slow
 def test_distributed_training_with_two_gloo_processes(tmp_path):
     # `--num-gpus 2` on a CPU machine starts two gloo processes. Each registers the plugin's synthetic
     # datasets; the generator's file lock makes that safe.
@@ -48,6 +50,7 @@ def test_distributed_training_with_two_gloo_processes(tmp_path):
     assert "EBM refinement on ebm_synthetic_val" in log
 
 
+@pytest.mark.slow
 def test_real_coco_images_train_and_evaluate(shared_data, tmp_path):
     # coco_tiny_train2017 is registered by the plugin from the project's data folder.
     out = tmp_path / "out"

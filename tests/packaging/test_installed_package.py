@@ -19,13 +19,13 @@ CHECK = textwrap.dedent("""
     assert data_root() == Path(ebm_refine.__file__).parent, data_root()
 
     from ebm_refine.detectron2 import get_ebm_cfg
-    from ebm_refine.detectron2.configs import list_ebm_configs
+    from ebm_refine.detectron2.model_zoo import list_ebm_configs
     configs = list_ebm_configs()
     for name in configs:
         get_ebm_cfg(name)
     print("detectron2 configs:", len(configs))
 
-    from ebm_refine.tracking.synthetic import SyntheticConfig, SyntheticSequence
+    from ebm_refine.data.synthetic_tracking import SyntheticConfig, SyntheticSequence
     from ebm_refine.tracking.tracker import EBMAtomTracker, load_tracker_params
     seq = SyntheticSequence(7, SyntheticConfig(num_frames=4, height=240, width=320))
     names = [p[:-5] for p in list_resources("configs/tracking", "*.yaml") if not p.startswith("train_")]
@@ -56,6 +56,7 @@ def installed(tmp_path_factory):
     return site
 
 
+@pytest.mark.slow
 def test_installed_wheel_loads_every_shipped_config_and_network(installed, tmp_path):
     script = tmp_path / "check.py"
     script.write_text(CHECK)

@@ -119,6 +119,7 @@ def test_ebm_beats_gaussian_on_problem1() -> None:
     assert ebm.kl < 0.2 * gauss.kl, (ebm.kl, gauss.kl)
 
 
+@pytest.mark.slow
 def test_toy_benchmark_script_writes_json_and_png(tmp_path: Path) -> None:
     out_json, out_png = tmp_path / "toy.json", tmp_path / "toy.png"
     proc = subprocess.run(

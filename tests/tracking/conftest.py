@@ -1,14 +1,34 @@
-"""Fixtures for the tracking tests: the real sequences in shared data, and small dataset trees built in
-tmp_path (frames are tiny generated JPEGs or empty placeholder files where only existence matters)."""
+"""Fixtures for the tracking tests (tests/tracking/{datasets,evaluation,models,tracker,train}): the real
+sequences in shared data, a tiny random-init network, one thread. Helpers shared by name (the tests have
+no packages): tracking_helpers (small dataset trees built in tmp_path), tracker_helpers (tiny network and
+tracker parameters)."""
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 HERE = Path(__file__).resolve().parent
 # tracking_helpers must be importable here and in spawned runner workers (they inherit sys.path).
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
+
+from tracker_helpers import TINY_NET, one_torch_thread  # noqa: E402
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_thread():
+    # Session scope, so that module- and session-scoped fixtures (which train small models) run under it too.
+    with one_torch_thread():
+        yield
+
+
+@pytest.fixture(scope="session")
+def tiny_net():
+    from ebm_refine.tracking.models import TrackerNet
+
+    torch.manual_seed(0)
+    return TrackerNet(TINY_NET).eval()
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,5 @@
 """Test helpers of the tracking tests: small file writers, and module-level test trackers (picklable for
-spawned runner workers). A module of its own, not conftest: tests/tracker has a conftest too, and
+spawned runner workers). A module of its own, not conftest: other test folders have a conftest too, and
 ``from conftest import ...`` would find whichever pytest loaded last."""
 import os
 

@@ -33,8 +33,6 @@ Modulation = Tuple[Tensor, Tensor]  # (B, C3), (B, C4)
 # Candidate sets up to this size use the matrix-product RoI Align (few boxes: refinement while
 # tracking); larger ones (training: 129 boxes per image) the sampling-grid one. Same numbers either way.
 _SEPARABLE_MAX_BOXES = 64
-# Receptive-field radius, in cells, of the two 3x3 convolutions of each test branch.
-_TEST_CONV_RADIUS = 2
 
 
 class TestFeatures(NamedTuple):
@@ -199,17 +197,6 @@ class EnergyBoxEstimator(nn.Module):
         """
         return BoxEnergy(self, test_feats)
 
-    def score_and_grad(self, test_feats: TestFeatures, boxes: Tensor) -> Tuple[Tensor, Tensor]:
-        """f and df/dbox for the candidates of one image, without autograd; ``box_energy(...)(boxes)``.
-
-        Args:
-            test_feats: from :meth:`test_features` for one image.
-            boxes: (M, 4) candidates, xyxy crop pixels.
-        Returns:
-            (M,) scores and (M, 4) their gradients w.r.t. the box coordinates.
-        """
-        return self.box_energy(test_feats)(boxes)
-
     def forward(self, ref_feats: Dict[str, Tensor], ref_boxes: Tensor, test_feats: Dict[str, Tensor],
                 test_boxes: Tensor) -> Tensor:
         """Full pass: (B, 4) reference boxes, (B, M, 4) test candidates -> (B, M) scores."""
@@ -270,10 +257,23 @@ def _conv_on_window(conv: nn.Module, x: Tensor, r0: int, r1: int, c0: int, c1: i
     """
     h, w = x.shape[-2:]
     r1, c1 = min(r1, h), min(c1, w)
-    pad = _TEST_CONV_RADIUS
+    pad = _receptive_radius(conv)
     a0, a1, b0, b1 = max(0, r0 - pad), min(h, r1 + pad), max(0, c0 - pad), min(w, c1 + pad)
     y = conv(x[..., a0:a1, b0:b1])
     return y[..., r0 - a0:r1 - a0, c0 - b0:c1 - b0]
+
+
+def _receptive_radius(module: nn.Module) -> int:
+    """Receptive-field radius, in cells, of a stack of stride-1 convolutions (2 for two 3x3 ones): the sum of
+    each one's dilation * (kernel - 1) / 2, read from the layers so a changed test branch stays exact."""
+    radius = 0
+    for conv in module.modules():
+        if isinstance(conv, nn.Conv2d):
+            k = conv.kernel_size
+            if conv.stride != (1, 1) or k[0] != k[1] or k[0] % 2 == 0:
+                raise ValueError(f"windowed test maps need square, odd, stride-1 convolutions, got {conv}")
+            radius += conv.dilation[0] * (conv.kernel_size[0] - 1) // 2
+    return radius
 
 
 def _grid_roi_align(feature: Tensor, boxes: Tensor, output_size: int, spatial_scale: float) -> Tensor:

@@ -1,4 +1,6 @@
-"""The trainable tracker network: frozen backbone + box estimator, its losses and its checkpoints.
+"""The trainable tracker network: frozen backbone + box estimator, and its checkpoints.
+
+Its training loss is :mod:`ebm_refine.tracking.train.loss` (next to the rest of training, as in ltr).
 
 A checkpoint is self-contained: it stores the config that builds the network *and* the backbone
 weights (so a random-init test backbone, or the local MobileNetV2 file, does not need to be found again
@@ -15,17 +17,15 @@ from typing import Any, Dict, Optional
 import torch
 from torch import Tensor, nn
 
-from ebm_refine.core.boxes import box_iou_aligned, valid_box_mask
-from ebm_refine.core.losses import iou_confidence_loss
-from ebm_refine.core.objectives import EBM_METHODS, ebm_loss, sampling_options
-from ebm_refine.core.proposal import BoxProposal
+from ebm_refine.core.objectives import EBM_METHODS
 
+from ...utils.config import merge_params
 from ...utils.errors import UserError
 from ...utils.fileio import atomic_save_torch
 from .backbone import Backbone, build_backbone
 from .box_estimator import EnergyBoxEstimator
 
-__all__ = ["TrackerNet", "build_tracker_net", "box_estimation_loss", "save_net", "load_net",
+__all__ = ["TrackerNet", "net_state", "save_net", "load_net",
            "DEFAULT_NET_CONFIG", "LOSS_METHODS", "NET_FORMAT", "non_finite_tensors", "read_torch_file"]
 
 NET_FORMAT = "ebm_refine.tracker_net/1"
@@ -33,21 +33,20 @@ NET_FORMAT = "ebm_refine.tracker_net/1"
 _UNREADABLE = (EOFError, RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, AttributeError,
                ImportError, IndexError, KeyError, TypeError, UnicodeDecodeError)
 
-LOSS_METHODS = EBM_METHODS + ("iou",)
+# The loss names of ebm_refine.core.losses.LOSS_NAMES and MODEL.EBM.LOSS: the EBM methods and IoU-Net's
+# IoU-prediction loss ("iou_confidence"; the tracker reads such a network with box_refinement.mode "iounet").
+LOSS_METHODS = EBM_METHODS + ("iou_confidence",)
+# Loss-method values renamed in issue 17 (old -> new): an error naming the new value in a training config,
+# converted on load in network files written before the rename (see _upgrade_stored_config).
+RENAMED_LOSS_METHODS = {"iou": "iou_confidence"}
 
 DEFAULT_NET_CONFIG: Dict[str, Any] = {
     "backbone": {"name": "resnet18", "weights": None, "frozen": True},
     "estimator": {"pred_dims": [256, 256], "inter_dims": [256, 256], "ref_pool": [3, 1], "test_pool": [5, 3]},
-    # Training objective of the box estimator: an EBM method ("ml_is", ...) or "iou" (IoU-Net baseline).
-    "loss": {"method": "ml_is", "sigmas": [0.05, 0.5], "num_samples": 128, "label_sigma": 0.05, "beta": None},
+    # Training objective of the box estimator: an EBM method ("ml_is", ...) or "iou_confidence" (IoU-Net
+    # baseline). nce_beta: NCE+'s beta (as MODEL.EBM.NCE_BETA); needed by nce_plus only.
+    "loss": {"method": "ml_is", "sigmas": [0.05, 0.5], "num_samples": 128, "label_sigma": 0.05, "nce_beta": None},
 }
-
-
-def _merge(base: Dict, over: Optional[Dict]) -> Dict:
-    out = copy.deepcopy(base)
-    for k, v in (over or {}).items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
-    return out
 
 
 class TrackerNet(nn.Module):
@@ -61,7 +60,7 @@ class TrackerNet(nn.Module):
 
     def __init__(self, config: Optional[Dict[str, Any]] = None, backbone: Optional[Backbone] = None):
         super().__init__()
-        self.config = _merge(DEFAULT_NET_CONFIG, config)
+        self.config = merge_params(DEFAULT_NET_CONFIG, config, strict=False)
         self.backbone = backbone if backbone is not None else build_backbone(self.config["backbone"])
         ch = self.backbone.out_channels
         est = self.config["estimator"]
@@ -70,12 +69,15 @@ class TrackerNet(nn.Module):
             ref_pool=est["ref_pool"], test_pool=est["test_pool"],
             strides=(self.backbone.strides["layer2"], self.backbone.strides["layer3"]))
         method = self.config["loss"]["method"]
+        if method in RENAMED_LOSS_METHODS:
+            raise UserError(f"net.loss.method {method!r} was renamed {RENAMED_LOSS_METHODS[method]!r}; "
+                            f"use the new name")
         if method not in LOSS_METHODS:
             raise ValueError(f"unknown loss method {method!r}; expected one of {LOSS_METHODS}")
 
     @property
     def method(self) -> str:
-        """Training objective of the box estimator ("ml_is", ..., or "iou")."""
+        """Training objective of the box estimator ("ml_is", ..., or "iou_confidence")."""
         return self.config["loss"]["method"]
 
     def extract(self, images: Tensor) -> Dict[str, Tensor]:
@@ -85,62 +87,18 @@ class TrackerNet(nn.Module):
                 return self.backbone(images)
         return self.backbone(images)
 
-    def forward(self, ref_images: Tensor, ref_boxes: Tensor, test_images: Tensor, test_boxes: Tensor,
-                generator: Optional[torch.Generator] = None) -> Tensor:
-        """Training loss of a batch of (reference, test) crop pairs.
-
-        Args:
-            ref_images, test_images: (B, 3, S, S) RGB crops in [0, 255].
-            ref_boxes, test_boxes: (B, 4) target boxes, xyxy crop pixels.
-        Returns:
-            scalar loss (see :func:`box_estimation_loss`).
-        """
-        return box_estimation_loss(self.estimator, self.extract(ref_images), ref_boxes,
-                                   self.extract(test_images), test_boxes, self.config["loss"], generator)
-
-
-def box_estimation_loss(estimator: EnergyBoxEstimator, ref_feats: Dict[str, Tensor], ref_boxes: Tensor,
-                        test_feats: Dict[str, Tensor], test_boxes: Tensor, loss_cfg: Dict[str, Any],
-                        generator: Optional[torch.Generator] = None) -> Tensor:
-    """Proposals around each test ground truth, scored by the estimator, fed to the configured loss.
-
-    EBM methods draw M samples from the K-component mixture in relative box coordinates (the paper's
-    tracking setting: sigmas 0.05 and 0.5, M = 128, plus the ground truth as sample 0 for ML-IS) and use
-    :func:`ebm_refine.core.objectives.ebm_loss`. ``"iou"`` regresses 2 IoU - 1 of the same samples
-    (IoU-Net baseline, :func:`ebm_refine.core.losses.iou_confidence_loss`).
-    """
-    method = loss_cfg["method"]
-    proposal = BoxProposal(loss_cfg["sigmas"])
-    if method == "iou":
-        samples = proposal.sample(test_boxes, int(loss_cfg["num_samples"]), include_reference=True,
-                                  generator=generator)
-    else:
-        opts = sampling_options(method, loss_cfg.get("beta"))
-        samples = proposal.sample(test_boxes, int(loss_cfg["num_samples"]), include_reference=opts.include_center,
-                                  beta=opts.beta, generator=generator)
-    # Ground truths that are degenerate (a target cropped to nothing) carry no signal.
-    row_valid = valid_box_mask(test_boxes, min_size=1.0) & valid_box_mask(ref_boxes, min_size=1.0)
-    safe = torch.where(row_valid[:, None, None], samples.boxes,
-                       samples.boxes.new_tensor([0.0, 0.0, 16.0, 16.0]).expand_as(samples.boxes))
-    scores = estimator(ref_feats, torch.where(row_valid[:, None], ref_boxes,
-                                              ref_boxes.new_tensor([0.0, 0.0, 16.0, 16.0])), test_feats, safe)
-    sample_valid = valid_box_mask(samples.boxes) & row_valid[:, None]
-    if method == "iou":
-        iou = box_iou_aligned(samples.boxes, test_boxes[:, None, :])
-        return iou_confidence_loss(scores, iou, valid=sample_valid)
-    return ebm_loss(method, scores, samples.log_q, offsets=samples.rel, label_sigma=loss_cfg.get("label_sigma"),
-                    valid=sample_valid)
-
-
-def build_tracker_net(config: Optional[Dict[str, Any]] = None) -> TrackerNet:
-    """:class:`TrackerNet` from a (partial) config."""
-    return TrackerNet(config)
-
 
 def non_finite_tensors(*state_dicts: Dict[str, Tensor]) -> list:
     """Names of floating-point tensors in ``state_dicts`` that hold NaN or infinity."""
     return [k for sd in state_dicts for k, v in sd.items()
             if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+
+
+def net_state(net: TrackerNet) -> Dict[str, Any]:
+    """What a network file holds (and a training checkpoint's ``net`` entry): format tag, a copy of the
+    config, backbone and estimator state dicts."""
+    return {"format": NET_FORMAT, "config": copy.deepcopy(net.config),
+            "backbone": net.backbone.state_dict(), "estimator": net.estimator.state_dict()}
 
 
 def save_net(path: str, net: TrackerNet, extra: Optional[Dict[str, Any]] = None) -> None:
@@ -149,8 +107,7 @@ def save_net(path: str, net: TrackerNet, extra: Optional[Dict[str, Any]] = None)
     Raises:
         ValueError if a weight is not finite (a diverged network is never written).
     """
-    state = {"format": NET_FORMAT, "config": net.config,
-             "backbone": net.backbone.state_dict(), "estimator": net.estimator.state_dict()}
+    state = net_state(net)
     bad = non_finite_tensors(state["backbone"], state["estimator"])
     if bad:
         raise ValueError(f"refusing to write {path}: {len(bad)} weight tensor(s) are not finite ({bad[0]}, ...)")
@@ -199,7 +156,8 @@ def load_net(path: str, map_location: str = "cpu") -> TrackerNet:
     if bad:
         raise UserError(f"{path}: {len(bad)} weight tensor(s) hold NaN or infinity (e.g. {bad[0]}), the result of "
                         f"a diverged training; retrain it or use another network file")
-    cfg = copy.deepcopy(state["config"])
+    stored = _upgrade_stored_config(state["config"])
+    cfg = copy.deepcopy(stored)
     # The stored backbone weights replace whatever the config pointed at (no file lookup, no download).
     cfg["backbone"] = dict(cfg["backbone"], weights=None)
     try:
@@ -209,5 +167,23 @@ def load_net(path: str, map_location: str = "cpu") -> TrackerNet:
     except (RuntimeError, KeyError, ValueError, TypeError) as exc:
         raise UserError(f"{path}: its weights do not fit the network its config describes "
                         f"({' '.join(str(exc).split())[:160]}); {hint}") from None
-    net.config = copy.deepcopy(state["config"])
+    net.config = copy.deepcopy(stored)
     return net.eval()
+
+
+def _upgrade_stored_config(config: Any) -> Any:
+    """A network file's stored config in today's vocabulary.
+
+    Network files keep the config they were trained with, and the shipped ones
+    (``checkpoints/tracking/*/net.pth``) and users' own predate the renames of issue 17 (loss ``beta`` ->
+    ``nce_beta``, method ``iou`` -> ``iou_confidence``). Old files must keep loading, so the old names are
+    converted here, on load only; a training config with an old name is still an error (``RENAMED_KEYS``).
+    """
+    if not isinstance(config, dict) or not isinstance(config.get("loss"), dict):
+        return config
+    loss = dict(config["loss"])
+    if "beta" in loss:
+        beta = loss.pop("beta")
+        loss.setdefault("nce_beta", beta)
+    loss["method"] = RENAMED_LOSS_METHODS.get(loss.get("method"), loss.get("method"))
+    return dict(config, loss=loss)

@@ -2,11 +2,10 @@
 
 ebm_atom    :class:`EBMAtomTracker` (modes ``ebm``, ``iounet``, ``none`` via ``box_refinement.mode``)
 classifier  the online target classifier (PCA projection + conv filter, least squares solved by CG)
-crop        search-region crops shared with the training pipeline
 params      YAML parameter files under ``configs/tracking/``
 """
 from .classifier import Localization, OnlineClassifier
-from .crop import CropTransform, as_rgb_image, image_to_tensor, sample_patch
+from ..processing import CropTransform, as_rgb_image, image_to_tensor, sample_patch
 from .ebm_atom import EBMAtomTracker, validate_init_box
 from .params import CONFIG_DIR, DEFAULT_TRACKER_PARAMS, load_tracker_params
 

@@ -85,9 +85,9 @@ def estimate_box(estimator: EnergyBoxEstimator, feats: Dict[str, Tensor], modula
         region = torch.cat([boxes[:, :2].min(0).values - grow, boxes[:, 2:].max(0).values + grow]).tolist()
     with torch.no_grad():
         test_feats = estimator.test_features(feats, modulation, region)
-    step_c, step_s = cfg["step_size"]
     res = refine_boxes(estimator.box_energy(test_feats), boxes, num_steps=int(cfg["num_steps"]),
-                       step_size_center=float(step_c), step_size_size=float(step_s), decay=float(cfg["step_decay"]),
+                       step_size_center=float(cfg["step_size_center"]), step_size_size=float(cfg["step_size_size"]),
+                       decay=float(cfg["decay"]),
                        returns_grad=True, backtracking=bool(cfg["backtracking"]))
     out = xyxy_to_cxcywh(res.boxes)
     scores = res.scores

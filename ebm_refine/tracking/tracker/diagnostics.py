@@ -17,7 +17,6 @@ Both return plain dicts (JSON-ready); ``tools/probe_box_refinement.py`` prints a
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Dict, List, Optional, Sequence as _Seq, Tuple
 
 import numpy as np
@@ -27,7 +26,7 @@ from ...core.boxes import box_iou_aligned, cxcywh_to_xyxy, xywh_to_xyxy
 from ..datasets.sequence import Sequence, read_frame
 from ..models.network import TrackerNet
 from .box_estimation import estimate_box
-from .crop import image_to_tensor, sample_patch
+from ..processing import image_to_tensor, sample_patch, search_region_side
 
 __all__ = ["PROBE_BOXES", "probe_boxes", "probe_pairs", "probe_tracking", "summarize_pairs"]
 
@@ -76,7 +75,7 @@ def probe_pairs(net: TrackerNet, sequences: _Seq[Sequence], params: Dict[str, An
     Args:
         net: the tracker network (box estimator + backbone), in eval mode.
         sequences: annotated sequences; frame 0 is the reference, a random later valid frame the test.
-        params: tracker parameters (``search_area_scale``, ``image_sample_size``, ``box_refinement``).
+        params: tracker parameters (``search_area_factor``, ``image_sample_size``, ``box_refinement``).
         num_pairs: pairs drawn (sequence uniformly, then a frame), from ``seed``.
         size_errors: search-region size factors (the size of a tracker's previous estimate / true size).
         init_scales: box estimation is started from the true box with its sides times these.
@@ -88,7 +87,7 @@ def probe_pairs(net: TrackerNet, sequences: _Seq[Sequence], params: Dict[str, An
     usable = [(s, v) for s in sequences for v in [_valid_frames(s)] if v.size >= 2 and v[0] == 0]
     if not usable:
         raise ValueError("no sequence has a valid first-frame box and another valid frame")
-    area, sample = float(params["search_area_scale"]), int(params["image_sample_size"])
+    area, sample = float(params["search_area_factor"]), int(params["image_sample_size"])
     cfg = params["box_refinement"]
     gen = torch.Generator(device=next(net.parameters()).device).manual_seed(seed)
     est = net.estimator
@@ -100,7 +99,7 @@ def probe_pairs(net: TrackerNet, sequences: _Seq[Sequence], params: Dict[str, An
         if seq.name not in ref_cache:
             box0 = seq.ground_truth[0]
             c0 = box0[:2] + box0[2:] / 2
-            feats0, tf0 = _crop_features(net, read_frame(seq.frames[0]), c0, math.sqrt(box0[2] * box0[3]) * area,
+            feats0, tf0 = _crop_features(net, read_frame(seq.frames[0]), c0, search_region_side(box0[2], box0[3], area),
                                          sample)
             ref = torch.as_tensor(tf0.boxes_to_crop(np.r_[box0[:2], box0[:2] + box0[2:]]), dtype=torch.float32,
                                   device=feats0["layer2"].device)
@@ -111,7 +110,7 @@ def probe_pairs(net: TrackerNet, sequences: _Seq[Sequence], params: Dict[str, An
         gt = seq.ground_truth[t]
         center = gt[:2] + gt[2:] / 2
         for err in size_errors:
-            feats, tf = _crop_features(net, image, center, math.sqrt(gt[2] * gt[3]) * area * float(err), sample)
+            feats, tf = _crop_features(net, image, center, search_region_side(gt[2], gt[3], area) * float(err), sample)
             gt_crop = np.r_[(center - [tf.x0, tf.y0]) * tf.scale, gt[2:] * tf.scale]
             names, boxes = probe_boxes(gt_crop)
             dev = feats["layer2"].device

@@ -2,7 +2,7 @@
 
 Per frame:
 
-1. crop a square search region around the previous position (``search_area_scale`` x the target's
+1. crop a square search region around the previous position (``search_area_factor`` x the target's
    geometric-mean size), resample it to ``image_sample_size`` and run the backbone once;
 2. the online classifier's score map on ``layer3`` gives the new centre (or says the target is lost,
    or that a distractor makes the answer uncertain);
@@ -36,8 +36,9 @@ from torch import Tensor
 from ..models.network import TrackerNet, load_net
 from .box_estimation import estimate_box
 from .classifier import OnlineClassifier
-from .crop import CropTransform, as_rgb_image, image_to_tensor, sample_patch
-from .params import load_tracker_params, merge_params
+from ..processing import CropTransform, as_rgb_image, image_to_tensor, sample_patch, search_region_side
+from ...utils.config import merge_params
+from .params import RENAMED_KEYS, load_tracker_params
 
 __all__ = ["EBMAtomTracker", "validate_init_box"]
 
@@ -80,7 +81,7 @@ class EBMAtomTracker:
         if params is None or isinstance(params, str):
             params = load_tracker_params(params, overrides)
         elif overrides:
-            params = merge_params(params, overrides)
+            params = merge_params(params, overrides, renamed=RENAMED_KEYS)
         self.params = params
         self.mode = params["box_refinement"]["mode"]
         if self.mode not in REFINEMENT_MODES:
@@ -96,7 +97,7 @@ class EBMAtomTracker:
 
     # ------------------------------------------------------------------ helpers
     def _crop(self, image: np.ndarray, center: np.ndarray, size: np.ndarray) -> Tuple[np.ndarray, CropTransform]:
-        side = math.sqrt(float(size[0] * size[1])) * float(self.params["search_area_scale"])
+        side = search_region_side(size[0], size[1], self.params["search_area_factor"])
         return sample_patch(image, (center[0], center[1]), side, int(self.params["image_sample_size"]))
 
     def _features(self, crops: np.ndarray) -> Dict[str, Tensor]:
@@ -225,7 +226,7 @@ class EBMAtomTracker:
         size = np.clip(size, self.size / r, self.size * r)
         size = np.clip(size, self.base_size * float(s["min_scale_factor"]), self.base_size * float(s["max_scale_factor"]))
         h, w = image_hw
-        size = np.minimum(size, np.array([w, h], dtype=np.float64) * 1.5)
+        size = np.minimum(size, np.array([w, h], dtype=np.float64) * float(s["max_image_ratio"]))
         return np.maximum(size, float(s["min_size"]))
 
     def _clamp_pos(self, pos: np.ndarray, image_hw: Tuple[int, int]) -> np.ndarray:

@@ -16,26 +16,27 @@ from __future__ import annotations
 
 import copy
 import os
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Tuple
 
-import yaml
-
+from ...utils.config import UnknownKeyError, load_yaml, merge_params
 from ...utils.errors import UserError
 from ...utils.resources import data_root, resource_path
 
-__all__ = ["DEFAULT_TRACKER_PARAMS", "CONFIG_DIR", "load_tracker_params", "merge_params", "load_yaml",
-           "apply_dotted_overrides", "UnknownKeyError"]
+__all__ = ["DEFAULT_TRACKER_PARAMS", "CONFIG_DIR", "RENAMED_KEYS", "load_tracker_params"]
 
-
-class UnknownKeyError(UserError, KeyError):
-    """A parameter or config key that does not exist (a ``KeyError`` too, for callers that catch that)."""
-
-    def __str__(self) -> str:  # KeyError would quote the message
-        return str(self.args[0]) if self.args else ""
 
 CONFIG_DIR = str(resource_path("configs/tracking"))
 # Parameter keys that hold file paths (resolved as the module docstring says).
 PATH_KEYS = ("checkpoint",)
+
+# Tracker parameters renamed for one vocabulary across the core, the Detectron2 plugin and the tracker
+# (issue 17). An old key is an error naming the new one, not a silent alias (two
+# spellings of one setting would drift apart between files).
+RENAMED_KEYS: Dict[str, str] = {
+    "search_area_scale": "search_area_factor",
+    "box_refinement.step_size": "box_refinement.step_size_center and box_refinement.step_size_size",
+    "box_refinement.step_decay": "box_refinement.decay",
+}
 
 DEFAULT_TRACKER_PARAMS: Dict[str, Any] = {
     "name": "ebm_atom",
@@ -43,8 +44,9 @@ DEFAULT_TRACKER_PARAMS: Dict[str, Any] = {
     "checkpoint": None,
     "device": "cpu",
     "seed": 0,
-    # Search region: a square of sqrt(w h) * search_area_scale image pixels, resampled to image_sample_size.
-    "search_area_scale": 5.0,
+    # Search region: a square of sqrt(w h) * search_area_factor image pixels, resampled to image_sample_size
+    # (the same factor as the training crops' data.processing.search_area_factor).
+    "search_area_factor": 5.0,
     "image_sample_size": 288,
     "classifier": {
         "compressed_dim": 64,
@@ -76,10 +78,13 @@ DEFAULT_TRACKER_PARAMS: Dict[str, Any] = {
         "box_jitter_pos": 0.1,  # uniform centre jitter range, fraction of sqrt(w h)
         "box_jitter_size": 0.5,  # uniform log-size jitter range
         "num_steps": 10,
-        "step_size": [2.0e-4, 1.0e-3],  # (centre, log-size) in the relative space of each initial box
-        "step_decay": 0.5,
-        # true: a step that does not increase f is rejected and that box's step size shrinks by step_decay;
-        # false: pytracking's refinement (the paper's tracker, atom_prob_ml: step_decay 1), every step taken.
+        # Step sizes per unit gradient in the relative space of each initial box (centre offsets, log-sizes),
+        # named as in ebm_refine.core.refine_boxes and MODEL.EBM.REFINE.
+        "step_size_center": 2.0e-4,
+        "step_size_size": 1.0e-3,
+        "decay": 0.5,
+        # true: a step that does not increase f is rejected and that box's step size shrinks by decay;
+        # false: pytracking's refinement (the paper's tracker, atom_prob_ml: decay 1), every step taken.
         "backtracking": True,
         # Keep the previous size unless the averaged refined boxes' f exceeds the f of the classifier's box
         # (new centre, previous size) by this much; null: always take the refined size.
@@ -96,65 +101,11 @@ DEFAULT_TRACKER_PARAMS: Dict[str, Any] = {
         "max_change_per_frame": 1.5,  # largest size ratio between consecutive frames
         "min_size": 4.0,  # pixels
         "inside_ratio": 0.25,  # at least this fraction of the box's width/height stays inside the image
+        # Width / height at most this times the image's: a box may overhang the border (a target partly out
+        # of view) but not grow without bound when the estimate drifts on a flat background.
+        "max_image_ratio": 1.5,
     },
 }
-
-
-def merge_params(base: Dict[str, Any], override: Optional[Dict[str, Any]], path: str = "",
-                 strict: bool = True, kind: str = "tracker parameter") -> Dict[str, Any]:
-    """Recursive dict merge; with ``strict`` an override key missing from ``base`` raises
-    :class:`UnknownKeyError` naming the dotted key (``kind`` says what the keys are)."""
-    out = copy.deepcopy(base)
-    if override is not None and not isinstance(override, dict):
-        raise UserError(f"{path or 'top level'}: expected a mapping of {kind}s, got {override!r}")
-    for key, value in (override or {}).items():
-        where = f"{path}.{key}" if path else key
-        if strict and key not in out:
-            known = ", ".join(sorted(map(str, out))) or "none"
-            raise UnknownKeyError(f"unknown {kind} {where!r} (known at this level: {known}); check the spelling")
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = merge_params(out[key], value, where, strict, kind)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
-def apply_dotted_overrides(target: Dict[str, Any], items: Sequence[str]) -> Dict[str, Any]:
-    """Command-line ``a.b.c=value`` items (value parsed as YAML) written into ``target``, in place.
-
-    Missing sections are created (unknown keys are caught when the result is merged strictly). Raises
-    :class:`OverrideError` (a ``UserError`` and ``ValueError``) for an item without ``=``, a path through
-    a non-section value or a value that is not YAML. Returns ``target``.
-    """
-    for item in items:
-        if "=" not in item:
-            raise OverrideError(f"--set expects key=value, got {item!r}")
-        key, value = item.split("=", 1)
-        node = target
-        parts = key.split(".")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                raise OverrideError(f"--set {key}: {p!r} is not a section")
-        try:
-            node[parts[-1]] = yaml.safe_load(value)
-        except yaml.YAMLError as exc:
-            raise OverrideError(f"--set {key}: value {value!r} is not valid YAML ({exc.__class__.__name__})") from None
-    return target
-
-
-def load_yaml(path: str) -> Dict[str, Any]:
-    """Read a YAML mapping, following ``_base_`` chains (base keys first, this file's keys on top)."""
-    with open(path, "r", encoding="utf-8") as fh:
-        data = yaml.safe_load(fh) or {}
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: expected a mapping at the top level; fix the file")
-    _resolve_file_paths(data, path)
-    base = data.pop("_base_", None)
-    if base is not None:
-        base_path = base if os.path.isabs(base) else os.path.join(os.path.dirname(os.path.abspath(path)), base)
-        data = merge_params(load_yaml(base_path), data, strict=False)
-    return data
 
 
 def _resolve_file_paths(data: Dict[str, Any], yaml_path: str) -> None:
@@ -166,10 +117,6 @@ def _resolve_file_paths(data: Dict[str, Any], yaml_path: str) -> None:
         shipped = data_root() / value
         local = os.path.join(os.path.dirname(os.path.abspath(yaml_path)), value)
         data[key] = str(shipped) if shipped.exists() or not os.path.exists(local) else local
-
-
-class OverrideError(UserError, ValueError):
-    """A malformed command-line override (a ``ValueError`` too, for callers that catch that)."""
 
 
 class MissingParamsError(UserError, FileNotFoundError):
@@ -213,7 +160,7 @@ def load_tracker_params(name_or_path: Optional[str] = None, overrides: Optional[
     if name_or_path is not None:
         path = _resolve(name_or_path)
         try:
-            params = merge_params(params, load_yaml(path))
+            params = merge_params(params, load_yaml(path, _resolve_file_paths), renamed=RENAMED_KEYS)
         except UnknownKeyError as exc:
             raise UnknownKeyError(f"{path}: {exc}") from None
-    return merge_params(params, overrides)
+    return merge_params(params, overrides, renamed=RENAMED_KEYS)

@@ -1,12 +1,16 @@
 """Training pipeline of the tracker's box estimator (``ltr``-style pair sampling, checkpoints, DDP).
 
 data     the :class:`TrainSequence` interface, adapters (dataset loaders, COCO images), the pair sampler
-trainer  :func:`train` (single process or one DDP rank), config loading, data-source construction
+loss     the box estimator's training loss and :class:`BoxEstimationActor` (network + loss, what DDP wraps)
+config   the training config: defaults, strict checks, loading, the data sources it names
+trainer  :func:`train` (single process or one DDP rank), checkpoints and resume
 """
 from .data import (DEFAULT_PROCESSING, FileSequence, ImageSequence, IndexSampler, PairDataset, TrainSequence,
                    coco_sequences)
-from .trainer import DEFAULT_TRAIN, TrainingDivergedError, build_sources, check_train_config, load_train_config, train
+from .loss import BoxEstimationActor, box_estimation_loss
+from .config import DEFAULT_TRAIN, build_sources, check_train_config, load_train_config
+from .trainer import TrainingDivergedError, train
 
 __all__ = ["DEFAULT_PROCESSING", "FileSequence", "ImageSequence", "IndexSampler", "PairDataset", "TrainSequence",
            "coco_sequences", "DEFAULT_TRAIN", "TrainingDivergedError", "build_sources", "check_train_config",
-           "load_train_config", "train"]
+           "load_train_config", "train", "BoxEstimationActor", "box_estimation_loss"]

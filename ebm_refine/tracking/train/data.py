@@ -4,7 +4,7 @@ The pipeline consumes sequences through a small interface (:class:`TrainSequence
 frames, ``seq.frame(i)`` -> (H, W, 3) uint8 RGB, ``seq.boxes`` (N, 4) ``[x, y, w, h]`` pixels (NaN where
 unknown) and ``seq.visible`` (N,) bool. Adapters turn the other sources into it:
 
-* :class:`~ebm_refine.tracking.synthetic.SyntheticSequence` already has it;
+* :class:`~ebm_refine.data.synthetic_tracking.SyntheticSequence` already has it;
 * :class:`FileSequence` wraps a :class:`ebm_refine.tracking.datasets.Sequence` (TrackingNet TRAIN_i,
   LaSOT, GOT-10k, any folder) -- frames read from disk;
 * :class:`ImageSequence` is one still image with one box (COCO objects as one-frame sequences).
@@ -18,7 +18,6 @@ is centred on an imperfect prediction); photometric jitter. Every draw is a func
 from __future__ import annotations
 
 import json
-import math
 import os
 from typing import Any, Dict, List, Optional, Protocol, Sequence as _Seq, Tuple
 
@@ -26,7 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from ..tracker.crop import sample_patch
+from ..processing import jitter_box, photometric_jitter, sample_patch, search_region_side
 
 __all__ = ["TrainSequence", "FileSequence", "ImageSequence", "coco_sequences", "PairDataset",
            "IndexSampler", "DEFAULT_PROCESSING"]
@@ -161,21 +160,11 @@ class PairDataset(Dataset):
         cx, cy = box[0] + box[2] / 2, box[1] + box[3] / 2
         w, h = box[2], box[3]
         if jitter:
-            sj = float(self.p["scale_jitter"])
-            w, h = w * math.exp(rng.normal() * sj), h * math.exp(rng.normal() * sj)
-            off = math.sqrt(w * h) * float(self.p["center_jitter"]) * (rng.random(2) - 0.5)
-            cx, cy = cx + off[0], cy + off[1]
-        side = math.sqrt(w * h) * float(self.p["search_area_factor"])
+            cx, cy, w, h = jitter_box(rng, cx, cy, w, h, float(self.p["center_jitter"]), float(self.p["scale_jitter"]))
+        side = search_region_side(w, h, self.p["search_area_factor"])
         crop, tf = sample_patch(image, (cx, cy), side, int(self.p["output_size"]))
-        crop = self._photometric(rng, crop)
+        crop = photometric_jitter(rng, crop, float(self.p["brightness_jitter"]), float(self.p["grayscale_prob"]))
         return crop, tf.boxes_to_crop(_xywh_to_xyxy(box)).astype(np.float32)
-
-    def _photometric(self, rng: np.random.Generator, crop: np.ndarray) -> np.ndarray:
-        bj = float(self.p["brightness_jitter"])
-        out = crop.astype(np.float32) * rng.uniform(1 - bj, 1 + bj, size=3).astype(np.float32)
-        if rng.random() < float(self.p["grayscale_prob"]):
-            out = np.repeat(out.mean(axis=2, keepdims=True), 3, axis=2)
-        return np.clip(out, 0, 255).astype(np.uint8)
 
     def __getitem__(self, index: int) -> Dict[str, torch.Tensor]:
         rng = np.random.default_rng([self.seed, int(index)])

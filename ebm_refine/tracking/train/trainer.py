@@ -1,25 +1,6 @@
 """Training loop of the box estimator: data sources from a config, checkpoint/resume, DDP.
 
-Config (a dict, usually a YAML file under ``configs/tracking/``)::
-
-    net:   TrackerNet config (backbone, estimator, loss) -- see models.network.DEFAULT_NET_CONFIG
-    data:
-      processing: overrides of train.data.DEFAULT_PROCESSING
-      sources:    list of {type: synthetic | coco | dataset, weight: float, ...}
-    train: batch_size, num_iterations, lr, weight_decay, lr_milestones, lr_gamma, grad_clip,
-           num_workers, checkpoint_interval, log_interval, seed, num_threads
-
-Source types:
-  synthetic  num_sequences, first_seed, config (SyntheticConfig fields), background_dir (optional
-             folder of real images used as backgrounds)
-  coco       ann_file, image_dir (each instance is a one-frame sequence)
-  dataset    name, root, plus keyword arguments of ``ebm_refine.tracking.datasets.load_dataset``
-             (TrackingNet TRAIN_i, LaSOT, GOT-10k, folder, ...)
-
-Paths may use ``${EBM_SHARED_DATA}`` (default ``<repo>/../shared/data``) and other environment variables.
-
-The config is strict (:func:`check_train_config`): an unknown key anywhere, a value out of range or a
-missing data folder is a :class:`~ebm_refine.utils.UserError` naming it, before anything is trained.
+The config (``net``, ``data``, ``train``), its checks and its data sources: :mod:`.config`.
 
 Output folder: ``checkpoint.pth`` (network + optimizer + scheduler + iteration, written every
 ``checkpoint_interval`` iterations and at the end, atomically), ``net.pth`` (the self-contained network
@@ -37,14 +18,11 @@ error that suggests ``--no-resume``.
 """
 from __future__ import annotations
 
-import copy
-import dataclasses
-import glob
 import json
 import math
 import os
 import time
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional
 
 import torch
 import torch.distributed as dist
@@ -53,160 +31,16 @@ from torch.utils.data import DataLoader
 
 from ...utils.errors import UserError
 from ...utils.fileio import atomic_save_torch, atomic_write_text
-from ...utils.resources import shared_data_dir
-from ..models.network import DEFAULT_NET_CONFIG, NET_FORMAT, TrackerNet, non_finite_tensors, read_torch_file, save_net
-from ..synthetic import SyntheticConfig, SyntheticDataset
-from ..tracker.params import UnknownKeyError, merge_params
-from .data import DEFAULT_PROCESSING, FileSequence, IndexSampler, PairDataset, coco_sequences
+from ..models.network import NET_FORMAT, TrackerNet, net_state, non_finite_tensors, read_torch_file, save_net
+from .config import DEFAULT_TRAIN, build_sources, check_train_config
+from .data import IndexSampler, PairDataset
+from .loss import BoxEstimationActor
 
-__all__ = ["DEFAULT_TRAIN", "train", "build_sources", "load_train_config", "check_train_config",
-           "TrainingDivergedError"]
+__all__ = ["train", "TrainingDivergedError"]
 
 
 class TrainingDivergedError(UserError):
     """The loss or a gradient became NaN or infinite; nothing non-finite was saved."""
-
-
-DEFAULT_TRAIN: Dict[str, Any] = {
-    "batch_size": 8,
-    "num_iterations": 1000,
-    "lr": 1e-3,
-    "weight_decay": 0.0,
-    "lr_milestones": [],
-    "lr_gamma": 0.2,
-    "grad_clip": 10.0,
-    "num_workers": 2,
-    "checkpoint_interval": 100,
-    "log_interval": 10,
-    "seed": 0,
-    "num_threads": None,
-}
-
-
-def _expand(path: str) -> str:
-    """``~`` and ``$VARS`` expanded (``$EBM_SHARED_DATA`` defaults to the checkout's ``../shared/data``);
-    relative paths stay relative to the current directory."""
-    shared = shared_data_dir()
-    if shared is not None:
-        os.environ.setdefault("EBM_SHARED_DATA", str(shared))
-    return os.path.expanduser(os.path.expandvars(str(path)))
-
-
-def load_train_config(path: str) -> Dict[str, Any]:
-    """Read a training YAML (``_base_`` chains allowed, as for tracker parameters), checked strictly."""
-    from ..tracker.params import load_yaml
-
-    try:
-        return check_train_config(load_yaml(path))
-    except UserError as exc:
-        raise type(exc)(f"{path}: {exc}") from None
-
-
-# Keys each data-source type takes ("dataset" also passes its other keys to the dataset loader).
-_SOURCE_KEYS = {
-    "synthetic": {"type", "weight", "num_sequences", "first_seed", "config", "background_dir"},
-    "coco": {"type", "weight", "ann_file", "image_dir", "min_size"},
-    "dataset": {"type", "weight", "name", "root"},
-}
-_REQUIRED_SOURCE_KEYS = {"synthetic": (), "coco": ("ann_file", "image_dir"), "dataset": ("name", "root")}
-_POSITIVE_INTS = ("batch_size", "num_iterations", "checkpoint_interval", "log_interval")
-
-
-def check_train_config(cfg: Dict[str, Any]) -> Dict[str, Any]:
-    """Validate a training config: known keys only, values in range; returns it unchanged.
-
-    Raises:
-        UnknownKeyError (a UserError) naming the dotted key, or UserError for a bad value.
-    """
-    kind = "training config key"
-    schema = {"net": copy.deepcopy(DEFAULT_NET_CONFIG),
-              "data": {"processing": dict(DEFAULT_PROCESSING), "sources": []}, "train": dict(DEFAULT_TRAIN)}
-    merge_params(schema, cfg, kind=kind)
-    data = cfg.get("data") or {}
-    sources = data.get("sources") or []
-    if not isinstance(sources, list):
-        raise UserError(f"data.sources: expected a list of sources, got {sources!r}")
-    syn_fields = {f.name for f in dataclasses.fields(SyntheticConfig)}
-    for i, src in enumerate(sources):
-        where = f"data.sources[{i}]"
-        kind_i = src.get("type") if isinstance(src, dict) else None
-        if kind_i not in _SOURCE_KEYS:
-            raise UserError(f"{where}.type: {kind_i!r} is not a source type; use synthetic, coco or dataset")
-        if kind_i != "dataset":
-            unknown = sorted(set(src) - _SOURCE_KEYS[kind_i])
-            if unknown:
-                raise UnknownKeyError(f"unknown {kind} {where}.{unknown[0]} for a {kind_i} source (known: "
-                                      f"{', '.join(sorted(_SOURCE_KEYS[kind_i]))}); check the spelling")
-        if kind_i == "synthetic":
-            unknown = sorted(set(src.get("config") or {}) - syn_fields)
-            if unknown:
-                raise UnknownKeyError(f"unknown {kind} {where}.config.{unknown[0]} (SyntheticConfig fields: "
-                                      f"{', '.join(sorted(syn_fields))})")
-        for key in _REQUIRED_SOURCE_KEYS[kind_i]:
-            if not src.get(key):
-                raise UserError(f"{where}.{key}: missing; a {kind_i} source needs it")
-        weight = src.get("weight", 1.0)
-        if not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
-            raise UserError(f"{where}.weight: {weight!r} must be a number >= 0")
-    tcfg = dict(DEFAULT_TRAIN, **(cfg.get("train") or {}))
-    for key in _POSITIVE_INTS:
-        if not isinstance(tcfg[key], int) or isinstance(tcfg[key], bool) or tcfg[key] < 1:
-            raise UserError(f"train.{key}: {tcfg[key]!r} must be a whole number >= 1")
-    if not isinstance(tcfg["lr"], (int, float)) or not tcfg["lr"] > 0 or not math.isfinite(tcfg["lr"]):
-        raise UserError(f"train.lr: {tcfg['lr']!r} must be a finite number > 0")
-    loss = dict(DEFAULT_NET_CONFIG["loss"], **((cfg.get("net") or {}).get("loss") or {}))
-    if not isinstance(loss["num_samples"], int) or loss["num_samples"] < 1:
-        raise UserError(f"net.loss.num_samples: {loss['num_samples']!r} must be a whole number >= 1")
-    sig = loss["sigmas"]
-    if not isinstance(sig, (list, tuple)) or not sig or not all(isinstance(v, (int, float)) and v > 0 for v in sig):
-        raise UserError(f"net.loss.sigmas: {sig!r} must be a non-empty list of numbers > 0")
-    return cfg
-
-
-def build_sources(data_cfg: Dict[str, Any]) -> List[Tuple[Any, float]]:
-    """(indexable of sequences, weight) per configured source."""
-    out = []
-    hint = "fix the path in the config (or with --set), or set EBM_SHARED_DATA to the data folder"
-    for i, src in enumerate(data_cfg.get("sources", [])):
-        kind = src.get("type")
-        weight = float(src.get("weight", 1.0))
-        where = f"data.sources[{i}] ({kind})"
-        if kind == "synthetic":
-            syn = dict(src.get("config", {}))
-            bdir = src.get("background_dir")
-            if bdir:
-                files = sorted(glob.glob(os.path.join(_expand(bdir), "*.jpg")) + glob.glob(os.path.join(_expand(bdir), "*.png")))
-                if not files:
-                    raise UserError(f"{where}: no .jpg/.png background images in {_expand(bdir)}; {hint}")
-                syn["background_images"] = files
-            out.append((SyntheticDataset(int(src.get("num_sequences", 1000)), int(src.get("first_seed", 0)),
-                                         SyntheticConfig(**syn)), weight))
-        elif kind == "coco":
-            ann, images = _expand(src["ann_file"]), _expand(src["image_dir"])
-            if not os.path.isfile(ann):
-                raise UserError(f"{where}: annotation file {ann} not found; {hint}")
-            if not os.path.isdir(images):
-                raise UserError(f"{where}: image folder {images} not found; {hint}")
-            out.append((coco_sequences(ann, images, float(src.get("min_size", 16.0))), weight))
-        elif kind == "dataset":
-            from ..datasets import load_dataset
-
-            root = _expand(src["root"])
-            if not os.path.isdir(root):
-                raise UserError(f"{where}: data root {root} not found; {hint}")
-            kwargs = {k: v for k, v in src.items() if k not in ("type", "weight", "name", "root")}
-            try:
-                seqs = load_dataset(src["name"], root, **kwargs)
-            except UserError:
-                raise
-            except (TypeError, KeyError, ValueError, FileNotFoundError) as exc:
-                msg = str(exc.args[0]) if exc.args else type(exc).__name__
-                raise UserError(f"{where}: {' '.join(msg.split())}; check the source's name, root and "
-                                f"options") from None
-            out.append(([FileSequence(s) for s in seqs if s.has_full_ground_truth], weight))
-        else:
-            raise UserError(f"{where}.type: {kind!r} is not a source type; use synthetic, coco or dataset")
-    return out
 
 
 def _worker_init(_: int) -> None:
@@ -288,8 +122,9 @@ def train(cfg: Dict[str, Any], out_dir: str, *, resume: bool = True, rank: int =
         return {"iterations": n_iter, "start_iteration": start, "final_loss": _last_logged_loss(log_file),
                 "net_path": net_path, "seconds": 0.0}
 
-    model = torch.nn.parallel.DistributedDataParallel(net, device_ids=[dev.index] if dev.type == "cuda" else None) \
-        if distributed else net
+    actor = BoxEstimationActor(net)
+    model = torch.nn.parallel.DistributedDataParallel(actor, device_ids=[dev.index] if dev.type == "cuda" else None) \
+        if distributed else actor
     batch = int(tcfg["batch_size"])
     dataset = PairDataset(build_sources(cfg.get("data", {})), cfg.get("data", {}).get("processing"), seed=seed)
     workers = int(tcfg["num_workers"])
@@ -398,8 +233,7 @@ def _last_logged_loss(log_file: str) -> float:
 
 def _save_checkpoint(path: str, net: TrackerNet, opt, sched, iteration: int, cfg: Dict[str, Any]) -> None:
     state = {
-        "net": {"format": NET_FORMAT, "config": copy.deepcopy(net.config),
-                "backbone": net.backbone.state_dict(), "estimator": net.estimator.state_dict()},
+        "net": net_state(net),
         "optimizer": opt.state_dict(),
         "scheduler": sched.state_dict(),
         "iteration": int(iteration),

@@ -5,14 +5,13 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from ebm_refine.tracking.models import load_net
-from ebm_refine.tracking.synthetic import SyntheticDataset
+from ebm_refine.data.synthetic_tracking import SyntheticDataset
 from ebm_refine.tracking.tracker import EBMAtomTracker, load_tracker_params
 from ebm_refine.tracking.train import PairDataset, coco_sequences, train
 from ebm_refine.tracking.train.data import IndexSampler
@@ -74,6 +73,7 @@ def test_train_checkpoint_and_exact_resume(tmp_path):
     assert [r["iteration"] for r in logs] == [1, 2, 3, 4]
 
 
+@pytest.mark.slow
 def test_trained_net_drives_the_tracker_with_worker_processes(tmp_path, small_seq):
     out = train(_cfg(2, workers=1), str(tmp_path), log=lambda s: None)
     net = load_net(out["net_path"])
@@ -94,6 +94,7 @@ def _run_script(tmp_path, out, *extra):
                            "--out", str(out), *extra], capture_output=True, text=True, env=env, timeout=300)
 
 
+@pytest.mark.slow
 def test_ddp_two_gloo_processes(tmp_path):
     out = tmp_path / "ddp"
     proc = _run_script(tmp_path, out, "--world-size", "2", "--set", "train.num_iterations=3",
@@ -152,6 +153,19 @@ def test_config_keys_are_strict():
             check_train_config(cfg)
 
 
+def test_renamed_training_keys_name_their_new_name():
+    from ebm_refine.tracking.train import check_train_config
+    from ebm_refine.utils import UserError
+
+    cfg = _cfg(2)
+    cfg["net"] = {"loss": {"method": "nce_plus", "beta": 0.1}}
+    with pytest.raises(UserError, match=r"^training config key 'net.loss.beta' was renamed 'net.loss.nce_beta'; "):
+        check_train_config(cfg)
+    cfg["net"] = {"loss": {"method": "iou"}}
+    with pytest.raises(UserError, match=r"^net.loss.method 'iou' was renamed 'iou_confidence'; use the new name$"):
+        check_train_config(cfg)
+
+
 @pytest.mark.slow
 def test_script_errors_are_one_line(tmp_path):
     # An unknown --set key (it used to run the full schedule), then a missing data root.
@@ -203,10 +217,9 @@ def test_resume_with_fewer_iterations_is_an_error(tmp_path):
 
 
 def test_non_finite_loss_stops_before_anything_non_finite_is_saved(tmp_path, monkeypatch):
-    from ebm_refine.tracking.models import TrackerNet
-    from ebm_refine.tracking.train import TrainingDivergedError
+    from ebm_refine.tracking.train import BoxEstimationActor, TrainingDivergedError
 
-    forward = TrackerNet.forward
+    forward = BoxEstimationActor.forward
     calls = {"n": 0}
 
     def nan_from_the_third(self, *args, **kwargs):
@@ -214,7 +227,7 @@ def test_non_finite_loss_stops_before_anything_non_finite_is_saved(tmp_path, mon
         loss = forward(self, *args, **kwargs)
         return loss * float("nan") if calls["n"] >= 3 else loss
 
-    monkeypatch.setattr(TrackerNet, "forward", nan_from_the_third)
+    monkeypatch.setattr(BoxEstimationActor, "forward", nan_from_the_third)
     with pytest.raises(TrainingDivergedError, match="iteration 3.*iteration 2"):
         train(_cfg(6), str(tmp_path), log=lambda s: None)
     state = torch.load(tmp_path / "checkpoint.pth", weights_only=False)

@@ -7,7 +7,7 @@ measured per frame (first frame's ``initialize`` excluded), and ``time_refine`` 
 reports for everything box estimation adds to a frame: the estimator's test maps (on a window around the
 initial boxes), candidate generation, gradient-ascent refinement and top-k averaging.
 
-    python tools/benchmark_tracker.py --params ebm ebm_fast iounet norefine --frames 100 --json bench.json
+    python tools/bench_tracker.py --params ebm ebm_fast iounet norefine --frames 100 --json bench.json
 
 ``--params`` takes parameter-set names or YAML paths (e.g. a file with ``_base_: ebm.yaml`` and another
 ``checkpoint``).
@@ -27,7 +27,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from ebm_refine.tracking.tracker import EBMAtomTracker, load_tracker_params  # noqa: E402
-from ebm_refine.tracking.tracker.params import apply_dotted_overrides, merge_params  # noqa: E402
+from ebm_refine.utils.config import apply_dotted_overrides, merge_params  # noqa: E402
 from ebm_refine.utils import UserError, atomic_write_text, shared_data_dir  # noqa: E402
 from ebm_refine.utils.cli import add_debug_argument, run_cli  # noqa: E402
 
@@ -41,7 +41,7 @@ def _video(frames: int):
         seq = load_dataset("otb", otb, sequences=["DragonBaby"])[0]
         n = min(frames, len(seq))
         return "otb/DragonBaby", [read_frame(f) for f in seq.frames[:n]], seq.init_box
-    from ebm_refine.tracking.synthetic import SyntheticConfig, SyntheticSequence
+    from ebm_refine.data.synthetic_tracking import SyntheticConfig, SyntheticSequence
 
     seq = SyntheticSequence(1_000_000, SyntheticConfig(height=360, width=640, num_frames=frames))
     return "synthetic_640x360", [seq.frame(i) for i in range(frames)], seq.boxes[0]

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ebm_refine.tracking.synthetic import SyntheticConfig, SyntheticDataset, SyntheticSequence, write_sequence
+from ebm_refine.data.synthetic_tracking import SyntheticConfig, SyntheticDataset, SyntheticSequence, write_sequence
 
 
 def test_deterministic_and_valid(small_seq_cfg):

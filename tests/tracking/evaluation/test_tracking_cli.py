@@ -12,7 +12,7 @@ import pytest
 
 from tracking_helpers import write_boxes_txt, write_jpeg
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 TOOL = REPO / "tools" / "eval_tracking.py"
 
 
@@ -21,6 +21,7 @@ def cli(eval_tracking_tool):
     return eval_tracking_tool.main
 
 
+@pytest.mark.slow
 def test_cli_subprocess_run_and_score(tracking_data, tmp_path):
     results = tmp_path / "results"
     cmd = [sys.executable, str(TOOL), "--dataset", "otb", "--root", str(tracking_data / "otb"),

@@ -24,7 +24,7 @@ from ebm_refine.utils import UserError, file_lock
 from ebm_refine.utils.cli import run_cli
 from tracking_helpers import run_otb_folder, write_boxes_txt, write_jpeg
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 TOOL = REPO / "tools" / "eval_tracking.py"
 
 

@@ -1,15 +1,11 @@
-"""Backbones, the energy box estimator, losses and network files."""
+"""Backbones, the energy box estimator and network files (the loss: tests/tracking/train/test_loss.py)."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from ebm_refine.core.proposal import BoxProposal
 from ebm_refine.models.imagenet import WeightsError
-from ebm_refine.tracking.models import Backbone, EnergyBoxEstimator, TrackerNet, load_net, save_net
-from ebm_refine.tracking.models.network import box_estimation_loss
-
-from tracker_helpers import TINY_NET
+from ebm_refine.tracking.models import Backbone, EnergyBoxEstimator, load_net, save_net
 
 
 @pytest.mark.parametrize("name,channels", [("resnet18", (128, 256)), ("resnet50", (512, 1024)),
@@ -75,35 +71,6 @@ def test_estimator_scores_and_box_gradients():
     assert torch.allclose(alone[0, 0], s[1, 1], atol=1e-5)
 
 
-@pytest.mark.parametrize("method", ["ml_is", "iou", "nce", "kld_is"])
-def test_losses_train_only_the_estimator(method):
-    net = TrackerNet(dict(TINY_NET, loss={"method": method, "sigmas": [0.05, 0.5], "num_samples": 8,
-                                          "label_sigma": 0.05}))
-    net.train()
-    imgs = torch.rand(2, 3, 64, 64) * 255
-    boxes = torch.tensor([[20.0, 20.0, 44.0, 40.0], [10.0, 12.0, 30.0, 50.0]])
-    loss = net(imgs, boxes, imgs, boxes, generator=torch.Generator().manual_seed(0))
-    assert loss.dim() == 0 and torch.isfinite(loss)
-    loss.backward()
-    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in net.estimator.parameters())
-    assert all(p.grad is None for p in net.backbone.parameters())
-
-
-def test_loss_ignores_degenerate_ground_truth(tiny_net):
-    imgs = torch.rand(2, 3, 64, 64) * 255
-    good = torch.tensor([[20.0, 20.0, 44.0, 40.0]])
-    bad = torch.tensor([[20.0, 20.0, 20.0, 40.0]])  # zero width
-    feats = tiny_net.extract(imgs)
-    cfg = dict(tiny_net.config["loss"])
-    mixed = box_estimation_loss(tiny_net.estimator, feats, torch.cat([good, bad]), feats, torch.cat([good, bad]),
-                                cfg, torch.Generator().manual_seed(0))
-    assert torch.isfinite(mixed) and mixed != 0
-    none = box_estimation_loss(tiny_net.estimator, feats, torch.cat([bad, bad]), feats, torch.cat([bad, bad]),
-                               cfg, torch.Generator().manual_seed(0))
-    assert float(none) == 0.0
-    none.backward()  # an all-invalid batch still has a graph
-
-
 def test_save_and_load_net(tmp_path, tiny_net):
     path = str(tmp_path / "net.pth")
     save_net(path, tiny_net)
@@ -120,6 +87,19 @@ def test_save_and_load_net(tmp_path, tiny_net):
         load_net(str(tmp_path / "nope.pth"))
 
 
+def test_network_files_with_pre_rename_loss_names_still_load(tmp_path, tiny_net):
+    """Files written before issue 17 store loss "beta" and method "iou"; they load with today's names."""
+    path = str(tmp_path / "old.pth")
+    save_net(path, tiny_net)
+    state = torch.load(path, weights_only=False)
+    loss = state["config"]["loss"]
+    loss["method"], loss["beta"] = "iou", 0.2
+    del loss["nce_beta"]
+    torch.save(state, path)
+    cfg = load_net(path).config["loss"]
+    assert cfg["method"] == "iou_confidence" and cfg["nce_beta"] == 0.2 and "beta" not in cfg
+
+
 def _trained_like_estimator():
     """A small estimator whose hidden units are partly active (random init leaves most ReLUs on)."""
     torch.manual_seed(3)
@@ -130,7 +110,7 @@ def _trained_like_estimator():
     return est, feats, mod
 
 
-def test_fused_score_and_grad_equals_autograd_through_score():
+def test_fused_box_energy_equals_autograd_through_score():
     est, feats, mod = _trained_like_estimator()
     with torch.no_grad():
         tf = est.test_features(feats, mod)
@@ -139,7 +119,7 @@ def test_fused_score_and_grad_equals_autograd_through_score():
     b = boxes.clone().requires_grad_(True)
     s = est.score(tf, b[None])[0]
     (g,) = torch.autograd.grad(s.sum(), b)
-    s2, g2 = est.score_and_grad(tf, boxes)
+    s2, g2 = est.box_energy(tf)(boxes)
     torch.testing.assert_close(s2, s.detach(), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(g2, g, rtol=1e-4, atol=1e-7)
     assert g.abs().max() > 1e-4
@@ -158,9 +138,14 @@ def test_test_features_on_a_window_are_exact_inside_it():
     for tf in (win, corner):
         assert tf.level3.shape[-2:] == (2 * tf.level4.shape[-2], 2 * tf.level4.shape[-1])
     torch.testing.assert_close(est.score(win, boxes[None]), est.score(full, boxes[None]), rtol=1e-5, atol=1e-6)
-    s_win, g_win = est.score_and_grad(win, boxes)
-    s_full, g_full = est.score_and_grad(full, boxes)
+    s_win, g_win = est.box_energy(win)(boxes)
+    s_full, g_full = est.box_energy(full)(boxes)
     torch.testing.assert_close(s_win, s_full, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(g_win, g_full, rtol=1e-4, atol=1e-7)
     small = torch.tensor([[0.0, 0.0, 30.0, 30.0]])
     torch.testing.assert_close(est.score(corner, small[None]), est.score(full, small[None]), rtol=1e-5, atol=1e-6)
+    # The window's margin is read from the test branches: two 3x3 convolutions per level reach 2 cells.
+    from ebm_refine.tracking.models.box_estimator import _receptive_radius
+
+    assert _receptive_radius(est.test_conv3) == 2 and _receptive_radius(est.test_conv4) == 2
+    assert _receptive_radius(torch.nn.Conv2d(1, 1, 5, padding=4, dilation=2)) == 4

@@ -1,7 +1,11 @@
-"""Square search-region crops and the coordinate maps between image and crop pixels.
+"""Search-region crops, the coordinate maps between image and crop pixels, and the training crops' jitter
+(pytracking ltr's ``processing_utils``).
 
 Used both by the tracker and by the training pipeline, so the box estimator sees crops made the
-same way at training and at tracking time.
+same way at training and at tracking time: a square of :func:`search_region_side` image pixels
+around the target, cut by :func:`sample_patch`. Training also jitters the test crop's centre and
+size (:func:`jitter_box`, the tracker's search region is centred on an imperfect prediction) and its
+colours (:func:`photometric_jitter`).
 
 A crop of ``side`` image pixels centred at (cx, cy) is resampled to ``out_size`` x ``out_size``::
 
@@ -21,7 +25,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["CropTransform", "as_rgb_image", "sample_patch", "image_to_tensor"]
+__all__ = ["CropTransform", "as_rgb_image", "sample_patch", "image_to_tensor", "search_region_side", "jitter_box",
+           "photometric_jitter"]
 
 
 @dataclass(frozen=True)
@@ -111,6 +116,35 @@ def sample_patch(image: np.ndarray, center: Tuple[float, float], side: float, ou
     m = np.array([[ax, 0.0, 0.5 * ax - 0.5 - x0 * scale], [0.0, ay, 0.5 * ay - 0.5 - y0 * scale]], dtype=np.float64)
     crop = cv2.warpAffine(src, m, (out_size, out_size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     return crop, CropTransform(x0, y0, scale, out_size)
+
+
+def search_region_side(width: float, height: float, factor: float) -> float:
+    """Side, in image pixels, of the square search region around a (width, height) target: ``factor`` times
+    the target's geometric-mean side ``sqrt(w h)`` (the ``search_area_factor`` of tracker and training)."""
+    return math.sqrt(float(width) * float(height)) * float(factor)
+
+
+def jitter_box(rng: np.random.Generator, cx: float, cy: float, w: float, h: float, center_jitter: float,
+               scale_jitter: float) -> Tuple[float, float, float, float]:
+    """A training crop's jittered target (centre, size), in image pixels.
+
+    Width and height are scaled by ``exp(N(0, scale_jitter))`` each; the centre then moves uniformly by up to
+    ``+-center_jitter / 2`` times the jittered ``sqrt(w h)`` on each axis. Draws from ``rng`` in that order
+    (two normals, then two uniforms), so a seeded stream gives the same crops.
+    """
+    w, h = w * math.exp(rng.normal() * scale_jitter), h * math.exp(rng.normal() * scale_jitter)
+    off = math.sqrt(w * h) * center_jitter * (rng.random(2) - 0.5)
+    return cx + off[0], cy + off[1], w, h
+
+
+def photometric_jitter(rng: np.random.Generator, crop: np.ndarray, brightness: float,
+                       grayscale_prob: float) -> np.ndarray:
+    """(H, W, 3) uint8 crop with each channel scaled by U(1 - brightness, 1 + brightness) and, with probability
+    ``grayscale_prob``, turned grey; uint8 again."""
+    out = crop.astype(np.float32) * rng.uniform(1 - brightness, 1 + brightness, size=3).astype(np.float32)
+    if rng.random() < grayscale_prob:
+        out = np.repeat(out.mean(axis=2, keepdims=True), 3, axis=2)
+    return np.clip(out, 0, 255).astype(np.uint8)
 
 
 def image_to_tensor(crops: np.ndarray) -> Tensor:

@@ -7,7 +7,7 @@ import pytest
 
 from tracking_helpers import write_boxes_txt
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import torch
 
 from ebm_refine.core.boxes import box_iou_aligned, xywh_to_xyxy
 from ebm_refine.tracking.tracker import EBMAtomTracker, load_tracker_params
-from ebm_refine.tracking.tracker.params import merge_params
+from ebm_refine.utils.config import merge_params
 
 from tracker_helpers import TINY_TRACKER
 
@@ -122,15 +122,27 @@ def test_parameter_files():
         p = load_tracker_params(name)
         assert p["box_refinement"]["mode"] == {"ebm": "ebm", "iounet": "iounet", "norefine": "none"}[name]
         assert p["checkpoint"].endswith("net.pth")
-    assert load_tracker_params("ebm")["box_refinement"]["step_size"] == [5e-4, 1e-2]
+    ebm = load_tracker_params("ebm")["box_refinement"]
+    assert (ebm["step_size_center"], ebm["step_size_size"], ebm["decay"]) == (5e-4, 1e-2, 0.5)
     paper = load_tracker_params("ebm_pytracking")["box_refinement"]
-    assert paper["step_size"] == [2e-4, 1e-3] and paper["step_decay"] == 1.0 and paper["backtracking"] is False
+    assert (paper["step_size_center"], paper["step_size_size"]) == (2e-4, 1e-3)
+    assert paper["decay"] == 1.0 and paper["backtracking"] is False
     fast, ref = load_tracker_params("ebm_fast"), load_tracker_params("ebm")
     assert fast["box_refinement"]["num_steps"] == 3 and ref["box_refinement"]["num_steps"] == 10
     fast["box_refinement"]["num_steps"] = 10
     assert fast == ref  # the speed setting differs from the paper's only in the number of steps
     with pytest.raises(KeyError, match="box_refinement.nmu_steps"):
         load_tracker_params("ebm", {"box_refinement": {"nmu_steps": 3}})
+
+
+@pytest.mark.parametrize("override,new", [
+    ({"search_area_scale": 4.0}, "'search_area_factor'"),
+    ({"box_refinement": {"step_size": [1e-3, 1e-2]}}, "'box_refinement.step_size_center and box_refinement.step_size_size'"),
+    ({"box_refinement": {"step_decay": 0.5}}, "'box_refinement.decay'"),
+])
+def test_renamed_tracker_parameters_name_their_new_key(override, new):
+    with pytest.raises(KeyError, match=f"was renamed {new}; use the new name$"):
+        load_tracker_params("ebm", override)
 
 
 def test_real_sequence_few_frames(shared_data, mobilenet_weights):
@@ -158,7 +170,9 @@ def test_shipped_networks_load_and_the_ebm_tracker_follows_a_real_walker(shared_
     """The networks the parameter files name (committed, 64-channel estimators) and their refinement."""
     from ebm_refine.tracking.datasets import load_dataset, read_frame
 
-    for name, method in (("ebm", "ml_is"), ("iounet", "iou")):
+    # Both files were trained before the loss was renamed iou_confidence (and beta nce_beta): load_net
+    # converts the config they store.
+    for name, method in (("ebm", "ml_is"), ("iounet", "iou_confidence")):
         tr = EBMAtomTracker(name)
         assert tr.net.config["loss"]["method"] == method
         assert tr.net.estimator.box_fc3[0].out_features == 64 and tr.net.estimator.test_pool == (5, 3)

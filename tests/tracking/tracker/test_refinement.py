@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from ebm_refine.core.boxes import box_iou_aligned, decode_relative, xywh_to_xyxy
+from ebm_refine.core.boxes import box_iou_aligned, decode_relative
 from ebm_refine.core.refine import refine_boxes
 from ebm_refine.tracking.models import TrackerNet
-from ebm_refine.tracking.tracker.crop import image_to_tensor, sample_patch
+from ebm_refine.tracking.processing import image_to_tensor, sample_patch
 
 from tracker_helpers import TINY_NET
 
@@ -30,7 +30,7 @@ def trained(small_seq):
     ref_f, test_f = net.extract(ref_img), net.extract(test_img)
     opt = torch.optim.Adam(net.estimator.parameters(), lr=3e-3)
     gen = torch.Generator().manual_seed(0)
-    from ebm_refine.tracking.models.network import box_estimation_loss
+    from ebm_refine.tracking.train.loss import box_estimation_loss
 
     net.train()
     for _ in range(100):
