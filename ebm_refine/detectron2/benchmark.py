@@ -111,5 +111,7 @@ def run_synthetic_benchmark(output: os.PathLike, iters: Optional[int] = None, ba
         errors = merge_stage_errors(stages, run_name=f"seed{ebm_cfg.SEED}")
         errors.save(str(out / PER_BOX_FILE))
         result["per_box_errors"] = {"file": PER_BOX_FILE, "boxes": int(len(errors.runs[0].ids))}
+    else:
+        logger.warning("no per-box errors for %s: a stage's detector matched no ground-truth box (IoU >= 0.5)", out)
     atomic_write_text(out / "synthetic_benchmark.json", json.dumps(result, indent=2))
     return result
