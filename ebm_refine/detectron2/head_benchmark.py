@@ -12,6 +12,11 @@ compact-ResNet-FPN Faster R-CNN trained jointly with the head, ML-IS; the IoU-Ne
 
 and every number is reported as mean ± sample std (ddof 1) over the seeds. What varies between seeds is the
 training (initialisation, data order, proposal samples); the dataset is the same.
+
+With two or more heads, their refined boxes are also compared box by box (:mod:`.multi_run`): each run's
+per-ground-truth-box errors 1 - IoU (``per_box_errors.json``), the heads of one seed paired on the ground-truth
+boxes both matched, pooled over the seeds on the boxes every run matched (each head trains its own detector, so
+the detections differ; the ground-truth boxes do not).
 """
 from __future__ import annotations
 
@@ -26,9 +31,12 @@ import torch
 from detectron2.data import DatasetCatalog, DatasetMapper
 from detectron2.modeling import build_model
 
+from ..evaluation import PerSampleErrors, load_per_sample_errors
 from ..utils.fileio import atomic_write_text
 from .benchmark import run_synthetic_benchmark, stage_cfg
+from .box_change import PER_BOX_FILE
 from .checkpoint import EBMCheckpointer
+from .multi_run import collect_runs, significance_tables
 
 __all__ = ["HEADS", "run_head_benchmark", "refinement_time", "format_head_table"]
 
@@ -122,8 +130,32 @@ def run_head_benchmark(output, seeds: Sequence[int] = (0, 1, 2), heads: Mapping[
               "heads": {n: list(o) for n, o in heads.items()}, "extra_opts": list(opts),
               "summary": summary, "runs": runs}
     result["table"] = format_head_table(result)
+    if len(heads) > 1:
+        text, report = _paired_heads(out, list(heads), list(seeds))
+        result["significance"], result["table"] = report, result["table"] + "\n\n" + text
     atomic_write_text(out / "energy_head_benchmark.json", json.dumps(result, indent=2))
     return result
+
+
+def _paired_heads(out: Path, heads: List[str], seeds: List[int]):
+    """Per-box significance tables of the heads' refined boxes (see the module docstring)."""
+    missing = [str(out / h / f"seed{s}" / PER_BOX_FILE) for h in heads for s in seeds
+               if not (out / h / f"seed{s}" / PER_BOX_FILE).is_file()]
+    if missing:
+        note = (f"Per-box comparison of the heads skipped: {missing[0]} is missing (its detector matched no "
+                "ground-truth box; train longer)")
+        return note, {"skipped": note}
+    files = []
+    for s in seeds:
+        data = PerSampleErrors("1 - IoU", "box")
+        runs = {h: load_per_sample_errors(str(out / h / f"seed{s}" / PER_BOX_FILE)).runs[0] for h in heads}
+        common = sorted(set.intersection(*(set(r.ids) for r in runs.values())))
+        pos = {h: {i: k for k, i in enumerate(r.ids)} for h, r in runs.items()}
+        data.add_run(f"seed{s}", {h: [runs[h].errors["EBM"][pos[h][i]] for i in common] for h in heads}, common)
+        files.append(str(out / f"paired_seed{s}.json"))
+        data.save(files[-1])
+    full, common, _ = collect_runs(files)
+    return significance_tables(full, common, methods=heads)
 
 
 def format_head_table(result: dict) -> str:

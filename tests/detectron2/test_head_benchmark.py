@@ -2,6 +2,7 @@
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 from detectron2.modeling import build_model
@@ -56,3 +57,27 @@ def test_quick_benchmark_of_both_heads_and_reuse_of_finished_runs(synthetic_name
     assert (tmp_path / "WELDON" / "seed0" / "ebm" / "model_final.pth").is_file()
     again = run_head_benchmark(tmp_path, seeds=[0], quick=True, iters=6, timing_images=2, opts=SMALL_OPTS)
     assert again["runs"] == res["runs"]  # finished runs were read back, not trained again
+
+
+def test_heads_are_paired_on_the_ground_truth_boxes_both_matched(tmp_path):
+    from ebm_refine.detectron2.head_benchmark import _paired_heads
+    from ebm_refine.evaluation import PerSampleErrors
+
+    rng = np.random.default_rng(0)
+    ids = [f"{i}/{i}" for i in range(30)]
+    for s in (0, 1):
+        for head, worse in (("FC", 0.0), ("WELDON", 0.05)):
+            keep = ids if head == "FC" else ids[2:]  # WELDON's detector missed two boxes
+            u = rng.uniform(0.1, 0.4, len(keep))
+            d = PerSampleErrors("1 - IoU", "box")
+            d.add_run(f"seed{s}", {"unrefined": u, "EBM": 0.1 + worse + rng.normal(0, 0.01, len(keep))}, keep)
+            (tmp_path / head / f"seed{s}").mkdir(parents=True)
+            d.save(str(tmp_path / head / f"seed{s}" / "per_box_errors.json"))
+    text, report = _paired_heads(tmp_path, ["FC", "WELDON"], [0, 1])
+    fc_weldon = report["FC vs WELDON"]
+    assert [r["n"] for r in fc_weldon["per_run"]] == [28, 28] and fc_weldon["pooled"]["n"] == 28
+    assert fc_weldon["winner"] == "FC" and fc_weldon["pooled"]["median_diff"] == pytest.approx(-0.05, abs=0.01)
+    assert "FC vs WELDON (1 - IoU" in text
+    (tmp_path / "WELDON" / "seed1" / "per_box_errors.json").unlink()
+    text, report = _paired_heads(tmp_path, ["FC", "WELDON"], [0, 1])
+    assert "skipped" in report and "WELDON/seed1/per_box_errors.json is missing" in text
