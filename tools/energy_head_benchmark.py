@@ -8,7 +8,7 @@ refined and unrefined boxes, the head's parameter count and the refinement time 
 
     python tools/energy_head_benchmark.py --output output/energy_heads --threads 2     # 6 runs, ~40 min, 2 cores
     python tools/energy_head_benchmark.py --quick --seeds 0 --output /tmp/heads_quick  # smoke run
-    python tools/energy_head_benchmark.py MODEL.EBM.HEAD.WELDON_KMIN 0                 # WELDON without negative evidence
+    python tools/energy_head_benchmark.py MODEL.EBM.HEAD.WELDON_KMIN 0                 # no negative evidence
 
 Trailing ``KEY VALUE`` options apply to every head (e.g. ``MODEL.EBM.HEAD.WELDON_ALPHA 0.5``). Results:
 ``<output>/energy_head_benchmark.json``; each run's files under ``<output>/<head>/seed<s>/`` (finished runs

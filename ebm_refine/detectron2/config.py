@@ -78,7 +78,8 @@ def add_ebm_config(cfg: CN) -> CN:
     _C.MODEL.EBM.REFINE.ENABLED = True
     _C.MODEL.EBM.REFINE.NUM_STEPS = 10
     # Compute f and its box gradient with the head's fused fast path (prepared pyramid pooling, backward
-    # written out) when the head has one (FCEnergyHead, WeldonEnergyHead); same boxes as autograd. False = always autograd.
+    # written out) when the head has one (FCEnergyHead, WeldonEnergyHead); same boxes as autograd.
+    # False = always autograd.
     _C.MODEL.EBM.REFINE.FUSED = True
     # Step sizes in the relative encoding of each detection (centre offsets, log-sizes) per unit
     # gradient. Reference: ML-IS 4e-4 / 1.6e-3, NCE+ 8e-4 / 3.2e-3.

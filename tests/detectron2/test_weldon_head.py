@@ -92,7 +92,8 @@ def test_bad_k_and_alpha_are_clear_errors(synthetic_names, tmp_path):
     for key, value, rule in [("WELDON_KMAX", "0", r"an integer in \[1, 49\]"),
                              ("WELDON_KMAX", "50", r"an integer in \[1, 49\]"),
                              ("WELDON_KMIN", "-1", r"an integer in \[0, 49\]"),
-                             ("WELDON_ALPHA", "-0.5", "a finite number >= 0"), ("WELDON_HIDDEN", "-3", "an integer >= 0")]:
+                             ("WELDON_ALPHA", "-0.5", "a finite number >= 0"),
+                             ("WELDON_HIDDEN", "-3", "an integer >= 0")]:
         with pytest.raises(ConfigValueError, match=f"MODEL.EBM.HEAD.{key} must be {rule}"):
             build_model(small_cfg(tmp_path, extra=[*WELDON, f"MODEL.EBM.HEAD.{key}", value]))
     with pytest.raises(ValueError, match=re.escape("1 <= kmax <= 49")):

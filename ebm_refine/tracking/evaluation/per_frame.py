@@ -34,7 +34,8 @@ __all__ = ["sequence_frame_errors", "tracker_per_sample_errors", "tracker_signif
 UNITS = ("frame", "sequence")
 
 
-def sequence_frame_errors(pred: np.ndarray, seq: Sequence, source: str = "<prediction>") -> Tuple[np.ndarray, np.ndarray]:
+def sequence_frame_errors(pred: np.ndarray, seq: Sequence,
+                          source: str = "<prediction>") -> Tuple[np.ndarray, np.ndarray]:
     """(frame indices (V,), errors 1 - IoU (V,)) of the valid frames after frame 0 of one sequence."""
     if not seq.has_full_ground_truth:
         raise BadValueError(f"sequence {seq.name!r} has only the first-frame box: it has no per-frame errors")
