@@ -9,7 +9,7 @@ its 95 % confidence interval, the share of boxes where the first method is bette
 p-value, the winner, and Holm-adjusted pooled p-values (ebm_refine/evaluation/significance.py).
 
     python tools/synthetic_significance.py --runs 5 --output output/significance/synthetic    # ~35 min, 2 cores
-    python tools/synthetic_significance.py --runs 2 --quick --output /tmp/sig_quick             # smoke run
+    python tools/synthetic_significance.py --runs 2 --quick --iters 100 --output /tmp/sig_quick  # smoke run
     python tools/synthetic_significance.py --collect-only --output output/significance/synthetic
 
 Writes ``<output>/per_box_errors.json`` (all runs, per-sample error format: tools/compare_runs.py reads it)
