@@ -5,14 +5,16 @@ For every trained refiner run (a tools/train_net.py output folder: config.yaml +
 detections file, refines the detections with the settings chosen on held-out training images
 (tools/tune_refinement.py JSON, one per head type) and prints, per detector, COCO AP / AP50 / AP75 / APs /
 APm / APl of the unrefined boxes and the mean ± std (min-max) over runs of the refined ones, the per-box IoU
-change, and the Wilcoxon p of every run.
+change, and the Wilcoxon p of every run. Then, per detector, the significance tables of the per-ground-truth-box
+errors (1 - IoU; run r of EBM paired with run r of IoU-Net on the same boxes): every pair of unrefined / EBM /
+IoU-Net, per run and pooled over the runs, Holm over the pairs (ebm_refine/detectron2/multi_run.py).
 
     python tools/real_detection_benchmark.py \\
         --ebm-runs out/ebm_s0 out/ebm_s1 out/ebm_s2 --ebm-settings tune_ebm.json \\
         --iounet-runs out/iounet_s0 out/iounet_s1 out/iounet_s2 --iounet-settings tune_iounet.json \\
         --detections yolox_nano=$EBM_SHARED_DATA/coco/detections/yolox_nano_val2017_first128.json \\
                      fastestdet=$EBM_SHARED_DATA/coco/detections/fastestdet_val2017_first128.json \\
-        --json real_detection_benchmark.json
+        --json real_detection_benchmark.json --per-box-errors out/real_per_box
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ from detectron2.utils.logger import setup_logger
 
 from ebm_refine.detectron2 import load_config
 from ebm_refine.detectron2.evaluation import METRICS
+from ebm_refine.detectron2.multi_run import collect_runs, merge_stage_errors, significance_tables
 from ebm_refine.detectron2.refine_detections import refine_detection_file
 from ebm_refine.utils.cli import add_debug_argument, run_cli
 from ebm_refine.utils.errors import UserError
@@ -43,6 +46,8 @@ def parse_args(argv):
     p.add_argument("--detections", nargs="+", required=True, metavar="NAME=FILE")
     p.add_argument("--dataset", default="coco_val2017_first128")
     p.add_argument("--json", help="write every figure as JSON")
+    p.add_argument("--per-box-errors", metavar="DIR", help="keep the per-box errors here: <detector>.json per "
+                   "detector (all runs; the per-sample error format of tools/compare_runs.py)")
     p.add_argument("--threads", type=int)
     add_debug_argument(p)
     return p.parse_args(argv)
@@ -64,6 +69,20 @@ def spread(values) -> str:
     return f"{v.mean():.2f} ± {v.std(ddof=1):.2f} ({v.min():.2f}–{v.max():.2f})"
 
 
+def _significance(tmp: str, det_name: str, heads: dict, keep_dir) -> tuple:
+    """Per-box significance tables of one detector's refinements: run r of every head on the same boxes."""
+    num_runs = min(len(runs) for runs, _ in heads.values())
+    files = []
+    for r in range(num_runs):
+        merged = merge_stage_errors({h: os.path.join(tmp, f"{det_name}_{h}_{r}.json") for h in heads}, f"run{r}")
+        files.append(os.path.join(tmp, f"{det_name}_merged_{r}.json"))
+        merged.save(files[-1])
+    full, common, _ = collect_runs(files)
+    if keep_dir:
+        full.save(os.path.join(keep_dir, f"{det_name}.json"))
+    return significance_tables(full, common)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.threads:
@@ -77,19 +96,21 @@ def main(argv=None) -> int:
         if not args.iounet_settings:
             raise UserError("--iounet-runs needs --iounet-settings")
         heads["IoU-Net"] = (args.iounet_runs, best_setting(args.iounet_settings))
-    results = {}
+    results, significance = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         for det_name, det_file in detections.items():
             results[det_name] = {}
             for head, (runs, setting) in heads.items():
                 per_run = []
-                for run in runs:
+                for r, run in enumerate(runs):
                     cfg = load_config(os.path.join(run, "config.yaml"), setting)
                     cfg.freeze()
                     s = refine_detection_file(cfg, os.path.join(run, "model_final.pth"), det_file, args.dataset,
-                                              os.path.join(tmp, "refined.json"))
+                                              os.path.join(tmp, "refined.json"),
+                                              per_box_file=os.path.join(tmp, f"{det_name}_{head}_{r}.json"))
                     per_run.append({"run": run, **s})
                 results[det_name][head] = per_run
+            significance[det_name] = _significance(tmp, det_name, heads, args.per_box_errors)
     lines = []
     for det_name, by_head in results.items():
         first = next(iter(by_head.values()))[0]
@@ -114,8 +135,12 @@ def main(argv=None) -> int:
         lines.append("| s per image | | " + " | ".join(
             spread([r["seconds_per_image"] for r in runs]) for runs in by_head.values()) + " |")
     print("\n".join(lines))
+    for det_name, (text, _) in significance.items():
+        print(f"\n{det_name}: per-box significance (1 - IoU of each ground-truth box's best-scoring matched "
+              f"detection)\n\n{text}")
     if args.json:
-        atomic_write_text(args.json, json.dumps({"dataset": args.dataset, "results": results}, indent=2))
+        atomic_write_text(args.json, json.dumps({"dataset": args.dataset, "results": results, "significance": {
+            d: report for d, (_, report) in significance.items()}}, indent=2))
     return 0
 
 

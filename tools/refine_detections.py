@@ -47,6 +47,9 @@ def parse_args(argv):
     p.add_argument("--step-size-center", type=float, help="step size for the centre (relative encoding)")
     p.add_argument("--step-size-size", type=float, help="step size for the log-size")
     p.add_argument("--no-eval", action="store_true", help="only refine and write, even with ground truth")
+    p.add_argument("--per-box-errors", metavar="FILE",
+                   help="with evaluation: write per-ground-truth-box 1 - IoU (unrefined, refined) here, the "
+                        "per-sample error format of tools/compare_runs.py")
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="extra config options (KEY VALUE ...)")
     add_debug_argument(p)
@@ -74,7 +77,7 @@ def main(argv=None) -> int:
     dataset = args.dataset or dataset_from_files(args.dataset_json, args.image_root)
     summary = refine_detection_file(cfg, args.weights, args.detections, dataset, args.output,
                                     min_score=args.min_score, max_per_image=args.max_per_image,
-                                    evaluate=False if args.no_eval else None)
+                                    evaluate=False if args.no_eval else None, per_box_file=args.per_box_errors)
     print(format_summary(summary))
     print(f"Refined detections: {args.output}")
     if args.report:

@@ -1,7 +1,7 @@
 """Detectron2 plugin: the EBM ROI head and everything to train and evaluate it.
 
 Importing this package registers ``EBMRCNN`` and ``EBMBoxRefiner`` (META_ARCH_REGISTRY), ``EBMROIHeads``
-and ``EnergyROIHeads`` (ROI_HEADS_REGISTRY), ``FCEnergyHead`` (ENERGY_HEAD_REGISTRY),
+and ``EnergyROIHeads`` (ROI_HEADS_REGISTRY), ``FCEnergyHead`` and ``WeldonEnergyHead`` (ENERGY_HEAD_REGISTRY),
 ``build_compact_fpn_backbone`` and ``build_mobilenet_v2_fpn_backbone`` (BACKBONE_REGISTRY) and datasets
 (DatasetCatalog, see :mod:`.datasets`). Typical use::
 
@@ -17,7 +17,7 @@ from .config import ConfigValueError, add_ebm_config, validate_ebm_config
 from .model_zoo import ebm_config_path, get_ebm_cfg
 from .data import CheckedDatasetMapper, check_annotations, load_dataset_dicts
 from .detections import DetectionsMapper, RefinedDetectionsWriter, load_detections_into_dataset
-from .energy_head import ENERGY_HEAD_REGISTRY, FCEnergyHead, build_energy_head
+from .energy_head import ENERGY_HEAD_REGISTRY, FCEnergyHead, WeldonEnergyHead, build_energy_head
 from .engine import EBMTrainer, load_config
 from .evaluation import RefinementCOCOEvaluator, format_refinement_table
 from .meta_arch import EBMRCNN, freeze_detector
@@ -48,6 +48,7 @@ __all__ = [
     "ebm_detector_postprocess",
     "ENERGY_HEAD_REGISTRY",
     "FCEnergyHead",
+    "WeldonEnergyHead",
     "build_energy_head",
     "EBMTrainer",
     "RefinementCOCOEvaluator",

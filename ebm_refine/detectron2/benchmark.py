@@ -3,7 +3,9 @@
 1. The synthetic dataset is generated (deterministic, once) and a compact-ResNet-FPN Faster R-CNN is
    trained jointly with the EBM head (ML-IS) by :class:`~.engine.EBMTrainer`.
 2. The IoU-Net-style baseline head (same architecture, IoU regression) is trained on the frozen detector.
-3. Unrefined, EBM-refined and IoU-Net-refined boxes are evaluated with pycocotools.
+3. Unrefined, EBM-refined and IoU-Net-refined boxes are evaluated with pycocotools, and their per-ground-truth-box
+   errors (1 - IoU, :mod:`.box_change`) are written to ``per_box_errors.json`` for the significance protocol
+   (``tools/compare_runs.py``; several seeds: ``tools/synthetic_significance.py``).
 """
 from __future__ import annotations
 
@@ -17,10 +19,12 @@ from typing import Dict, Optional, Sequence
 import torch
 
 from ..utils.fileio import atomic_save_torch, atomic_write_text
+from .box_change import PER_BOX_FILE
 from .model_zoo import get_ebm_cfg
 from .engine import EBMTrainer
 from .evaluation import format_refinement_table
 from .meta_arch import ENERGY_HEAD_PREFIX
+from .multi_run import merge_stage_errors, stage_per_box_file
 
 __all__ = ["run_synthetic_benchmark", "train_and_test", "detector_only_checkpoint", "SYNTHETIC_CONFIG",
            "BASELINE_CONFIG"]
@@ -97,9 +101,20 @@ def run_synthetic_benchmark(output: os.PathLike, iters: Optional[int] = None, ba
     t2 = time.perf_counter()
 
     result = {
-        "config": SYNTHETIC_CONFIG, "baseline_config": BASELINE_CONFIG, "iterations": iters, "baseline_iterations": base_iters,
+        "config": SYNTHETIC_CONFIG, "baseline_config": BASELINE_CONFIG, "iterations": iters,
+        "baseline_iterations": base_iters, "seed": ebm_cfg.SEED,
         "seconds": {"ebm_stage": round(t1 - t0, 1), "baseline_stage": round(t2 - t1, 1)},
         "box_ap": columns, "table": format_refinement_table(columns),
     }
+    # Per-ground-truth-box errors of every method on this run (the stages' BoxChangeEvaluator files).
+    stages = {"EBM": stage_per_box_file(ebm_cfg)}
+    if base_iters > 0:
+        stages["IoU-Net"] = stage_per_box_file(base_cfg)
+    if all(os.path.isfile(f) for f in stages.values()):
+        errors = merge_stage_errors(stages, run_name=f"seed{ebm_cfg.SEED}")
+        errors.save(str(out / PER_BOX_FILE))
+        result["per_box_errors"] = {"file": PER_BOX_FILE, "boxes": int(len(errors.runs[0].ids))}
+    else:
+        logger.warning("no per-box errors for %s: a stage's detector matched no ground-truth box (IoU >= 0.5)", out)
     atomic_write_text(out / "synthetic_benchmark.json", json.dumps(result, indent=2))
     return result

@@ -71,13 +71,23 @@ def add_ebm_config(cfg: CN) -> CN:
     _C.MODEL.EBM.HEAD.FC_DIM = 1024
     # One scalar per class (reference) or a single class-agnostic energy.
     _C.MODEL.EBM.HEAD.CLS_AGNOSTIC = False
+    # WeldonEnergyHead (NAME "WeldonEnergyHead"; Durand et al., TPAMI 2019): a per-cell MLP (1x1 convs) scores
+    # each of the P x P pooled cells; f = mean of the WELDON_KMAX highest cell scores + WELDON_ALPHA x mean of
+    # the WELDON_KMIN lowest (negative evidence). KMAX in [1, P*P]; KMIN in [0, P*P] (0 = top-k only); ALPHA >= 0.
+    # Checked when the head is built. Ignored by other heads.
+    _C.MODEL.EBM.HEAD.WELDON_KMAX = 5
+    _C.MODEL.EBM.HEAD.WELDON_KMIN = 5
+    _C.MODEL.EBM.HEAD.WELDON_ALPHA = 1.0
+    # Width of the per-cell hidden layer (1x1 conv + ReLU); 0 = region scores linear in the features.
+    _C.MODEL.EBM.HEAD.WELDON_HIDDEN = 256
 
     # Test-time refinement of the final detections by gradient ascent on f (Algorithm S1).
     _C.MODEL.EBM.REFINE = CN()
     _C.MODEL.EBM.REFINE.ENABLED = True
     _C.MODEL.EBM.REFINE.NUM_STEPS = 10
     # Compute f and its box gradient with the head's fused fast path (prepared pyramid pooling, backward
-    # written out) when the head has one (FCEnergyHead); same boxes as autograd. False = always autograd.
+    # written out) when the head has one (FCEnergyHead, WeldonEnergyHead); same boxes as autograd.
+    # False = always autograd.
     _C.MODEL.EBM.REFINE.FUSED = True
     # Step sizes in the relative encoding of each detection (centre offsets, log-sizes) per unit
     # gradient. Reference: ML-IS 4e-4 / 1.6e-3, NCE+ 8e-4 / 3.2e-3.

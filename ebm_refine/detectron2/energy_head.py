@@ -6,6 +6,7 @@ and select them with ``MODEL.EBM.HEAD.NAME``.
 """
 from __future__ import annotations
 
+import math
 from typing import List, Optional, Tuple
 
 import torch
@@ -15,8 +16,12 @@ from detectron2.utils.registry import Registry
 from torch import Tensor, nn
 
 from ..core.pyramid_pool import PyramidRoIAlign
+from .config import ConfigValueError
 
-__all__ = ["ENERGY_HEAD_REGISTRY", "FCEnergyHead", "FCBoxEnergy", "build_energy_head"]
+__all__ = [
+    "ENERGY_HEAD_REGISTRY", "FCEnergyHead", "FCBoxEnergy", "WeldonEnergyHead", "WeldonBoxEnergy", "weldon_pool",
+    "build_energy_head",
+]
 
 ENERGY_HEAD_REGISTRY = Registry("ENERGY_HEAD")
 ENERGY_HEAD_REGISTRY.__doc__ = """
@@ -224,6 +229,168 @@ def _score_rows(head: FCEnergyHead, num_boxes: int, classes: Optional[Tensor], d
     if classes.shape != (num_boxes,):
         raise ValueError(f"classes must be ({num_boxes},), got {tuple(classes.shape)}")
     return classes.to(device).long()
+
+
+def weldon_pool(scores: Tensor, kmax: int, kmin: int, alpha: float) -> Tensor:
+    """WELDON pooling with negative evidence (Durand et al., TPAMI 2019) of region scores.
+
+    Args:
+        scores: (R, N) region scores (N cells of each box's grid).
+        kmax: the k+ highest scores are averaged (1 <= kmax <= N).
+        kmin: the k- lowest scores are averaged (0 <= kmin <= N; 0 = max pooling only).
+        alpha: weight of the low-score term.
+    Returns:
+        (R,) ``mean(top-kmax) + alpha * mean(bottom-kmin)``. Its gradient w.r.t. ``scores`` is
+        ``1/kmax`` on the selected high cells plus ``alpha/kmin`` on the selected low ones (a cell in
+        both sets gets both; a tie is broken by ``torch.topk``).
+    """
+    f = scores.topk(kmax, dim=1).values.mean(1)
+    if kmin > 0 and alpha != 0:
+        f = f + alpha * scores.topk(kmin, dim=1, largest=False).values.mean(1)
+    return f
+
+
+@ENERGY_HEAD_REGISTRY.register()
+class WeldonEnergyHead(nn.Module):
+    """Region scores on the pooled P x P grid, aggregated by WELDON's top-k+ and bottom-k- means.
+
+    Every cell of the pooled RoI grid is scored on its own by a small MLP shared over cells (a 1x1
+    conv + ReLU of width ``hidden_dim``, then a 1x1 conv to one score per class, or a single 1x1 conv
+    when ``hidden_dim == 0``); the box's score is the mean of its ``kmax`` highest cell scores plus
+    ``alpha`` times the mean of its ``kmin`` lowest (negative evidence: a box that takes in background
+    or cuts through the object has cells that speak against it). Cells have no position code: where a
+    piece of evidence lies inside the box only reaches f through the features themselves.
+
+    Args:
+        input_shape: pooled feature shape (channels C, height = width = pooler resolution P).
+        hidden_dim: width of the per-cell hidden layer (0 = linear region scores).
+        kmax: high cells averaged, in [1, P*P]; ``kmin``: low cells averaged, in [0, P*P];
+        alpha: weight of the low-cell mean, >= 0 (ignored when ``kmin == 0``).
+        num_classes: foreground classes; ignored when ``cls_agnostic``.
+        cls_agnostic: one score per cell for all classes.
+    """
+
+    @configurable
+    def __init__(self, *, input_shape: ShapeSpec, hidden_dim: int, kmax: int, kmin: int, alpha: float,
+                 num_classes: int, cls_agnostic: bool):
+        super().__init__()
+        cells = (input_shape.height or 1) * (input_shape.width or 1)
+        if not 1 <= kmax <= cells or not 0 <= kmin <= cells:
+            raise ValueError(f"WELDON needs 1 <= kmax <= {cells} and 0 <= kmin <= {cells} (cells of the pooled "
+                             f"grid), got kmax={kmax}, kmin={kmin}")
+        if not (math.isfinite(alpha) and alpha >= 0):
+            raise ValueError(f"WELDON alpha must be a finite number >= 0, got {alpha}")
+        self.input_shape = input_shape
+        self.num_cells, self.kmax, self.kmin, self.alpha = cells, int(kmax), int(kmin), float(alpha)
+        self.cls_agnostic = cls_agnostic
+        # A Linear over channels of channels-last cells is exactly a 1x1 conv; it is also what the fused
+        # path multiplies, so both paths share one set of weights without reordering.
+        self.hidden = nn.Linear(input_shape.channels, hidden_dim) if hidden_dim > 0 else None
+        if self.hidden is not None:
+            nn.init.kaiming_uniform_(self.hidden.weight, a=1)
+            nn.init.zeros_(self.hidden.bias)
+        self.score = nn.Linear(hidden_dim or input_shape.channels, 1 if cls_agnostic else num_classes)
+        nn.init.normal_(self.score.weight, std=0.001)  # flat initial energy, as FCEnergyHead
+        nn.init.zeros_(self.score.bias)
+
+    @classmethod
+    def from_config(cls, cfg, input_shape: ShapeSpec):
+        h = cfg.MODEL.EBM.HEAD
+        cells = (input_shape.height or 1) * (input_shape.width or 1)
+        where = f"({cells} cells at MODEL.EBM.HEAD.POOLER_RESOLUTION {input_shape.height})"
+        if not (isinstance(h.WELDON_KMAX, int) and 1 <= h.WELDON_KMAX <= cells):
+            raise ConfigValueError(f"MODEL.EBM.HEAD.WELDON_KMAX must be an integer in [1, {cells}] {where}, "
+                                   f"got {h.WELDON_KMAX!r}")
+        if not (isinstance(h.WELDON_KMIN, int) and 0 <= h.WELDON_KMIN <= cells):
+            raise ConfigValueError(f"MODEL.EBM.HEAD.WELDON_KMIN must be an integer in [0, {cells}] {where} "
+                                   f"(0 = no negative evidence), got {h.WELDON_KMIN!r}")
+        if not (isinstance(h.WELDON_ALPHA, (int, float)) and math.isfinite(h.WELDON_ALPHA) and h.WELDON_ALPHA >= 0):
+            raise ConfigValueError(f"MODEL.EBM.HEAD.WELDON_ALPHA must be a finite number >= 0, got {h.WELDON_ALPHA!r}")
+        if not (isinstance(h.WELDON_HIDDEN, int) and h.WELDON_HIDDEN >= 0):
+            raise ConfigValueError(f"MODEL.EBM.HEAD.WELDON_HIDDEN must be an integer >= 0 (0 = linear region "
+                                   f"scores), got {h.WELDON_HIDDEN!r}")
+        return {
+            "input_shape": input_shape, "hidden_dim": h.WELDON_HIDDEN, "kmax": h.WELDON_KMAX,
+            "kmin": h.WELDON_KMIN, "alpha": float(h.WELDON_ALPHA),
+            "num_classes": cfg.MODEL.ROI_HEADS.NUM_CLASSES, "cls_agnostic": h.CLS_AGNOSTIC,
+        }
+
+    def _score_row(self, classes: Optional[Tensor], num_boxes: int, device) -> Tuple[Tensor, Tensor]:
+        """(R, d) score weight and (R,) bias of each box's class."""
+        rows = _score_rows(self, num_boxes, classes, device)
+        return self.score.weight[rows], self.score.bias[rows]
+
+    def region_scores(self, pooled: Tensor, classes: Optional[Tensor] = None) -> Tensor:
+        """(R, C, P, P) features, (R,) classes -> (R, P*P) cell scores of each box's class (row-major cells)."""
+        if pooled.dim() != 4 or pooled.shape[2] * pooled.shape[3] != self.num_cells:
+            raise ValueError(f"expected (R, C, P, P) features with {self.num_cells} cells, got {tuple(pooled.shape)}")
+        h = pooled.flatten(2).transpose(1, 2)  # (R, P*P, C) channels-last cells
+        if self.hidden is not None:
+            h = torch.relu(self.hidden(h))
+        w, b = self._score_row(classes, pooled.shape[0], pooled.device)
+        return torch.einsum("rnd,rd->rn", h, w) + b[:, None]
+
+    def forward(self, pooled: Tensor, classes: Optional[Tensor] = None) -> Tensor:
+        """(R, C, P, P) features, (R,) classes -> (R,) scores."""
+        return weldon_pool(self.region_scores(pooled, classes), self.kmax, self.kmin, self.alpha)
+
+    def box_energy(self, pool, classes: Optional[Tensor] = None) -> Optional["WeldonBoxEnergy"]:
+        """The refinement fast path (see :meth:`FCEnergyHead.box_energy`); None for a subclass that
+        overrides ``forward`` or ``region_scores`` (refinement then uses autograd)."""
+        if (type(self).forward is not WeldonEnergyHead.forward
+                or type(self).region_scores is not WeldonEnergyHead.region_scores):
+            return None
+        return WeldonBoxEnergy(self, pool, classes)
+
+
+class WeldonBoxEnergy:
+    """f(x, y) of a :class:`WeldonEnergyHead` and df/dbox without autograd (the fused refinement path).
+
+    The prepared pooling gives channels-last (R, P*P*C) cells, i.e. (R, P*P, C): the per-cell MLP is two
+    matrix products on them, WELDON's gradient is ``1/kmax`` on the selected high cells and
+    ``alpha/kmin`` on the low ones, and the chain back through the MLP and the pooling is written out.
+    Same values as autograd through ``head(pooler(...), classes)`` (tested). Weights are read when this
+    object is built.
+    """
+
+    def __init__(self, head: WeldonEnergyHead, pool, classes: Optional[Tensor] = None):
+        with torch.no_grad():
+            w, b = head._score_row(classes, pool.num_boxes, head.score.weight.device)
+            self.score_weight, self.score_bias = w.detach().contiguous(), b.detach()
+            self.hidden = (head.hidden.weight.detach(), head.hidden.bias.detach()) if head.hidden is not None else None
+        self.kmax, self.kmin, self.alpha = head.kmax, head.kmin, head.alpha
+        self.num_cells = head.num_cells
+        self.pool = pool
+
+    def _forward(self, boxes: Tensor):
+        pooled, state = self.pool.forward(boxes)
+        x = pooled.view(boxes.shape[0], self.num_cells, -1)  # (R, P*P, C)
+        z = torch.addmm(self.hidden[1], x.flatten(0, 1), self.hidden[0].t()).view(*x.shape[:2], -1) \
+            if self.hidden is not None else None
+        h = torch.relu(z) if z is not None else x
+        s = torch.einsum("rnd,rd->rn", h, self.score_weight) + self.score_bias[:, None]  # (R, P*P)
+        return s, z, state
+
+    @torch.no_grad()
+    def __call__(self, boxes: Tensor) -> Tuple[Tensor, Tensor]:
+        """(R, 4) xyxy image-pixel boxes -> (R,) energies, (R, 4) their gradients w.r.t. the coordinates."""
+        s, z, state = self._forward(boxes)
+        top = s.topk(self.kmax, dim=1)
+        f = top.values.mean(1)
+        g_s = torch.zeros_like(s).scatter_add_(1, top.indices, s.new_full(top.indices.shape, 1.0 / self.kmax))
+        if self.kmin > 0 and self.alpha != 0:
+            low = s.topk(self.kmin, dim=1, largest=False)
+            f = f + self.alpha * low.values.mean(1)
+            g_s.scatter_add_(1, low.indices, s.new_full(low.indices.shape, self.alpha / self.kmin))
+        g = g_s[:, :, None] * self.score_weight[:, None, :]  # (R, P*P, d)
+        if z is not None:
+            g = ((g * (z > 0)).flatten(0, 1) @ self.hidden[0]).view(s.shape[0], self.num_cells, -1)
+        return f, self.pool.box_grad(state, g.reshape(s.shape[0], -1))
+
+    @torch.no_grad()
+    def value(self, boxes: Tensor) -> Tensor:
+        """(R, 4) boxes -> (R,) energies alone."""
+        return weldon_pool(self._forward(boxes)[0], self.kmax, self.kmin, self.alpha)
 
 
 def build_energy_head(cfg, input_shape: ShapeSpec) -> nn.Module:

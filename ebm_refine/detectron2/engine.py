@@ -30,7 +30,7 @@ from detectron2.evaluation import COCOEvaluator, DatasetEvaluators
 from ..utils.errors import UserError
 from .checkpoint import EBMCheckpointer
 from .config import add_ebm_config, renamed_key_hint
-from .box_change import BoxChangeEvaluator
+from .box_change import PER_BOX_FILE, BoxChangeEvaluator
 from .data import CheckedDatasetMapper, DatasetError, load_dataset_dicts
 from .detections import DetectionsMapper, RefinedDetectionsWriter, load_detections_into_dataset
 from .evaluation import RefinementCOCOEvaluator
@@ -144,11 +144,19 @@ class EBMTrainer(DefaultTrainer):
         if is_refiner(cfg):
             return DatasetEvaluators([
                 RefinementCOCOEvaluator(dataset_name, output_folder),
-                BoxChangeEvaluator(dataset_name),
+                BoxChangeEvaluator(dataset_name, per_box_file=os.path.join(output_folder, PER_BOX_FILE),
+                                   run_name=f"seed{cfg.SEED}"),
                 RefinedDetectionsWriter(dataset_name, os.path.join(output_folder, "refined_detections.json")),
             ])
         if cfg.MODEL.ROI_HEADS.NAME == "EBMROIHeads" and cfg.MODEL.EBM.REFINE.ENABLED:
-            return RefinementCOCOEvaluator(dataset_name, output_folder)
+            if not json_file:
+                return RefinementCOCOEvaluator(dataset_name, output_folder)
+            # Per-ground-truth-box errors too, for the multi-run significance protocol (tools/compare_runs.py).
+            return DatasetEvaluators([
+                RefinementCOCOEvaluator(dataset_name, output_folder),
+                BoxChangeEvaluator(dataset_name, per_box_file=os.path.join(output_folder, PER_BOX_FILE),
+                                   run_name=f"seed{cfg.SEED}"),
+            ])
         return COCOEvaluator(dataset_name, output_dir=output_folder, use_fast_impl=False)
 
 

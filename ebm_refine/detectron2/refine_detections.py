@@ -140,7 +140,8 @@ def compare_refinement_settings(cfg, model, records: List[dict], dataset: str,
 
 def refine_detection_file(cfg, weights: str, detections: str, dataset: str, output: str, *,
                           min_score: float = 0.0, max_per_image: int = 100, evaluate: Optional[bool] = None,
-                          eval_dir: Optional[str] = None) -> Dict:
+                          eval_dir: Optional[str] = None, per_box_file: Optional[str] = None,
+                          run_name: str = "0") -> Dict:
     """Refine the detections in ``detections`` on the registered COCO-format ``dataset``; write ``output``.
 
     Args:
@@ -152,6 +153,8 @@ def refine_detection_file(cfg, weights: str, detections: str, dataset: str, outp
         min_score, max_per_image: which detections are refined (and evaluated).
         evaluate: compute AP / per-box changes (default: when the dataset has box annotations).
         eval_dir: where COCOEvaluator keeps its files (default: a temporary folder).
+        per_box_file: with evaluation, also write the per-ground-truth-box errors (1 - IoU, unrefined and
+            refined; :mod:`.box_change`) there as one run named ``run_name`` (for ``tools/compare_runs.py``).
     Returns:
         ``{"ap": {"unrefined": {...}, "refined": {...}}, "box_change": {...}, "seconds_per_image": float,
         "images": int, "detections": DetectionStats as dict}`` (no ``ap`` / ``box_change`` without evaluation).
@@ -167,7 +170,8 @@ def refine_detection_file(cfg, weights: str, detections: str, dataset: str, outp
         evaluators = [RefinedDetectionsWriter(dataset, output, distributed=False)]
         if evaluate:
             evaluators += [RefinementCOCOEvaluator(dataset, eval_dir or tmp, distributed=False),
-                           BoxChangeEvaluator(dataset, distributed=False)]
+                           BoxChangeEvaluator(dataset, distributed=False, per_box_file=per_box_file,
+                                              run_name=run_name)]
         t0 = time.perf_counter()
         results = inference_on_dataset(model, loader, DatasetEvaluators(evaluators))
         seconds = time.perf_counter() - t0

@@ -11,6 +11,7 @@ from d2_helpers import REPO, refiner_cfg, run_train_net
 from detectron2.data import DatasetCatalog
 
 from ebm_refine.detectron2.refine_detections import jittered_ground_truth
+from ebm_refine.evaluation import load_per_sample_errors
 
 
 def run_cli(args, env):
@@ -55,8 +56,9 @@ def test_refines_a_detectors_file_and_reports_the_change(trained):
 
     t = trained
     out, report = t["dir"] / "refined.json", t["dir"] / "report.json"
+    per_box = t["dir"] / "per_box.json"
     proc = run_cli(cli_args(t, t["dets"], out, "--report", str(report), "--step-size-center", "0.02",
-                            "--step-size-size", "0.02", "--steps", "5"), t["env"])
+                            "--step-size-size", "0.02", "--steps", "5", "--per-box-errors", str(per_box)), t["env"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     for line in ("| AP75 |", "Per-box IoU change", "matched detections: mean IoU", "Wilcoxon p =", "s per image"):
         assert line in proc.stdout, proc.stdout
@@ -73,6 +75,11 @@ def test_refines_a_detectors_file_and_reports_the_change(trained):
     ev.evaluate(), ev.accumulate(), ev.summarize()
     assert summary["ap"]["unrefined"]["AP"] == pytest.approx(100 * ev.stats[0], abs=1e-6)
     assert summary["box_change"]["matched"] > 0 and summary["detections"]["used"] == len(given)
+    # Per-ground-truth-box errors: one sample per matched ground truth ("<image id>/<annotation id>").
+    (run,) = load_per_sample_errors(str(per_box)).runs
+    gt_ids = {f"{a['image_id']}/{a['id']}" for a in json.loads(t["gt"].read_text())["annotations"]}
+    assert 0 < len(run.ids) <= summary["box_change"]["matched"] and set(run.ids) <= gt_ids
+    assert ((run.errors["unrefined"] >= 0) & (run.errors["unrefined"] <= 0.5)).all()  # matched: IoU >= 0.5
 
 
 def test_bad_input_is_one_line_and_leaves_no_output(trained, tmp_path):

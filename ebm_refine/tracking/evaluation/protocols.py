@@ -102,22 +102,16 @@ def check_prediction(pred: np.ndarray, n_frames: int, source: str = "<prediction
     return pred
 
 
-def score_sequence_pytracking(pred: np.ndarray, gt: np.ndarray, dataset: str = "otb",
-                              target_visible: Optional[np.ndarray] = None, source: str = "<prediction>",
-                              exclude_invalid_frames: bool = False) -> Dict[str, Any]:
-    """Curves of one sequence under the ``pytracking`` protocol (see module docstring).
+def pytracking_frame_errors(pred: np.ndarray, gt: np.ndarray, dataset: str = "otb",
+                            target_visible: Optional[np.ndarray] = None,
+                            source: str = "<prediction>") -> Dict[str, np.ndarray]:
+    """Per-frame overlap and centre errors of one sequence under the ``pytracking`` protocol's rules.
 
-    Args:
-        pred: (P, 4) predicted boxes, P <= N; gt: (N, 4) ground truth (NaN rows allowed on UAV datasets).
-        dataset: dataset key, mapped through :func:`pytracking_dataset_rule`.
-        target_visible: optional (N,) bool flags.
-        source: file name used in error messages.
-        exclude_invalid_frames: score only the valid frames (pytracking's option of that name, without
-            counting the invalid frames as precision successes).
+    Args: as :func:`score_sequence_pytracking`.
 
     Returns:
-        dict with ``success`` (21,), ``precision`` (51,), ``norm_precision`` (51,) rates in [0, 1],
-        ``n_frames`` and ``denominator``.
+        dict of (N,) arrays: ``overlap`` (IoU; -1 on invalid frames), ``center_error`` and
+        ``norm_center_error`` (with the protocol's values on invalid frames) and ``valid`` (bool).
     """
     rule = pytracking_dataset_rule(dataset)
     gt = M.as_boxes(gt)
@@ -159,6 +153,29 @@ def score_sequence_pytracking(pred: np.ndarray, gt: np.ndarray, dataset: str = "
     if np.isnan(overlap).any():
         raise AnnotationError(f"{source}:{_first_bad_row(np.isnan(overlap))}: the overlap is NaN (zero-size "
                               "prediction and ground truth); fix the tracker's output")
+    return {"overlap": overlap, "center_error": err_center, "norm_center_error": err_norm, "valid": valid}
+
+
+def score_sequence_pytracking(pred: np.ndarray, gt: np.ndarray, dataset: str = "otb",
+                              target_visible: Optional[np.ndarray] = None, source: str = "<prediction>",
+                              exclude_invalid_frames: bool = False) -> Dict[str, Any]:
+    """Curves of one sequence under the ``pytracking`` protocol (see module docstring).
+
+    Args:
+        pred: (P, 4) predicted boxes, P <= N; gt: (N, 4) ground truth (NaN rows allowed on UAV datasets).
+        dataset: dataset key, mapped through :func:`pytracking_dataset_rule`.
+        target_visible: optional (N,) bool flags.
+        source: file name used in error messages.
+        exclude_invalid_frames: score only the valid frames (pytracking's option of that name, without
+            counting the invalid frames as precision successes).
+
+    Returns:
+        dict with ``success`` (21,), ``precision`` (51,), ``norm_precision`` (51,) rates in [0, 1],
+        ``n_frames`` and ``denominator``.
+    """
+    frames = pytracking_frame_errors(pred, gt, dataset, target_visible, source)
+    overlap, err_center, err_norm = frames["overlap"], frames["center_error"], frames["norm_center_error"]
+    valid, n = frames["valid"], frames["overlap"].shape[0]
     if exclude_invalid_frames:
         overlap, err_center, err_norm = overlap[valid], err_center[valid], err_norm[valid]
     denominator = int(valid.sum()) if exclude_invalid_frames else n
