@@ -2,6 +2,7 @@
 
 data     the :class:`TrainSequence` interface, adapters (dataset loaders, COCO images), the pair sampler
 trainer  :func:`train` (single process or one DDP rank), config loading, data-source construction
+robust   DeepGUM outlier-robust training: the ``robust`` config section and one EM iteration
 """
 from .data import (DEFAULT_PROCESSING, FileSequence, ImageSequence, IndexSampler, PairDataset, TrainSequence,
                    coco_sequences)

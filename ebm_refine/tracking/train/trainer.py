@@ -8,6 +8,8 @@ Config (a dict, usually a YAML file under ``configs/tracking/``)::
       sources:    list of {type: synthetic | coco | dataset, weight: float, ...}
     train: batch_size, num_iterations, lr, weight_decay, lr_milestones, lr_gamma, grad_clip,
            num_workers, checkpoint_interval, log_interval, seed, num_threads
+    robust: DeepGUM outlier-robust training (see DEFAULT_ROBUST): enabled, period, warmup, num_steps,
+           step_size, step_decay
 
 Source types:
   synthetic  num_sequences, first_seed, config (SyntheticConfig fields), background_dir (optional
@@ -30,6 +32,13 @@ wrapped in ``DistributedDataParallel`` (gloo on CPU, nccl on GPU, each process o
 ``local_rank``: ``$LOCAL_RANK`` under torchrun, so several machines work), each rank reads its own share
 of the sample stream (:class:`~ebm_refine.tracking.train.data.IndexSampler`), and rank 0 writes the files.
 
+DeepGUM (``robust.enabled``; Lathuilière et al., ECCV 2018, :mod:`ebm_refine.core.robust`): each training
+pair's residual is its annotated test box refined by the estimator's gradient ascent minus the annotation, in
+relative box coordinates (:func:`~ebm_refine.tracking.models.network.refinement_residuals`); EM on the
+residuals of the last ``period`` iterations (after ``warmup``) gives each pair an inlier responsibility r,
+and the loss is the r-weighted mean of the per-pair losses. ``log.jsonl`` then also holds ``rho`` and
+``mean_r``; the EM state is saved in ``checkpoint.pth`` and restored on resume.
+
 Guards: a non-finite loss or gradient stops training with :class:`TrainingDivergedError` before the
 optimiser step, so no checkpoint or network file ever holds a non-finite weight; a ``checkpoint.pth``
 that is empty, corrupt, of another kind or of another network, or one past ``num_iterations``, is an
@@ -51,6 +60,7 @@ import torch.distributed as dist
 import yaml
 from torch.utils.data import DataLoader
 
+from ...core.robust import DeepGUM
 from ...utils.errors import UserError
 from ...utils.fileio import atomic_save_torch, atomic_write_text
 from ...utils.resources import shared_data_dir
@@ -58,8 +68,9 @@ from ..models.network import DEFAULT_NET_CONFIG, NET_FORMAT, TrackerNet, non_fin
 from ..synthetic import SyntheticConfig, SyntheticDataset
 from ..tracker.params import UnknownKeyError, merge_params
 from .data import DEFAULT_PROCESSING, FileSequence, IndexSampler, PairDataset, coco_sequences
+from .robust import DEFAULT_ROBUST, check_robust_config, robust_loss
 
-__all__ = ["DEFAULT_TRAIN", "train", "build_sources", "load_train_config", "check_train_config",
+__all__ = ["DEFAULT_TRAIN", "DEFAULT_ROBUST", "train", "build_sources", "load_train_config", "check_train_config",
            "TrainingDivergedError"]
 
 
@@ -120,7 +131,8 @@ def check_train_config(cfg: Dict[str, Any]) -> Dict[str, Any]:
     """
     kind = "training config key"
     schema = {"net": copy.deepcopy(DEFAULT_NET_CONFIG),
-              "data": {"processing": dict(DEFAULT_PROCESSING), "sources": []}, "train": dict(DEFAULT_TRAIN)}
+              "data": {"processing": dict(DEFAULT_PROCESSING), "sources": []}, "train": dict(DEFAULT_TRAIN),
+              "robust": dict(DEFAULT_ROBUST)}
     merge_params(schema, cfg, kind=kind)
     data = cfg.get("data") or {}
     sources = data.get("sources") or []
@@ -154,6 +166,7 @@ def check_train_config(cfg: Dict[str, Any]) -> Dict[str, Any]:
             raise UserError(f"train.{key}: {tcfg[key]!r} must be a whole number >= 1")
     if not isinstance(tcfg["lr"], (int, float)) or not tcfg["lr"] > 0 or not math.isfinite(tcfg["lr"]):
         raise UserError(f"train.lr: {tcfg['lr']!r} must be a finite number > 0")
+    check_robust_config(dict(DEFAULT_ROBUST, **(cfg.get("robust") or {})))
     loss = dict(DEFAULT_NET_CONFIG["loss"], **((cfg.get("net") or {}).get("loss") or {}))
     if not isinstance(loss["num_samples"], int) or loss["num_samples"] < 1:
         raise UserError(f"net.loss.num_samples: {loss['num_samples']!r} must be a whole number >= 1")
@@ -269,9 +282,11 @@ def train(cfg: Dict[str, Any], out_dir: str, *, resume: bool = True, rank: int =
     ckpt_path = os.path.join(out_dir, "checkpoint.pth")
     log_file = os.path.join(out_dir, "log.jsonl")
     net_path = os.path.join(out_dir, "net.pth")
+    rcfg = dict(DEFAULT_ROBUST, **(cfg.get("robust") or {}))
+    gum = DeepGUM(int(rcfg["period"]), int(rcfg["warmup"])) if rcfg["enabled"] else None
     start = 0
     if resume and os.path.isfile(ckpt_path):
-        start = _resume(ckpt_path, net, opt, sched, dev, n_iter)
+        start = _resume(ckpt_path, net, opt, sched, dev, n_iter, gum)
         if rank == 0:
             log(f"[train] resumed from {ckpt_path} at iteration {start}")
     elif rank == 0:
@@ -304,13 +319,18 @@ def train(cfg: Dict[str, Any], out_dir: str, *, resume: bool = True, rank: int =
     net.train()
     t0 = time.time()
     window: List[float] = []
+    robust_window: List[float] = []  # mean r of each iteration since the last log line
     final_loss = float("nan")
     last_saved = start
     it = start
     for it, sample in zip(range(start, n_iter), loader):
         gen = torch.Generator(device=dev).manual_seed(seed * 1_000_003 + it * 101 + rank)
-        loss = model(sample["ref_image"].to(dev).float(), sample["ref_box"].to(dev),
-                     sample["test_image"].to(dev).float(), sample["test_box"].to(dev), generator=gen)
+        inputs = (sample["ref_image"].to(dev).float(), sample["ref_box"].to(dev),
+                  sample["test_image"].to(dev).float(), sample["test_box"].to(dev))
+        if gum is None:
+            loss = model(*inputs, generator=gen)
+        else:
+            loss = robust_loss(model(*inputs, generator=gen, residuals=rcfg), gum, robust_window)
         # The mean over ranks, before any step: every rank sees the same value and stops together.
         loss_value = _reduce_mean(loss.detach(), world_size)
         if not math.isfinite(loss_value):
@@ -330,16 +350,19 @@ def train(cfg: Dict[str, Any], out_dir: str, *, resume: bool = True, rank: int =
             if rank == 0:
                 rec = {"iteration": done, "loss": final_loss, "lr": sched.get_last_lr()[0],
                        "seconds": round(time.time() - t0, 2)}
+                if gum is not None:
+                    rec["rho"] = gum.state.rho if gum.state is not None else 1.0
+                    rec["mean_r"] = sum(robust_window) / max(len(robust_window), 1)
                 log(f"[train] it {done}/{n_iter} loss {final_loss:.4f} lr {rec['lr']:.2e} {rec['seconds']:.1f}s")
                 with open(log_file, "a", encoding="utf-8") as fh:
                     fh.write(json.dumps(rec) + "\n")
-            window = []
+            window, robust_window = [], []
         if done % int(tcfg["checkpoint_interval"]) == 0 or done == n_iter:
             bad = non_finite_tensors(net.estimator.state_dict())
             if bad:
                 _diverged(f"{len(bad)} weight tensor(s) became non-finite ({bad[0]})", done, last_saved, ckpt_path, tcfg)
             if rank == 0:
-                _save_checkpoint(ckpt_path, net, opt, sched, done, cfg)
+                _save_checkpoint(ckpt_path, net, opt, sched, done, cfg, gum)
             last_saved = done
             if distributed:
                 dist.barrier()
@@ -360,8 +383,11 @@ def _diverged(what: str, iteration: int, last_saved: int, ckpt_path: str, tcfg: 
         f"resume (or start over with --no-resume)")
 
 
-def _resume(ckpt_path: str, net: TrackerNet, opt, sched, dev: torch.device, n_iter: int) -> int:
-    """Load a training checkpoint into the network, optimiser and scheduler; returns its iteration."""
+def _resume(ckpt_path: str, net: TrackerNet, opt, sched, dev: torch.device, n_iter: int,
+            gum: Optional[DeepGUM] = None) -> int:
+    """Load a training checkpoint into the network, optimiser, scheduler (and DeepGUM); returns its iteration.
+
+    A checkpoint written without DeepGUM leaves EM to start afresh (r = 1 until its first fit)."""
     hint = "delete it, choose another --out, or pass --no-resume to start over"
     state = read_torch_file(ckpt_path, "a tracker training checkpoint", hint, map_location=dev)
     keys = ("net", "optimizer", "scheduler", "iteration")
@@ -379,6 +405,8 @@ def _resume(ckpt_path: str, net: TrackerNet, opt, sched, dev: torch.device, n_it
     bad = non_finite_tensors(state["net"]["estimator"], state["net"]["backbone"])
     if bad:
         raise UserError(f"{ckpt_path}: {len(bad)} weight tensor(s) are not finite; {hint}")
+    if gum is not None and state.get("robust") is not None:
+        gum.load_state_dict(state["robust"])
     start = int(state["iteration"])
     if start > n_iter:
         raise UserError(f"{ckpt_path}: already trained {start} iterations, more than train.num_iterations = "
@@ -396,7 +424,8 @@ def _last_logged_loss(log_file: str) -> float:
         return float("nan")
 
 
-def _save_checkpoint(path: str, net: TrackerNet, opt, sched, iteration: int, cfg: Dict[str, Any]) -> None:
+def _save_checkpoint(path: str, net: TrackerNet, opt, sched, iteration: int, cfg: Dict[str, Any],
+                     gum: Optional[DeepGUM] = None) -> None:
     state = {
         "net": {"format": NET_FORMAT, "config": copy.deepcopy(net.config),
                 "backbone": net.backbone.state_dict(), "estimator": net.estimator.state_dict()},
@@ -404,6 +433,7 @@ def _save_checkpoint(path: str, net: TrackerNet, opt, sched, iteration: int, cfg
         "scheduler": sched.state_dict(),
         "iteration": int(iteration),
         "train_config": cfg,
+        "robust": gum.state_dict() if gum is not None else None,
     }
     # A crash while writing never leaves a half-written checkpoint behind.
     atomic_save_torch(state, path)
