@@ -188,7 +188,8 @@ class EnergyMixin:
         :meth:`robust_update` runs here.
         """
         feats = self.energy_features(features)
-        if gt_weights is None and self.robust is not None and self.training:
+        # The energy head's mode, not this module's: frozen-detector training keeps the ROI heads in eval mode.
+        if gt_weights is None and self.robust is not None and self.energy_head.training:
             gt_weights = self.robust_update(feats, targets)
         return {"loss_ebm": self.ebm_losses(feats, targets, gt_weights) * self.loss_weight}
 

@@ -53,6 +53,22 @@ def test_enabled_before_warmup_gives_the_plain_losses(synthetic_names, tmp_path)
     assert storage.latest()["robust/rho"][0] == 1.0 and storage.latest()["robust/mean_r"][0] == 1.0
 
 
+@pytest.mark.parametrize("meta", ["frozen", "refiner"])
+def test_em_runs_in_frozen_detector_and_refiner_training(synthetic_names, tmp_path, meta):
+    robust = [*ROBUST, "MODEL.EBM.ROBUST.WARMUP", "0", "MODEL.EBM.ROBUST.PERIOD", "1"]
+    if meta == "frozen":  # EBMRCNN keeps the frozen ROI heads in eval mode; only the energy head trains
+        cfg = small_cfg(tmp_path, extra=["MODEL.EBM.FREEZE_DETECTOR", "True",
+                                         "MODEL.EBM.ALLOW_UNTRAINED_DETECTOR", "True", *robust])
+    else:
+        cfg = refiner_cfg(tmp_path, extra=robust)
+    data = _batch(cfg, 4)
+    model, losses, storage = _losses(cfg, data)
+    assert set(losses) == {"loss_ebm"}
+    gum = model.roi_heads.robust
+    assert gum.iteration == 1 and gum.state is not None  # fitted on this batch's residuals
+    assert 0.0 < storage.latest()["robust/rho"][0] <= 1.0
+
+
 def test_weighted_box_reg_loss_with_unit_weights_is_detectron2s(synthetic_names, tmp_path):
     cfg = small_cfg(tmp_path)
     data = _batch(cfg, 2)
