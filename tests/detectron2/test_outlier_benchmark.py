@@ -83,5 +83,5 @@ def test_tool_quick_mode_writes_json_and_figure(synthetic_names, tmp_path):
             assert det["recall"] is not None and 0.0 <= det["recall"] <= 1.0
         # Plain runs are judged by a mixture fitted after training; DeepGUM runs by the one they trained with.
         assert det["source"] == ("training" if run["method"] == "deepgum" else "post-hoc")
-        assert 0.0 < det["rho"] <= 1.0
+        assert 0.05 < det["rho"] <= 1.0  # EM never collapsed to "everything is an outlier"
     assert len(result["summary"]) == 4 and result["summary"][0]["AP_refined"]["n"] == 1
