@@ -67,21 +67,21 @@ def test_tool_quick_mode_writes_json_and_figure(synthetic_names, tmp_path):
              "INPUT.MIN_SIZE_TEST", "128", "INPUT.MAX_SIZE_TEST", "128", "MODEL.EBM.NUM_SAMPLES", "16",
              "SOLVER.IMS_PER_BATCH", "2", "DATALOADER.NUM_WORKERS", "0"]
     out = tmp_path / "out"
-    assert tool.main(["--quick", "--iters", "10", "--dataset", synthetic_names[0], "--output", str(out), *small]) == 0
+    # Quick mode cut to its noisy cell (2 trainings instead of 4): ~2-5 min on a busy 2-core machine.
+    assert tool.main(["--quick", "--fractions", "0.4", "--iters", "8", "--dataset", synthetic_names[0],
+                      "--output", str(out), *small]) == 0
     result = json.loads((out / "outlier_benchmark.json").read_text())
     assert (out / "outlier_benchmark.png").stat().st_size > 10_000
     cells = [(r["kind"], r["fraction"], r["method"]) for r in result["runs"]]
-    assert cells == [("none", 0.0, "plain"), ("none", 0.0, "deepgum"),
-                     ("shift_scale", 0.4, "plain"), ("shift_scale", 0.4, "deepgum")]
+    assert cells == [("shift_scale", 0.4, "plain"), ("shift_scale", 0.4, "deepgum")]
     for run in result["runs"]:
         for boxes in ("unrefined", "refined"):
             assert 0.0 <= run["box_ap"][boxes]["AP75"] <= 100.0
         det = run["outlier_detection"]
         assert det["annotations"] == sum(len(r["annotations"]) for r in DatasetCatalog.get(synthetic_names[0]))
-        assert det["outliers"] == (round(0.4 * det["annotations"]) if run["fraction"] else 0)
-        if run["fraction"]:
-            assert det["recall"] is not None and 0.0 <= det["recall"] <= 1.0
+        assert det["outliers"] == round(0.4 * det["annotations"])
+        assert det["recall"] is not None and 0.0 <= det["recall"] <= 1.0
         # Plain runs are judged by a mixture fitted after training; DeepGUM runs by the one they trained with.
         assert det["source"] == ("training" if run["method"] == "deepgum" else "post-hoc")
         assert 0.05 < det["rho"] <= 1.0  # EM never collapsed to "everything is an outlier"
-    assert len(result["summary"]) == 4 and result["summary"][0]["AP_refined"]["n"] == 1
+    assert len(result["summary"]) == 2 and result["summary"][0]["AP_refined"]["n"] == 1
