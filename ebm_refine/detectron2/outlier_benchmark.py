@@ -4,12 +4,13 @@ For each seed, noise kind and outlier share (:mod:`.annotation_noise`), the synt
 detector + EBM training (:func:`~.benchmark.run_synthetic_benchmark`, IoU-Net stage skipped) runs twice on the
 same noisy training set: with the plain loss and with DeepGUM (``MODEL.EBM.ROBUST`` with ``BOX_REG``). Both
 are evaluated on the clean validation split (COCO AP / AP75 of unrefined and refined boxes). After training,
-every training annotation gets a responsibility r (outlier when r < 0.5), compared with the true flags:
-
-* DeepGUM runs: the E-step of the mixture the training ended with (saved in the checkpoint) on the final
-  model's residuals;
-* plain runs: a mixture fitted after training on the final model's residuals (what DeepGUM would have said
-  about that model; it did not influence its training).
+every training annotation gets a responsibility r (outlier when r < 0.5), compared with the true flags.
+``outlier_detection`` uses, for both methods alike, EM refitted on the final model's residuals over the whole
+training set (warm-started from the training's mixture for DeepGUM runs): for plain runs it is what DeepGUM
+would say about that model (it did not influence its training). DeepGUM runs also report
+``outlier_detection_training_state``: the E-step of the mixture the training ended with (saved in the
+checkpoint), fitted on the residuals of the last ``PERIOD`` iterations (training-time augmentation, a model
+that was still changing).
 
 The seed varies the noise (which boxes, how altered) and Detectron2's ``SEED`` (initialisation, data order)
 together; the 0 % runs are shared by all kinds. Results: ``outlier_benchmark.json`` and
@@ -62,8 +63,8 @@ def annotation_responsibilities(cfg, weights: Path, records: List[dict], batch_s
         weights: its ``model_final.pth`` (with ``ebm_robust`` when trained with DeepGUM).
         records: the training set's dataset dicts, in order.
     Returns:
-        ``{"r": (A,) responsibilities, "source": "training" | "post-hoc", "rho": float}`` in the order of
-        the annotations of ``records``.
+        ``{"refit": {"r": (A,), "rho"}, "training": {"r": (A,), "rho"} or None}``, r in the order of the
+        annotations of ``records``: EM refitted on these residuals, and the E-step of the training's mixture.
     """
     model = build_model(cfg)
     EBMCheckpointer(model).load(str(weights))  # all checkpointables: the EM state too
@@ -89,11 +90,10 @@ def annotation_responsibilities(cfg, weights: Path, records: List[dict], batch_s
         feats = heads.energy_features(model.backbone(images.tensor))
         residuals += heads.robust_residuals(feats, targets)
     e = torch.cat(residuals)
-    gum = heads.robust
-    if gum is not None and gum.state is not None:
-        return {"r": gum_responsibilities(e, gum.state), "source": "training", "rho": gum.state.rho}
-    state, r = fit_gum(e)
-    return {"r": r, "source": "post-hoc", "rho": state.rho}
+    trained = heads.robust.state if heads.robust is not None else None
+    state, r = fit_gum(e, trained)
+    return {"refit": {"r": r, "rho": state.rho},
+            "training": None if trained is None else {"r": gum_responsibilities(e, trained), "rho": trained.rho}}
 
 
 def outlier_detection_scores(r: torch.Tensor, is_outlier: torch.Tensor, threshold: float = 0.5) -> dict:
@@ -116,10 +116,13 @@ def _one_run(out: Path, train_name: str, method: str, seed: int, iters: int, qui
     records = DatasetCatalog.get(train_name)
     flags = torch.tensor([bool(a["ebm_outlier"]) for rec in records for a in rec.get("annotations", [])])
     resp = annotation_responsibilities(stage_cfg(out / "ebm", extra), out / "ebm" / "model_final.pth", records)
-    return {"box_ap": {"unrefined": result["box_ap"]["unrefined"], "refined": result["box_ap"]["EBM (ML-IS) refined"]},
-            "outlier_detection": {**outlier_detection_scores(resp["r"], flags), "source": resp["source"],
-                                  "rho": resp["rho"]},
-            "seconds": round(time.perf_counter() - t0, 1)}
+    run = {"box_ap": {"unrefined": result["box_ap"]["unrefined"], "refined": result["box_ap"]["EBM (ML-IS) refined"]},
+           "outlier_detection": {**outlier_detection_scores(resp["refit"]["r"], flags), "rho": resp["refit"]["rho"]},
+           "seconds": round(time.perf_counter() - t0, 1)}
+    if resp["training"] is not None:
+        run["outlier_detection_training_state"] = {**outlier_detection_scores(resp["training"]["r"], flags),
+                                                   "rho": resp["training"]["rho"]}
+    return run
 
 
 def run_outlier_benchmark(output, fractions: Sequence[float] = (0.0, 0.2, 0.4),

@@ -81,7 +81,9 @@ def test_tool_quick_mode_writes_json_and_figure(synthetic_names, tmp_path):
         assert det["annotations"] == sum(len(r["annotations"]) for r in DatasetCatalog.get(synthetic_names[0]))
         assert det["outliers"] == round(0.4 * det["annotations"])
         assert det["recall"] is not None and 0.0 <= det["recall"] <= 1.0
-        # Plain runs are judged by a mixture fitted after training; DeepGUM runs by the one they trained with.
-        assert det["source"] == ("training" if run["method"] == "deepgum" else "post-hoc")
         assert 0.05 < det["rho"] <= 1.0  # EM never collapsed to "everything is an outlier"
+        # DeepGUM runs also say what the mixture they trained with makes of the annotations.
+        assert ("outlier_detection_training_state" in run) == (run["method"] == "deepgum")
+    state = result["runs"][1]["outlier_detection_training_state"]
+    assert state["annotations"] == det["annotations"] and 0.0 < state["rho"] <= 1.0
     assert len(result["summary"]) == 2 and result["summary"][0]["AP_refined"]["n"] == 1
