@@ -119,7 +119,8 @@ def fit_gum(
     Args:
         residuals: (N, D) or (N,) residuals; non-finite rows are ignored.
         init: previous parameters (warm start, e.g. the last epoch's); default rho = 0.5 and Sigma the
-            residuals' second moment, so the first E-step splits the set around its own scale.
+            residuals' second moment, so the first E-step splits the set around its own scale. A warm start
+            under which fewer than D + 1 residuals are inliers is replaced by the default start.
         max_iters: EM iterations at most.
         tol: convergence threshold on rho.
     Returns:
@@ -134,10 +135,15 @@ def fit_gum(
     log_uniform = _uniform_log_density(e)
     scale = float((e * e).mean()) + 1e-12
     ridge = _COV_RIDGE * scale * torch.eye(d, dtype=e.dtype)
+    cold = (0.5, (e.T @ e) / n + ridge)
+    rho, cov = cold
     if init is not None and init.dim == d:
         rho, cov = float(init.rho), init.cov.detach().to(e) + ridge
-    else:
-        rho, cov = 0.5, (e.T @ e) / n + ridge
+        # A warm start whose Gaussian explains (almost) none of the new residuals -- their scale grew since
+        # the last fit, as it does while a network learns -- drives EM to rho -> 0, every sample an outlier
+        # and a zero loss, from which it never returns. Start cold instead.
+        if float(gum_responsibilities(e, GUMState(rho, cov, log_uniform)).sum()) < d + 1:
+            rho, cov = cold
     state = GUMState(rho=rho, cov=cov, log_uniform=log_uniform)
     for _ in range(max_iters):
         r = gum_responsibilities(e, state)

@@ -3,7 +3,9 @@
 Importing this package registers ``EBMRCNN`` and ``EBMBoxRefiner`` (META_ARCH_REGISTRY), ``EBMROIHeads``
 and ``EnergyROIHeads`` (ROI_HEADS_REGISTRY), ``FCEnergyHead`` and ``WeldonEnergyHead`` (ENERGY_HEAD_REGISTRY),
 ``build_compact_fpn_backbone`` and ``build_mobilenet_v2_fpn_backbone`` (BACKBONE_REGISTRY) and datasets
-(DatasetCatalog, see :mod:`.datasets`). Typical use::
+(DatasetCatalog, see :mod:`.datasets`). DeepGUM outlier-robust training is ``MODEL.EBM.ROBUST`` (see
+:mod:`.energy`); the outlier experiment is :mod:`.outlier_benchmark` (annotation noise: :mod:`.annotation_noise`).
+Typical use::
 
     from ebm_refine.detectron2 import EBMTrainer, ebm_config_path, load_config
     cfg = load_config(ebm_config_path("COCO-Detection/ebm_faster_rcnn_R_50_FPN_1x.yaml"))

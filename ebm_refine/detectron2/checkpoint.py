@@ -8,6 +8,10 @@
 * Saving is atomic on local folders: the checkpoint and ``last_checkpoint`` are written to temporary files
   and renamed, so a run killed while saving never leaves a partial ``model_XXXX.pth``, nor a
   ``last_checkpoint`` naming one.
+* DeepGUM (``MODEL.EBM.ROBUST``): the EM state held by the ROI heads (``roi_heads.robust``) is saved as the
+  checkpoint's ``ebm_robust`` entry and restored by a resume (``resume_or_load(resume=True)`` or ``load``
+  with all checkpointables), so EM continues where it stopped; loading ``MODEL.WEIGHTS`` for a new run
+  leaves it fresh. It is training state, like the optimizer's, not part of the model's weights.
 """
 from __future__ import annotations
 
@@ -21,7 +25,7 @@ from ..utils.errors import UserError
 from ..utils.fileio import atomic_save_torch, atomic_write_text
 from .meta_arch import ENERGY_HEAD_PREFIX
 
-__all__ = ["EBMCheckpointer", "CheckpointError"]
+__all__ = ["EBMCheckpointer", "CheckpointError", "robust_state_holder"]
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +41,12 @@ class EBMCheckpointer(DetectionCheckpointer):
     """
 
     energy_head_loaded: bool = False
+
+    def __init__(self, model, save_dir: str = "", *, save_to_disk: Optional[bool] = None, **checkpointables: Any):
+        robust = robust_state_holder(model)
+        if robust is not None and "ebm_robust" not in checkpointables:
+            checkpointables["ebm_robust"] = robust
+        super().__init__(model, save_dir, save_to_disk=save_to_disk, **checkpointables)
 
     # ----------------------------------------------------------------- loading
     def load(self, path: str, checkpointables: Optional[List[str]] = None) -> Dict[str, Any]:
@@ -141,3 +151,9 @@ class EBMCheckpointer(DetectionCheckpointer):
         if not self._local_save_dir():
             return super().tag_last_checkpoint(last_filename_basename)
         atomic_write_text(os.path.join(self.save_dir, "last_checkpoint"), last_filename_basename)
+
+
+def robust_state_holder(model):
+    """The :class:`~ebm_refine.core.robust.DeepGUM` of ``model``'s ROI heads (DDP-unwrapped), or None."""
+    target = model.module if hasattr(model, "module") else model
+    return getattr(getattr(target, "roi_heads", None), "robust", None)

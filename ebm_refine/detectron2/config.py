@@ -101,6 +101,25 @@ def add_ebm_config(cfg: CN) -> CN:
     # Keep the unrefined boxes in `pred_boxes_unrefined` so both are evaluated from one forward pass.
     _C.MODEL.EBM.REFINE.KEEP_UNREFINED = True
 
+    # DeepGUM outlier-robust training (Lathuilière et al., ECCV 2018; ebm_refine.core.robust). Per
+    # ground-truth box, a Gaussian-uniform mixture on the residual e = (the box the current energy prefers
+    # near the annotation) - (the annotation), in relative box coordinates, gives the inlier
+    # responsibility r; the EBM loss of that box is weighted by r (sum r l / sum r). EM runs on the
+    # residuals of the last PERIOD iterations; no outlier fraction is set by hand.
+    _C.MODEL.EBM.ROBUST = CN()
+    _C.MODEL.EBM.ROBUST.ENABLED = False
+    # Iterations between EM fits (the paper refits every epoch: about images / IMS_PER_BATCH).
+    _C.MODEL.EBM.ROBUST.PERIOD = 100
+    # Iterations before the first fit (every r is 1 until then): an untrained energy's residuals say
+    # nothing about the annotations.
+    _C.MODEL.EBM.ROBUST.WARMUP = 200
+    # Gradient-ascent steps of the current energy from each annotated box that give its residual (step
+    # sizes and decay of MODEL.EBM.REFINE).
+    _C.MODEL.EBM.ROBUST.NUM_STEPS = 10
+    # Also weight Faster R-CNN's box-regression loss of each foreground proposal by the r of its matched
+    # ground truth (joint training of EBMRCNN with FREEZE_DETECTOR False; smooth-L1 box loss only).
+    _C.MODEL.EBM.ROBUST.BOX_REG = False
+
     # The compact CPU backbone (MODEL.BACKBONE.NAME = "build_compact_fpn_backbone"); unused otherwise.
     _C.MODEL.COMPACT_RESNET = CN()
     _C.MODEL.COMPACT_RESNET.WIDTHS = [32, 64, 96, 128]  # channels of res2..res5
@@ -171,3 +190,11 @@ def validate_ebm_config(cfg: CN) -> None:
     positive("MODEL.EBM.REFINE.STEP_SIZE_CENTER", e.REFINE.STEP_SIZE_CENTER)
     positive("MODEL.EBM.REFINE.STEP_SIZE_SIZE", e.REFINE.STEP_SIZE_SIZE)
     _check(0 < e.REFINE.DECAY <= 1, "MODEL.EBM.REFINE.DECAY", "in (0, 1]", e.REFINE.DECAY)
+    r = e.ROBUST
+    _check(isinstance(r.PERIOD, int) and r.PERIOD >= 1, "MODEL.EBM.ROBUST.PERIOD", "a whole number >= 1", r.PERIOD)
+    _check(isinstance(r.WARMUP, int) and r.WARMUP >= 0, "MODEL.EBM.ROBUST.WARMUP", "a whole number >= 0", r.WARMUP)
+    _check(isinstance(r.NUM_STEPS, int) and r.NUM_STEPS >= 1, "MODEL.EBM.ROBUST.NUM_STEPS", "a whole number >= 1",
+           r.NUM_STEPS)
+    if r.BOX_REG and not r.ENABLED:
+        raise ConfigValueError("MODEL.EBM.ROBUST.BOX_REG weights the box loss by DeepGUM's responsibilities: set "
+                               "MODEL.EBM.ROBUST.ENABLED True, or BOX_REG False")

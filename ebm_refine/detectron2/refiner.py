@@ -24,7 +24,7 @@ from detectron2.structures import ImageList, Instances
 from torch import Tensor, nn
 
 from ..utils.errors import UserError
-from .config import validate_ebm_config
+from .config import ConfigValueError, validate_ebm_config
 from .energy import EnergyMixin, energy_from_config
 from .postprocessing import ebm_detector_postprocess
 
@@ -47,6 +47,10 @@ class EnergyROIHeads(EnergyMixin, nn.Module):
     @classmethod
     def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
         validate_ebm_config(cfg)
+        if cfg.MODEL.EBM.ROBUST.BOX_REG:
+            raise ConfigValueError("MODEL.EBM.ROBUST.BOX_REG weights Faster R-CNN's box-regression loss; "
+                                   f"{cfg.MODEL.ROI_HEADS.NAME} (the box refiner's energy-only head) has none: set "
+                                   "MODEL.EBM.ROBUST.BOX_REG False (ROBUST.ENABLED still weights the EBM loss)")
         return energy_from_config(cfg, input_shape, cfg.MODEL.ROI_HEADS.IN_FEATURES)
 
     def forward(self, features: Dict[str, Tensor], detections: List[Instances]) -> List[Instances]:

@@ -8,17 +8,25 @@ gradient ascent on f (core refiner), keeping the unrefined boxes in ``pred_boxes
 The meta-architecture :class:`~ebm_refine.detectron2.meta_arch.EBMRCNN` owns what concerns the whole
 model: frozen-detector training (it calls :meth:`EBMROIHeads.ebm_loss_dict` alone) and rescaling both box
 sets to the original image. Under another meta-architecture the head refuses settings that need it.
+
+DeepGUM (``MODEL.EBM.ROBUST``): in joint training the responsibilities of the ground truths are computed
+first (:meth:`EnergyMixin.robust_update`), weight the EBM loss per ground truth and, with ``BOX_REG``, the
+box-regression loss of every foreground proposal by the responsibility of the ground truth it is matched
+to (carried to the proposals as the ``gt_robust_weight`` field by ``label_and_sample_proposals``).
 """
 from __future__ import annotations
 
 import logging
 from typing import Dict, List, Optional
 
+import torch
 from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, StandardROIHeads
+from detectron2.layers import cat, nonzero_tuple
 from detectron2.structures import ImageList, Instances
+from fvcore.nn import smooth_l1_loss
 from torch import Tensor
 
 from .config import ConfigValueError, validate_ebm_config
@@ -26,7 +34,7 @@ from .energy import EnergyMixin, energy_from_config
 from .inference import energy_ranked_inference
 from .meta_arch import EBMRCNN
 
-__all__ = ["EBMROIHeads"]
+__all__ = ["EBMROIHeads", "weighted_box_reg_loss"]
 
 logger = logging.getLogger(__name__)
 _NMS_MODES = ("standard", "energy")
@@ -42,11 +50,13 @@ class EBMROIHeads(EnergyMixin, StandardROIHeads):
         detach_features: in joint training, keep the EBM loss's gradients out of the backbone.
         refine: refine detections at inference.
         nms_mode: "standard" or "energy" (NMS ranked by f).
+        robust_box_reg: weight the box-regression loss per proposal by DeepGUM's responsibility of its
+            matched ground truth (needs ``energy["robust"]``).
     """
 
     @configurable
     def __init__(self, *, energy: dict, detach_features: bool = True, refine: bool = True,
-                 nms_mode: str = "standard", **kwargs):
+                 nms_mode: str = "standard", robust_box_reg: bool = False, **kwargs):
         super().__init__(**kwargs)
         if nms_mode not in _NMS_MODES:
             raise ConfigValueError(f"MODEL.EBM.REFINE.NMS must be one of {_NMS_MODES}, got {nms_mode!r}")
@@ -56,6 +66,9 @@ class EBMROIHeads(EnergyMixin, StandardROIHeads):
         self.detach_features = detach_features
         self.refine = refine
         self.nms_mode = nms_mode
+        if robust_box_reg and self.robust is None:
+            raise ConfigValueError("MODEL.EBM.ROBUST.BOX_REG needs MODEL.EBM.ROBUST.ENABLED True")
+        self.robust_box_reg = robust_box_reg
 
     @classmethod
     def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
@@ -63,11 +76,14 @@ class EBMROIHeads(EnergyMixin, StandardROIHeads):
         _check_meta_architecture(cfg)
         ret = super().from_config(cfg, input_shape)
         e = cfg.MODEL.EBM
+        if e.ROBUST.BOX_REG:
+            _check_robust_box_reg(cfg)
         ret.update(
             energy=energy_from_config(cfg, input_shape, cfg.MODEL.ROI_HEADS.IN_FEATURES),
             detach_features=e.DETACH_FEATURES,
             refine=e.REFINE.ENABLED,
             nms_mode=e.REFINE.NMS,
+            robust_box_reg=e.ROBUST.BOX_REG,
         )
         return ret
 
@@ -83,6 +99,13 @@ class EBMROIHeads(EnergyMixin, StandardROIHeads):
             return super().forward(images, features, proposals, targets)
         assert targets is not None, "'targets' argument is required during training"
         # Joint training: the detector's losses plus the EBM loss.
+        gt_weights = None
+        if self.robust is not None:
+            gt_weights = self.robust_update(self.energy_features(features), targets)
+            if self.robust_box_reg:
+                # label_and_sample_proposals copies every gt_* field to the proposals matched to it.
+                for t, w in zip(targets, gt_weights):
+                    t.gt_robust_weight = w
         proposals = self.label_and_sample_proposals(proposals, targets)
         losses: Dict[str, Tensor] = {}
         losses.update(self._forward_box(features, proposals))
@@ -90,12 +113,25 @@ class EBMROIHeads(EnergyMixin, StandardROIHeads):
         losses.update(self._forward_keypoint(features, proposals))
         if self.detach_features:
             features = {f: features[f].detach() for f in self.energy_in_features}
-        losses.update(self.ebm_loss_dict(features, targets))
+        losses.update(self.ebm_loss_dict(features, targets, gt_weights))
         return proposals, losses
 
     def _forward_box(self, features: Dict[str, Tensor], proposals: List[Instances]):
-        if self.training:
+        if self.training and not self.robust_box_reg:
             return super()._forward_box(features, proposals)
+        if self.training:
+            # StandardROIHeads._forward_box with the box-regression loss weighted per proposal.
+            feats = [features[f] for f in self.box_in_features]
+            predictions = self.box_predictor(self.box_head(self.box_pooler(feats, [p.proposal_boxes for p in proposals])))
+            losses = self.box_predictor.losses(predictions, proposals)
+            losses["loss_box_reg"] = weighted_box_reg_loss(self.box_predictor, predictions[1], proposals) \
+                * self.box_predictor.loss_weight.get("loss_box_reg", 1.0)
+            if self.train_on_pred_boxes:
+                with torch.no_grad():
+                    pred_boxes = self.box_predictor.predict_boxes_for_gt_classes(predictions, proposals)
+                for p, boxes in zip(proposals, pred_boxes):
+                    p.proposal_boxes = type(p.proposal_boxes)(boxes)
+            return losses
         feats = [features[f] for f in self.box_in_features]
         box_features = self.box_head(self.box_pooler(feats, [p.proposal_boxes for p in proposals]))
         predictions = self.box_predictor(box_features)
@@ -126,3 +162,43 @@ def _check_meta_architecture(cfg) -> None:
             "(frozen-detector training; unrefined boxes rescaled to the image): set MODEL.META_ARCHITECTURE "
             f"'EBMRCNN', or set {' and '.join(needs)} False"
         )
+
+
+def weighted_box_reg_loss(box_predictor, pred_deltas: Tensor, proposals: List[Instances]) -> Tensor:
+    """Fast R-CNN's smooth-L1 box-regression loss with each foreground proposal weighted (scalar).
+
+    ``sum_fg w_p * smooth_l1(delta_p - target_p) / R`` where R counts all sampled proposals (Detectron2's
+    normalisation, so w = 1 gives ``FastRCNNOutputLayers.box_reg_loss`` exactly) and w_p is the proposal's
+    ``gt_robust_weight`` (the responsibility of its matched ground truth; 1 where absent).
+
+    Args:
+        box_predictor: the ``FastRCNNOutputLayers`` (its transform, beta and class count are used).
+        pred_deltas: (R, 4) or (R, K * 4) predicted deltas.
+        proposals: per image, sampled proposals with ``proposal_boxes``, ``gt_classes`` and (foreground
+            images) ``gt_boxes``.
+    """
+    gt_classes = cat([p.gt_classes for p in proposals], dim=0)
+    proposal_boxes = cat([p.proposal_boxes.tensor for p in proposals], dim=0)
+    gt_boxes = cat([(p.gt_boxes if p.has("gt_boxes") else p.proposal_boxes).tensor for p in proposals], dim=0)
+    weights = cat([p.gt_robust_weight if p.has("gt_robust_weight") else
+                   torch.ones(len(p), device=gt_classes.device) for p in proposals], dim=0)
+    num_classes = box_predictor.num_classes
+    fg = nonzero_tuple((gt_classes >= 0) & (gt_classes < num_classes))[0]
+    if pred_deltas.shape[1] == 4:  # class-agnostic regression
+        fg_deltas = pred_deltas[fg]
+    else:
+        fg_deltas = pred_deltas.view(-1, num_classes, 4)[fg, gt_classes[fg]]
+    target = box_predictor.box2box_transform.get_deltas(proposal_boxes[fg], gt_boxes[fg])
+    per = smooth_l1_loss(fg_deltas, target, box_predictor.smooth_l1_beta, reduction="none").sum(dim=1)
+    return (per * weights[fg].to(per.dtype)).sum() / max(gt_classes.numel(), 1.0)
+
+
+def _check_robust_box_reg(cfg) -> None:
+    """``MODEL.EBM.ROBUST.BOX_REG`` needs a box-regression loss that it can weight."""
+    if cfg.MODEL.EBM.FREEZE_DETECTOR:
+        raise ConfigValueError("MODEL.EBM.ROBUST.BOX_REG weights Faster R-CNN's box-regression loss, which "
+                               "frozen-detector training (MODEL.EBM.FREEZE_DETECTOR True) does not compute: set "
+                               "FREEZE_DETECTOR False (joint training) or ROBUST.BOX_REG False")
+    if cfg.MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE != "smooth_l1":
+        raise ConfigValueError(f"MODEL.EBM.ROBUST.BOX_REG supports MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE "
+                               f"'smooth_l1' only, got {cfg.MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE!r}")

@@ -69,7 +69,7 @@ class OutlierConfig:
         iters=1500, num_samples=128, grid_x=128, grid_y=1024))
     warmup_epochs: int = 4  # plain epochs before the first EM
     mode_grid: int = 128  # grid points over the targets' range for the EBM's direct guess
-    refine_steps: int = 10  # gradient ascent steps from the guess
+    num_steps: int = 10  # gradient ascent steps from the guess
     refine_step_size: float = 1e-3
     shift_range: Tuple[float, float] = (0.25, 0.5)
     scale_range: Tuple[float, float] = (2.0, 3.0)
@@ -138,7 +138,7 @@ def _ebm_residual_fn(config: OutlierConfig, x: Tensor, y: Tensor) -> Callable[[n
         log_p = torch.cat([model.log_density_on_grid(xc, grid, dy) for xc in torch.split(x[:, None], 256)])
         guess = grid[log_p.argmax(dim=1)]  # the model's mode on the grid: the direct guess
         e = model.residuals(x[:, None], y[:, None], guess, step_size=config.refine_step_size,
-                            num_steps=config.refine_steps)[:, 0]
+                            num_steps=config.num_steps)[:, 0]
         if not config.standardize:
             return e
         # Robust spread of p_model(y | x): the interquartile range of its grid CDF / 1.349 (a Gaussian's

@@ -8,6 +8,8 @@ Config (a dict, usually a YAML file under ``configs/tracking/``)::
       sources:    list of {type: synthetic | coco | dataset, weight: float, ...}
     train: batch_size, num_iterations, lr, weight_decay, lr_milestones, lr_gamma, grad_clip,
            num_workers, checkpoint_interval, log_interval, seed, num_threads
+    robust: DeepGUM outlier-robust training (train.robust.DEFAULT_ROBUST): enabled, period, warmup, num_steps,
+           step_size_center, step_size_size, decay
 
 Source types:
   synthetic  num_sequences, first_seed, config (SyntheticConfig fields), background_dir (optional
@@ -35,6 +37,7 @@ from ...utils.config import UnknownKeyError, load_yaml, merge_params
 from ...utils.errors import UserError
 from ...utils.resources import shared_data_dir
 from ..models.network import DEFAULT_NET_CONFIG, RENAMED_LOSS_METHODS
+from .robust import DEFAULT_ROBUST, check_robust_config
 from .data import DEFAULT_PROCESSING, FileSequence, coco_sequences
 
 __all__ = ["DEFAULT_TRAIN", "RENAMED_KEYS", "load_train_config", "check_train_config", "build_sources"]
@@ -96,7 +99,8 @@ def check_train_config(cfg: Dict[str, Any]) -> Dict[str, Any]:
     """
     kind = "training config key"
     schema = {"net": copy.deepcopy(DEFAULT_NET_CONFIG),
-              "data": {"processing": dict(DEFAULT_PROCESSING), "sources": []}, "train": dict(DEFAULT_TRAIN)}
+              "data": {"processing": dict(DEFAULT_PROCESSING), "sources": []}, "train": dict(DEFAULT_TRAIN),
+              "robust": dict(DEFAULT_ROBUST)}
     merge_params(schema, cfg, kind=kind, renamed=RENAMED_KEYS)
     data = cfg.get("data") or {}
     sources = data.get("sources") or []
@@ -130,6 +134,7 @@ def check_train_config(cfg: Dict[str, Any]) -> Dict[str, Any]:
             raise UserError(f"train.{key}: {tcfg[key]!r} must be a whole number >= 1")
     if not isinstance(tcfg["lr"], (int, float)) or not tcfg["lr"] > 0 or not math.isfinite(tcfg["lr"]):
         raise UserError(f"train.lr: {tcfg['lr']!r} must be a finite number > 0")
+    check_robust_config(dict(DEFAULT_ROBUST, **(cfg.get("robust") or {})))
     loss = dict(DEFAULT_NET_CONFIG["loss"], **((cfg.get("net") or {}).get("loss") or {}))
     if loss["method"] in RENAMED_LOSS_METHODS:
         raise UserError(f"net.loss.method {loss['method']!r} was renamed {RENAMED_LOSS_METHODS[loss['method']]!r}; "

@@ -1,6 +1,13 @@
 """Training loop of the box estimator: data sources from a config, checkpoint/resume, DDP.
 
-The config (``net``, ``data``, ``train``), its checks and its data sources: :mod:`.config`.
+The config (``net``, ``data``, ``train``, ``robust``), its checks and its data sources: :mod:`.config`.
+
+DeepGUM (``robust.enabled``; Lathuilière et al., ECCV 2018, :mod:`ebm_refine.core.robust`): each training
+pair's residual is its annotated test box refined by the estimator's gradient ascent minus the annotation, in
+relative box coordinates (:func:`~ebm_refine.tracking.train.loss.refinement_residuals`); EM on the
+residuals of the last ``period`` iterations (after ``warmup``) gives each pair an inlier responsibility r,
+and the loss is the r-weighted mean of the per-pair losses. ``log.jsonl`` then also holds ``rho`` and
+``mean_r``; the EM state is saved in ``checkpoint.pth`` and restored on resume.
 
 Output folder: ``checkpoint.pth`` (network + optimizer + scheduler + iteration, written every
 ``checkpoint_interval`` iterations and at the end, atomically), ``net.pth`` (the self-contained network
@@ -29,12 +36,14 @@ import torch.distributed as dist
 import yaml
 from torch.utils.data import DataLoader
 
+from ...core.robust import DeepGUM
 from ...utils.errors import UserError
 from ...utils.fileio import atomic_save_torch, atomic_write_text
 from ..models.network import NET_FORMAT, TrackerNet, net_state, non_finite_tensors, read_torch_file, save_net
 from .config import DEFAULT_TRAIN, build_sources, check_train_config
 from .data import IndexSampler, PairDataset
 from .loss import BoxEstimationActor
+from .robust import DEFAULT_ROBUST, robust_loss
 
 __all__ = ["train", "TrainingDivergedError"]
 
@@ -103,9 +112,11 @@ def train(cfg: Dict[str, Any], out_dir: str, *, resume: bool = True, rank: int =
     ckpt_path = os.path.join(out_dir, "checkpoint.pth")
     log_file = os.path.join(out_dir, "log.jsonl")
     net_path = os.path.join(out_dir, "net.pth")
+    rcfg = dict(DEFAULT_ROBUST, **(cfg.get("robust") or {}))
+    gum = DeepGUM(int(rcfg["period"]), int(rcfg["warmup"])) if rcfg["enabled"] else None
     start = 0
     if resume and os.path.isfile(ckpt_path):
-        start = _resume(ckpt_path, net, opt, sched, dev, n_iter)
+        start = _resume(ckpt_path, net, opt, sched, dev, n_iter, gum)
         if rank == 0:
             log(f"[train] resumed from {ckpt_path} at iteration {start}")
     elif rank == 0:
@@ -139,13 +150,18 @@ def train(cfg: Dict[str, Any], out_dir: str, *, resume: bool = True, rank: int =
     net.train()
     t0 = time.time()
     window: List[float] = []
+    robust_window: List[float] = []  # mean r of each iteration since the last log line
     final_loss = float("nan")
     last_saved = start
     it = start
     for it, sample in zip(range(start, n_iter), loader):
         gen = torch.Generator(device=dev).manual_seed(seed * 1_000_003 + it * 101 + rank)
-        loss = model(sample["ref_image"].to(dev).float(), sample["ref_box"].to(dev),
-                     sample["test_image"].to(dev).float(), sample["test_box"].to(dev), generator=gen)
+        inputs = (sample["ref_image"].to(dev).float(), sample["ref_box"].to(dev),
+                  sample["test_image"].to(dev).float(), sample["test_box"].to(dev))
+        if gum is None:
+            loss = model(*inputs, generator=gen)
+        else:
+            loss = robust_loss(model(*inputs, generator=gen, residuals=rcfg), gum, robust_window)
         # The mean over ranks, before any step: every rank sees the same value and stops together.
         loss_value = _reduce_mean(loss.detach(), world_size)
         if not math.isfinite(loss_value):
@@ -165,16 +181,19 @@ def train(cfg: Dict[str, Any], out_dir: str, *, resume: bool = True, rank: int =
             if rank == 0:
                 rec = {"iteration": done, "loss": final_loss, "lr": sched.get_last_lr()[0],
                        "seconds": round(time.time() - t0, 2)}
+                if gum is not None:
+                    rec["rho"] = gum.state.rho if gum.state is not None else 1.0
+                    rec["mean_r"] = sum(robust_window) / max(len(robust_window), 1)
                 log(f"[train] it {done}/{n_iter} loss {final_loss:.4f} lr {rec['lr']:.2e} {rec['seconds']:.1f}s")
                 with open(log_file, "a", encoding="utf-8") as fh:
                     fh.write(json.dumps(rec) + "\n")
-            window = []
+            window, robust_window = [], []
         if done % int(tcfg["checkpoint_interval"]) == 0 or done == n_iter:
             bad = non_finite_tensors(net.estimator.state_dict())
             if bad:
                 _diverged(f"{len(bad)} weight tensor(s) became non-finite ({bad[0]})", done, last_saved, ckpt_path, tcfg)
             if rank == 0:
-                _save_checkpoint(ckpt_path, net, opt, sched, done, cfg)
+                _save_checkpoint(ckpt_path, net, opt, sched, done, cfg, gum)
             last_saved = done
             if distributed:
                 dist.barrier()
@@ -195,8 +214,11 @@ def _diverged(what: str, iteration: int, last_saved: int, ckpt_path: str, tcfg: 
         f"resume (or start over with --no-resume)")
 
 
-def _resume(ckpt_path: str, net: TrackerNet, opt, sched, dev: torch.device, n_iter: int) -> int:
-    """Load a training checkpoint into the network, optimiser and scheduler; returns its iteration."""
+def _resume(ckpt_path: str, net: TrackerNet, opt, sched, dev: torch.device, n_iter: int,
+            gum: Optional[DeepGUM] = None) -> int:
+    """Load a training checkpoint into the network, optimiser, scheduler (and DeepGUM); returns its iteration.
+
+    A checkpoint written without DeepGUM leaves EM to start afresh (r = 1 until its first fit)."""
     hint = "delete it, choose another --out, or pass --no-resume to start over"
     state = read_torch_file(ckpt_path, "a tracker training checkpoint", hint, map_location=dev)
     keys = ("net", "optimizer", "scheduler", "iteration")
@@ -214,6 +236,8 @@ def _resume(ckpt_path: str, net: TrackerNet, opt, sched, dev: torch.device, n_it
     bad = non_finite_tensors(state["net"]["estimator"], state["net"]["backbone"])
     if bad:
         raise UserError(f"{ckpt_path}: {len(bad)} weight tensor(s) are not finite; {hint}")
+    if gum is not None and state.get("robust") is not None:
+        gum.load_state_dict(state["robust"])
     start = int(state["iteration"])
     if start > n_iter:
         raise UserError(f"{ckpt_path}: already trained {start} iterations, more than train.num_iterations = "
@@ -231,13 +255,15 @@ def _last_logged_loss(log_file: str) -> float:
         return float("nan")
 
 
-def _save_checkpoint(path: str, net: TrackerNet, opt, sched, iteration: int, cfg: Dict[str, Any]) -> None:
+def _save_checkpoint(path: str, net: TrackerNet, opt, sched, iteration: int, cfg: Dict[str, Any],
+                     gum: Optional[DeepGUM] = None) -> None:
     state = {
         "net": net_state(net),
         "optimizer": opt.state_dict(),
         "scheduler": sched.state_dict(),
         "iteration": int(iteration),
         "train_config": cfg,
+        "robust": gum.state_dict() if gum is not None else None,
     }
     # A crash while writing never leaves a half-written checkpoint behind.
     atomic_save_torch(state, path)
