@@ -23,6 +23,7 @@ them under one set of commit / discard rules read best together.)
 """
 from __future__ import annotations
 
+import abc
 import contextlib
 import glob
 import itertools
@@ -175,7 +176,7 @@ def open_images(paths: Sequence[str], fps: float, on_truncated: Optional[Callabl
 
 
 # ---------------------------------------------------------------------------------------------- outputs
-class FrameOutput:
+class FrameOutput(abc.ABC):
     """What both outputs share: a lock on the target, removal of what killed runs left behind, and the
     ``write`` / ``commit`` / ``abort`` protocol.
 
@@ -212,14 +213,17 @@ class FrameOutput:
     def _unlock(self) -> None:
         self._stack.close()
 
+    @abc.abstractmethod
     def write(self, frame: np.ndarray, name: Optional[str] = None) -> None:
         """Append one BGR uint8 (H, W, 3) frame; ``name`` is its file name where the output has files."""
         raise NotImplementedError
 
+    @abc.abstractmethod
     def commit(self) -> str:
         """Move the complete output into place, release the lock; returns the target path."""
         raise NotImplementedError
 
+    @abc.abstractmethod
     def abort(self) -> None:
         """Delete what was written, release the lock; an existing target stays as it was."""
         raise NotImplementedError
