@@ -8,6 +8,8 @@ validation split and DeepGUM's outlier precision / recall (:mod:`ebm_refine.dete
 
     python tools/outlier_detection_benchmark.py --output output/outlier_detection        # the full grid
     python tools/outlier_detection_benchmark.py --quick --output output/outlier_quick    # smoke run
+    # DeepGUM with the detector's own residuals (MODEL.EBM.ROBUST.RESIDUAL), DeepGUM runs only
+    python tools/outlier_detection_benchmark.py --methods deepgum MODEL.EBM.ROBUST.RESIDUAL detector
 
 Full grid: 3 seeds x (1 clean + 2 kinds x 2 shares) x 2 methods = 30 trainings of 500 iterations (~7 min each
 on 2 idle cores). Results: ``<output>/outlier_benchmark.json`` (per run and mean ± std over seeds),
@@ -23,7 +25,7 @@ import torch
 from detectron2.utils.logger import setup_logger
 
 from ebm_refine.detectron2.annotation_noise import NOISE_KINDS
-from ebm_refine.detectron2.outlier_benchmark import format_summary, run_outlier_benchmark
+from ebm_refine.detectron2.outlier_benchmark import METHODS, format_summary, run_outlier_benchmark
 from ebm_refine.utils.cli import add_debug_argument, run_cli
 
 QUICK = {"fractions": [0.0, 0.4], "kinds": ["shift_scale"], "seeds": [0]}
@@ -40,6 +42,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--dataset", default="ebm_synthetic_train", help="clean training set to corrupt")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: 0 and 40 %% shift_scale noise, seed 0, 30 iterations")
+    p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS),
+                   help="train with the plain loss, DeepGUM, or both (default both)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="extra config options for every run (KEY VALUE ...)")
     add_debug_argument(p)
@@ -59,7 +63,7 @@ def main(argv=None) -> int:
             grid[key] = getattr(args, key)
     t0 = time.perf_counter()
     result = run_outlier_benchmark(args.output, iters=args.iters, quick=args.quick, base_dataset=args.dataset,
-                                   opts=args.opts, **grid)
+                                   opts=args.opts, methods=args.methods, **grid)
     print("\nOutlier experiment (COCO box AP on the clean validation split; mean ± std over seeds "
           f"{grid['seeds']}, seed varies noise and SEED):\n" + format_summary(result))
     print(f"\n{len(result['runs'])} trainings of {result['iterations']} iterations in {time.perf_counter() - t0:.0f} s; "

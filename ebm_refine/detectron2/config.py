@@ -11,7 +11,11 @@ from detectron2.config import CfgNode as CN
 
 from ..utils.errors import UserError
 
-__all__ = ["add_ebm_config", "validate_ebm_config", "ConfigValueError", "RENAMED_KEYS", "renamed_key_hint"]
+__all__ = ["add_ebm_config", "validate_ebm_config", "ConfigValueError", "RENAMED_KEYS", "renamed_key_hint",
+           "ROBUST_RESIDUALS"]
+
+# What DeepGUM's residual of a ground-truth box is (MODEL.EBM.ROBUST.RESIDUAL).
+ROBUST_RESIDUALS = ("energy", "detector")
 
 # Keys renamed for one vocabulary across the core, this plugin and the tracker (issue 17). An old key in a
 # YAML file or ``--opts`` is an error naming its new name (no silent alias: two spellings of one setting
@@ -113,8 +117,15 @@ def add_ebm_config(cfg: CN) -> CN:
     # Iterations before the first fit (every r is 1 until then): an untrained energy's residuals say
     # nothing about the annotations.
     _C.MODEL.EBM.ROBUST.WARMUP = 200
+    # What the residual of a ground-truth box is (docs/robust_regression_detection.md):
+    #   "energy":   the annotation refined by NUM_STEPS gradient-ascent steps of the current energy, minus
+    #               the annotation (any model with an energy head);
+    #   "detector": the median over the foreground proposals matched to the annotation of Faster R-CNN's
+    #               regressed box, minus the annotation: the detector's own prediction, DeepGUM's residual
+    #               (EBMRCNN joint training only, FREEZE_DETECTOR False).
+    _C.MODEL.EBM.ROBUST.RESIDUAL = "energy"
     # Gradient-ascent steps of the current energy from each annotated box that give its residual (step
-    # sizes and decay of MODEL.EBM.REFINE).
+    # sizes and decay of MODEL.EBM.REFINE; RESIDUAL "energy").
     _C.MODEL.EBM.ROBUST.NUM_STEPS = 10
     # Also weight Faster R-CNN's box-regression loss of each foreground proposal by the r of its matched
     # ground truth (joint training of EBMRCNN with FREEZE_DETECTOR False; smooth-L1 box loss only).
@@ -195,6 +206,11 @@ def validate_ebm_config(cfg: CN) -> None:
     _check(isinstance(r.WARMUP, int) and r.WARMUP >= 0, "MODEL.EBM.ROBUST.WARMUP", "a whole number >= 0", r.WARMUP)
     _check(isinstance(r.NUM_STEPS, int) and r.NUM_STEPS >= 1, "MODEL.EBM.ROBUST.NUM_STEPS", "a whole number >= 1",
            r.NUM_STEPS)
+    _check(r.RESIDUAL in ROBUST_RESIDUALS, "MODEL.EBM.ROBUST.RESIDUAL", f"one of {ROBUST_RESIDUALS}", r.RESIDUAL)
+    if r.ENABLED and r.RESIDUAL == "detector" and e.FREEZE_DETECTOR:
+        raise ConfigValueError("MODEL.EBM.ROBUST.RESIDUAL 'detector' takes residuals from the box regression of "
+                               "joint training, which frozen-detector training (MODEL.EBM.FREEZE_DETECTOR True) "
+                               "does not run: set FREEZE_DETECTOR False or RESIDUAL 'energy'")
     if r.BOX_REG and not r.ENABLED:
         raise ConfigValueError("MODEL.EBM.ROBUST.BOX_REG weights the box loss by DeepGUM's responsibilities: set "
                                "MODEL.EBM.ROBUST.ENABLED True, or BOX_REG False")

@@ -222,15 +222,19 @@ class EnergyMixin:
         e = torch.where(valid_box_mask(ref)[:, None] & torch.isfinite(e), e, torch.full_like(e, float("nan")))
         return list(e.split([b.shape[0] for b in boxes]))
 
-    def robust_update(self, feats: List[Tensor], targets: List[Instances]) -> List[Tensor]:
+    def robust_update(self, feats: List[Tensor], targets: List[Instances],
+                      residuals: Optional[List[Tensor]] = None) -> List[Tensor]:
         """One training iteration of DeepGUM: E-step on this batch, then remember, maybe refit.
 
         Returns per image the (G_i,) responsibilities of its ground truths under the current mixture
-        (ones before the first fit). The residuals (:meth:`robust_residuals`) are stored and, every
-        ``robust.period`` iterations after ``robust.warmup``, the mixture is refitted by EM on them; rho and
-        the batch's mean r are logged to Detectron2's EventStorage (``robust/rho``, ``robust/mean_r``).
+        (ones before the first fit). The residuals (``residuals`` when the caller has them, per image
+        (G_i, 4) relative; else :meth:`robust_residuals`) are stored and, every ``robust.period``
+        iterations after ``robust.warmup``, the mixture is refitted by EM on them; rho and the batch's
+        mean r are logged to Detectron2's EventStorage (``robust/rho``, ``robust/mean_r``). A NaN
+        residual row gets r = 0 and is not used by EM.
         """
-        residuals = self.robust_residuals(feats, targets)
+        if residuals is None:
+            residuals = self.robust_residuals(feats, targets)
         e = torch.cat(residuals) if residuals else feats[0].new_zeros(0, 4)
         r = self.robust.weights(e) if e.shape[0] else e.new_zeros(0)
         finite = torch.isfinite(e).all(dim=1)

@@ -62,6 +62,9 @@ def annotation_responsibilities(cfg, weights: Path, records: List[dict], batch_s
         cfg: the config of the training (builds the model; test-time input size).
         weights: its ``model_final.pth`` (with ``ebm_robust`` when trained with DeepGUM).
         records: the training set's dataset dicts, in order.
+    The residuals are of ``MODEL.EBM.ROBUST.RESIDUAL``'s kind (the annotation refined by the energy, or the
+    detector's regression of every proposal matched to it).
+
     Returns:
         ``{"refit": {"r": (A,), "rho"}, "training": {"r": (A,), "rho"} or None}``, r in the order of the
         annotations of ``records``: EM refitted on these residuals, and the E-step of the training's mixture.
@@ -87,8 +90,12 @@ def annotation_responsibilities(cfg, weights: Path, records: List[dict], batch_s
             inputs.append({"image": torch.as_tensor(image.transpose(2, 0, 1).copy())})
             targets.append(inst)
         images = model.preprocess_image(inputs)
-        feats = heads.energy_features(model.backbone(images.tensor))
-        residuals += heads.robust_residuals(feats, targets)
+        features = model.backbone(images.tensor)
+        if cfg.MODEL.EBM.ROBUST.RESIDUAL == "detector":
+            proposals, _ = model.proposal_generator(images, features, None)
+            residuals += heads.detector_residuals_of(features, proposals, targets)[0]
+        else:
+            residuals += heads.robust_residuals(heads.energy_features(features), targets)
     e = torch.cat(residuals)
     trained = heads.robust.state if heads.robust is not None else None
     state, r = fit_gum(e, trained)
@@ -128,7 +135,7 @@ def _one_run(out: Path, train_name: str, method: str, seed: int, iters: int, qui
 def run_outlier_benchmark(output, fractions: Sequence[float] = (0.0, 0.2, 0.4),
                           kinds: Sequence[str] = ("random", "shift_scale"), seeds: Sequence[int] = (0, 1, 2),
                           iters: Optional[int] = None, quick: bool = False, base_dataset: str = "ebm_synthetic_train",
-                          opts: Sequence[str] = ()) -> dict:
+                          opts: Sequence[str] = (), methods: Sequence[str] = METHODS) -> dict:
     """Run the grid (module docstring); writes ``outlier_benchmark.json`` (+ ``.png``) and returns the JSON.
 
     Args:
@@ -136,8 +143,14 @@ def run_outlier_benchmark(output, fractions: Sequence[float] = (0.0, 0.2, 0.4),
         fractions, kinds, seeds: the grid (0 % is run once per seed, for every kind).
         iters: training iterations per run (default 500, 30 with ``quick``).
         base_dataset: the clean training set the noise is injected into.
-        opts: extra config options for every run (e.g. a smaller input size for tests).
+        opts: extra config options for every run (e.g. a smaller input size for tests, or
+            ``MODEL.EBM.ROBUST.RESIDUAL detector``; the residual kind applies to the post-hoc scoring of
+            both methods' annotations too).
+        methods: a subset of ("plain", "deepgum").
     """
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise ValueError(f"methods must be a non-empty subset of {METHODS}, got {list(methods)}")
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     iters = iters or (30 if quick else 500)
@@ -147,19 +160,20 @@ def run_outlier_benchmark(output, fractions: Sequence[float] = (0.0, 0.2, 0.4),
         for kind, fraction in cells:
             name = register_noisy_dataset(base_dataset, kind if fraction > 0 else kinds[0], fraction, seed,
                                           name=f"{base_dataset}_noisy_{kind}_{int(round(100 * fraction))}_s{seed}")
-            for method in METHODS:
+            for method in methods:
                 run_dir = out / f"{kind}_{int(round(100 * fraction))}" / f"s{seed}" / method
                 logger.info("outlier benchmark: %s %.0f %% seed %d %s", kind, 100 * fraction, seed, method)
                 run = _one_run(run_dir, name, method, seed, iters, quick, opts)
                 runs.append({"kind": kind, "fraction": fraction, "seed": seed, "method": method, **run})
-                _write(out, runs, iters, fractions, kinds, seeds)  # partial results survive an interrupted grid
-    result = _write(out, runs, iters, fractions, kinds, seeds)
+                _write(out, runs, iters, fractions, kinds, seeds, opts)  # partial results survive an interruption
+    result = _write(out, runs, iters, fractions, kinds, seeds, opts)
     plot_outlier_benchmark(result, out / "outlier_benchmark.png")
     return result
 
 
-def _write(out: Path, runs: List[dict], iters: int, fractions, kinds, seeds) -> dict:
+def _write(out: Path, runs: List[dict], iters: int, fractions, kinds, seeds, opts) -> dict:
     result = {"iterations": iters, "fractions": list(fractions), "kinds": list(kinds), "seeds": list(seeds),
+              "opts": list(opts),
               "seed_varies": "annotation noise and Detectron2 SEED", "runs": runs, "summary": summarize(runs)}
     atomic_write_text(out / "outlier_benchmark.json", json.dumps(result, indent=2))
     return result

@@ -46,6 +46,10 @@ class EnergyROIHeads(EnergyMixin, nn.Module):
 
     @classmethod
     def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
+        if cfg.MODEL.EBM.ROBUST.ENABLED and cfg.MODEL.EBM.ROBUST.RESIDUAL == "detector":
+            raise ConfigValueError("MODEL.EBM.ROBUST.RESIDUAL 'detector' takes residuals from Faster R-CNN's box "
+                                   f"regression; {cfg.MODEL.ROI_HEADS.NAME} (the box refiner's energy-only head) has "
+                                   "none: set MODEL.EBM.ROBUST.RESIDUAL 'energy'")
         validate_ebm_config(cfg)
         if cfg.MODEL.EBM.ROBUST.BOX_REG:
             raise ConfigValueError("MODEL.EBM.ROBUST.BOX_REG weights Faster R-CNN's box-regression loss; "

@@ -15,7 +15,10 @@ from ebm_refine.core import weighted_mean
 from ebm_refine.detectron2.checkpoint import EBMCheckpointer
 from ebm_refine.detectron2.config import ConfigValueError
 from ebm_refine.detectron2.data import CheckedDatasetMapper
-from ebm_refine.detectron2.roi_heads import weighted_box_reg_loss
+from detectron2.structures import Instances
+
+from ebm_refine.core import encode_relative
+from ebm_refine.detectron2.roi_heads import detector_residuals, weighted_box_reg_loss
 
 ROBUST = ["MODEL.EBM.ROBUST.ENABLED", "True"]
 
@@ -199,9 +202,13 @@ def test_checkpoints_carry_the_em_state_for_resume(synthetic_names, tmp_path):
     ([*ROBUST, "MODEL.EBM.ROBUST.BOX_REG", "True", "MODEL.EBM.FREEZE_DETECTOR", "True"], "FREEZE_DETECTOR False"),
     ([*ROBUST, "MODEL.EBM.ROBUST.BOX_REG", "True", "MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE", "giou"],
      "'smooth_l1' only, got 'giou'"),
+    ([*ROBUST, "MODEL.EBM.ROBUST.RESIDUAL", "prediction"],
+     "MODEL.EBM.ROBUST.RESIDUAL must be one of ('energy', 'detector'), got 'prediction'"),
+    ([*ROBUST, "MODEL.EBM.ROBUST.RESIDUAL", "detector", "MODEL.EBM.FREEZE_DETECTOR", "True"],
+     "RESIDUAL 'detector' .* FREEZE_DETECTOR False or RESIDUAL 'energy'"),
 ])
 def test_config_errors_name_the_key(tmp_path, extra, message):
-    with pytest.raises(ConfigValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(ConfigValueError, match=message.replace("(", r"\(").replace(")", r"\)").replace(".*)", ".*")):
         build_model(small_cfg(tmp_path, extra=extra))
 
 
@@ -210,3 +217,54 @@ def test_box_refiner_takes_robust_but_refuses_box_reg(tmp_path):
     assert model.roi_heads.robust is not None and model.roi_heads.robust.period == 100
     with pytest.raises(ConfigValueError, match="EnergyROIHeads .* has none: set MODEL.EBM.ROBUST.BOX_REG False"):
         build_model(refiner_cfg(tmp_path, extra=[*ROBUST, "MODEL.EBM.ROBUST.BOX_REG", "True"]))
+    with pytest.raises(ConfigValueError, match="RESIDUAL 'detector' .* EnergyROIHeads .* set MODEL.EBM.ROBUST.RESIDUAL 'energy'"):
+        build_model(refiner_cfg(tmp_path, extra=[*ROBUST, "MODEL.EBM.ROBUST.RESIDUAL", "detector"]))
+
+
+def test_detector_residuals_are_the_median_regressed_box_minus_the_annotation(tmp_path):
+    heads = build_model(small_cfg(tmp_path)).roi_heads
+    predictor = heads.box_predictor
+    k = predictor.num_classes
+    # Image 0: ground truth 0 (100 x 50 px, class 1) has three foreground proposals shifted right by 0, 10 and
+    # 30 px; ground truth 1 only a background proposal. Image 1 has no ground truth.
+    gt = torch.tensor([[100.0, 100.0, 200.0, 150.0], [300.0, 300.0, 340.0, 380.0]])
+    boxes = torch.tensor([[100.0, 100.0, 200.0, 150.0], [110.0, 100.0, 210.0, 150.0], [130.0, 100.0, 230.0, 150.0],
+                          [0.0, 0.0, 20.0, 20.0]])
+    p0 = Instances((480, 640), proposal_boxes=Boxes(boxes), gt_classes=torch.tensor([1, 1, 1, k]),
+                   gt_boxes=Boxes(gt[[0, 0, 0, 1]]), gt_robust_index=torch.tensor([0, 0, 0, 1]))
+    p1 = Instances((480, 640), proposal_boxes=Boxes(torch.tensor([[5.0, 5.0, 50.0, 50.0]])),
+                   gt_classes=torch.tensor([k]))
+    # Zero deltas: every regressed box is its proposal; then a delta that doubles the width of class 1's box.
+    scores = torch.zeros(5, k + 1)
+    deltas = torch.zeros(5, 4 * k)
+    residuals, seen = detector_residuals(predictor, (scores, deltas), [p0, p1], [2, 0])
+    assert seen[0].tolist() == [True, False] and seen[1].numel() == 0 and residuals[1].shape == (0, 4)
+    assert residuals[0][0].tolist() == pytest.approx([0.1, 0.0, 0.0, 0.0], abs=1e-6)  # median of 0, 0.1, 0.3
+    assert torch.isnan(residuals[0][1]).all()
+    wx, wy, ww, wh = predictor.box2box_transform.weights
+    deltas[:3, 4 * 1 + 2] = ww * float(np.log(2.0))
+    residuals, _ = detector_residuals(predictor, (scores, deltas), [p0, p1], [2, 0])
+    expected = encode_relative(torch.tensor([[60.0, 100.0, 260.0, 150.0]]), gt[:1])[0]  # the median proposal, twice as wide
+    assert residuals[0][0].tolist() == pytest.approx(expected.tolist(), abs=1e-5)
+    assert residuals[0][0].tolist() == pytest.approx([0.1, 0.0, float(np.log(2.0)), 0.0], abs=1e-5)
+
+
+def test_detector_residuals_in_joint_training(synthetic_names, tmp_path):
+    plain_cfg = small_cfg(tmp_path)
+    data = _batch(plain_cfg, 2)
+    plain_model, plain, _ = _losses(plain_cfg, data)
+    detector = [*ROBUST, "MODEL.EBM.ROBUST.RESIDUAL", "detector", "MODEL.EBM.ROBUST.BOX_REG", "True"]
+    # Before the first fit (r = 1) every loss is the plain one: the residuals come from the same forward pass.
+    model, losses, storage = _losses(small_cfg(tmp_path, extra=[*detector, "MODEL.EBM.ROBUST.WARMUP", "50"]), data,
+                                     plain_model.state_dict())
+    for k in plain:
+        assert losses[k] == pytest.approx(plain[k], rel=1e-5, abs=1e-7), k
+    assert model.roi_heads.robust.iteration == 1 and storage.latest()["robust/mean_r"][0] == 1.0
+    # EM from the first iteration: the mixture is fitted on the detector's residuals of this batch (enough
+    # ground truths with a sampled foreground proposal: 4 images, 128 proposals each).
+    cfg = small_cfg(tmp_path, extra=[*detector, "MODEL.EBM.ROBUST.WARMUP", "0", "MODEL.EBM.ROBUST.PERIOD", "1",
+                                     "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "128"])
+    model, losses, storage = _losses(cfg, _batch(cfg, 4))
+    gum = model.roi_heads.robust
+    assert gum.state is not None and 0.0 < gum.state.rho <= 1.0
+    assert all(np.isfinite(v) for v in losses.values())

@@ -87,3 +87,23 @@ def test_tool_quick_mode_writes_json_and_figure(synthetic_names, tmp_path):
     state = result["runs"][1]["outlier_detection_training_state"]
     assert state["annotations"] == det["annotations"] and 0.0 < state["rho"] <= 1.0
     assert len(result["summary"]) == 2 and result["summary"][0]["AP_refined"]["n"] == 1
+
+
+@pytest.mark.slow
+def test_tool_runs_deepgum_alone_with_the_detectors_residuals(synthetic_names, tmp_path):
+    spec = importlib.util.spec_from_file_location("outlier_tool", REPO / "tools" / "outlier_detection_benchmark.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    small = ["DATASETS.TEST", "('test_synth_val',)", "INPUT.MIN_SIZE_TRAIN", "(128,)", "INPUT.MAX_SIZE_TRAIN", "128",
+             "INPUT.MIN_SIZE_TEST", "128", "INPUT.MAX_SIZE_TEST", "128", "MODEL.EBM.NUM_SAMPLES", "16",
+             "SOLVER.IMS_PER_BATCH", "2", "DATALOADER.NUM_WORKERS", "0", "MODEL.EBM.ROBUST.RESIDUAL", "detector"]
+    out = tmp_path / "out"
+    assert tool.main(["--quick", "--fractions", "0.4", "--iters", "8", "--dataset", synthetic_names[0],
+                      "--methods", "deepgum", "--output", str(out), *small]) == 0
+    result = json.loads((out / "outlier_benchmark.json").read_text())
+    assert [(r["kind"], r["method"]) for r in result["runs"]] == [("shift_scale", "deepgum")]
+    assert result["opts"][-2:] == ["MODEL.EBM.ROBUST.RESIDUAL", "detector"]
+    det = result["runs"][0]["outlier_detection"]
+    # Every annotation is scored (the annotation itself is always one of its foreground proposals).
+    assert det["annotations"] == sum(len(r["annotations"]) for r in DatasetCatalog.get(synthetic_names[0]))
+    assert det["outliers"] == round(0.4 * det["annotations"]) and 0.05 < det["rho"] <= 1.0
