@@ -122,11 +122,15 @@ def test_parameter_files():
         p = load_tracker_params(name)
         assert p["box_refinement"]["mode"] == {"ebm": "ebm", "iounet": "iounet", "norefine": "none"}[name]
         assert p["checkpoint"].endswith("net.pth")
-    ebm = load_tracker_params("ebm")["box_refinement"]
-    assert (ebm["step_size_center"], ebm["step_size_size"], ebm["decay"]) == (5e-4, 1e-2, 0.5)
-    paper = load_tracker_params("ebm_pytracking")["box_refinement"]
+    # ebm: the paper's refinement (pytracking's atom_prob_ml rule), chosen on the validation sequences.
+    paper = load_tracker_params("ebm")["box_refinement"]
     assert (paper["step_size_center"], paper["step_size_size"]) == (2e-4, 1e-3)
     assert paper["decay"] == 1.0 and paper["backtracking"] is False
+    bt = load_tracker_params("ebm_backtracking")["box_refinement"]
+    assert (bt["step_size_center"], bt["step_size_size"], bt["decay"], bt["backtracking"]) == (5e-4, 1e-2, 0.5, True)
+    # The IoU-Net baseline keeps the rule its step sizes were chosen with, whatever ebm.yaml's is.
+    iou = load_tracker_params("iounet")["box_refinement"]
+    assert (iou["step_size_center"], iou["step_size_size"], iou["decay"], iou["backtracking"]) == (3e-2, 2e-1, 0.5, True)
     fast, ref = load_tracker_params("ebm_fast"), load_tracker_params("ebm")
     assert fast["box_refinement"]["num_steps"] == 3 and ref["box_refinement"]["num_steps"] == 10
     fast["box_refinement"]["num_steps"] = 10
