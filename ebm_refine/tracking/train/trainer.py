@@ -68,6 +68,22 @@ def _reduce_mean(value: torch.Tensor, world_size: int) -> float:
     return float(value)
 
 
+def process_device(device: str, rank: int = 0, distributed: bool = False,
+                   local_rank: Optional[int] = None) -> torch.device:
+    """The device this training process works on.
+
+    One process per GPU: under DDP on CUDA the GPU is the process's index on its own machine,
+    ``local_rank`` (default ``$LOCAL_RANK``, which torchrun sets; else the global ``rank``, right only when
+    every process is on one machine). The global rank would name a GPU that does not exist on the second
+    machine of a multi-node run. Without DDP, or on the CPU, ``device`` as given.
+    """
+    if device == "cuda" and distributed:
+        if local_rank is None:
+            local_rank = int(os.environ.get("LOCAL_RANK", rank))
+        return torch.device(f"cuda:{local_rank}")
+    return torch.device(device)
+
+
 def train(cfg: Dict[str, Any], out_dir: str, *, resume: bool = True, rank: int = 0, world_size: int = 1,
           init_method: Optional[str] = None, backend: Optional[str] = None, device: str = "cpu",
           local_rank: Optional[int] = None, log: Callable[[str], None] = print) -> Dict[str, Any]:
@@ -92,12 +108,10 @@ def train(cfg: Dict[str, Any], out_dir: str, *, resume: bool = True, rank: int =
     if tcfg["num_threads"]:
         torch.set_num_threads(int(tcfg["num_threads"]))
     distributed = world_size > 1
-    if local_rank is None:
-        local_rank = int(os.environ.get("LOCAL_RANK", rank))
     if distributed and not dist.is_initialized():
         backend = backend or ("nccl" if device == "cuda" else "gloo")
         dist.init_process_group(backend, init_method=init_method or "env://", rank=rank, world_size=world_size)
-    dev = torch.device(f"cuda:{local_rank}" if device == "cuda" and distributed else device)
+    dev = process_device(device, rank, distributed, local_rank)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     os.makedirs(out_dir, exist_ok=True)

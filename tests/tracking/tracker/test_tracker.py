@@ -63,6 +63,44 @@ def test_feature_window_does_not_change_the_track(tiny_net, small_seq):
         assert a["energy"] == pytest.approx(b["energy"], rel=1e-3, abs=1e-4)
 
 
+@pytest.mark.parametrize("mode", ["ebm", "iounet"])
+def test_per_frame_path_stays_on_the_tracker_device(tiny_net, small_seq, mode):
+    """Issue 13 (users with GPUs): every tensor of track() is made on the tracker's device and none is copied
+    off it. Run with the default device set to "meta" (a tensor made without ``device=`` would land there and
+    break the numbers) and watch every device move; only the box, the classifier's peak and the energies are
+    read back to the host."""
+    from torch.overrides import TorchFunctionMode
+
+    class Watch(TorchFunctionMode):
+        def __init__(self):
+            super().__init__()
+            self.moves, self.read_back = [], 0
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            name = getattr(func, "__name__", "")
+            targets = [a for a in list(args[1:]) + [kwargs.get("device")] if isinstance(a, (str, torch.device))]
+            if name in ("cpu", "cuda", "numpy") or (name == "to" and any(
+                    torch.device(a) != torch.device("cpu") for a in targets)):
+                self.moves.append(name)
+            if name in ("tolist", "item", "__float__", "__int__", "__bool__"):
+                self.read_back += args[0].numel()
+            return func(*args, **kwargs)
+
+    expected = _tracker(tiny_net, mode)
+    expected.initialize(small_seq.frame(0), {"init_bbox": small_seq.boxes[0]})
+    tr = _tracker(tiny_net, mode)
+    tr.initialize(small_seq.frame(0), {"init_bbox": small_seq.boxes[0]})
+    for i in (1, 2, 3):
+        want = expected.track(small_seq.frame(i))
+        with torch.device("meta"), Watch() as watch:
+            got = tr.track(small_seq.frame(i))
+        assert got["target_bbox"] == want["target_bbox"] and got["energy"] == want["energy"]
+        assert watch.moves == []
+        # Scalars only: the classifier's peak and neighbours, candidate counts, the box and 2 energies.
+        assert 0 < watch.read_back <= 40, watch.read_back
+
+
 @pytest.mark.parametrize("box,match", [
     ([200.0, 10.0, 20.0, 20.0], "outside"),
     ([-50.0, -50.0, 20.0, 20.0], "outside"),

@@ -15,6 +15,7 @@ from ebm_refine.data.synthetic_tracking import SyntheticDataset
 from ebm_refine.tracking.tracker import EBMAtomTracker, load_tracker_params
 from ebm_refine.tracking.train import PairDataset, coco_sequences, train
 from ebm_refine.tracking.train.data import IndexSampler
+from ebm_refine.tracking.train.trainer import process_device
 
 from tracker_helpers import REPO, TINY_NET, TINY_TRACKER
 
@@ -261,3 +262,17 @@ def test_load_net_refuses_non_finite_and_foreign_files(tmp_path, tiny_net):
     torch.save({"weights": 1}, tmp_path / "dict.pth")
     with pytest.raises(UserError, match=r"dict\.pth: not a tracker network file \(it holds weights\)"):
         load_net(str(tmp_path / "dict.pth"))
+
+
+def test_each_process_picks_its_gpu_from_its_local_rank(monkeypatch):
+    """Issue 13 (multi-node training): the GPU of a DDP process is its index on its machine. Rank 5 of a
+    2-machine x 4-GPU job runs on the second machine's GPU 1, which torchrun announces as LOCAL_RANK=1."""
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert process_device("cuda", rank=5, distributed=True) == torch.device("cuda:1")
+    assert process_device("cuda", rank=5, distributed=True, local_rank=3) == torch.device("cuda:3")
+    # Single process, or the CPU: the device as given, whatever the ranks.
+    assert process_device("cuda", rank=5, distributed=False) == torch.device("cuda")
+    assert process_device("cpu", rank=5, distributed=True) == torch.device("cpu")
+    # Without torchrun's variable (all processes on one machine, e.g. mp.spawn) the global rank is the index.
+    monkeypatch.delenv("LOCAL_RANK")
+    assert process_device("cuda", rank=2, distributed=True) == torch.device("cuda:2")
