@@ -3,7 +3,9 @@
 ATOM's procedure with the EBM as the objective: the classifier's box (new centre, previous size) and
 ``num_init_boxes - 1`` random perturbations of it are refined by gradient ascent
 (:func:`ebm_refine.core.refine.refine_boxes`) on f(x, y); boxes with an extreme aspect ratio are dropped
-and the ``top_k`` by f are averaged (centres linearly, sizes in log-space). Everything stays on the
+and the ``top_k`` by f are averaged (centres linearly, sizes in log-space). With
+``scale_prior_sigma`` the ranking adds a Gaussian log-prior on the size change from the previous frame
+(:func:`scale_log_prior`): the top-k by the log-posterior, not by f alone. Everything stays on the
 estimator's device; the caller reads back the 4 numbers of the result.
 
 All boxes here are in pixels of the search crop the features were computed on.
@@ -21,7 +23,7 @@ from ebm_refine.core.refine import refine_boxes
 
 from ..models.box_estimator import EnergyBoxEstimator, Modulation
 
-__all__ = ["BoxEstimate", "initial_boxes", "estimate_box"]
+__all__ = ["BoxEstimate", "initial_boxes", "estimate_box", "scale_log_prior"]
 
 
 @dataclass
@@ -58,6 +60,23 @@ def initial_boxes(center: Tensor, size: Tensor, num: int, jitter_pos: float, jit
     ranges = torch.tensor([jitter_pos, jitter_pos, jitter_size, jitter_size], dtype=init.dtype, device=init.device)
     rel = (torch.rand(num - 1, 4, generator=generator, dtype=init.dtype, device=init.device) - 0.5) * ranges
     return torch.cat([init, decode_relative(rel, init)], dim=0)
+
+
+def scale_log_prior(sizes: Tensor, previous: Tensor, sigma: Optional[float]) -> Tensor:
+    """Log of a Gaussian prior on the frame-to-frame size change, up to a constant: (N,).
+
+    ``-(log(w / w_prev)^2 + log(h / h_prev)^2) / (2 sigma^2)`` -- the same log-size space as the refiner
+    and the proposal, so added to f (a log-density over that space up to a constant) it gives the
+    log-posterior of a box given the frame and the previous size. Trackers damp scale for the same reason
+    (SiamRPN's scale-change penalty, DSST's scale learning rate). ``sigma`` None: no prior (zeros).
+
+    Args:
+        sizes: (N, 2) w, h; previous: (2,) w, h of the previous box (same units, e.g. crop pixels).
+        sigma: std of the per-frame log-size change.
+    """
+    if sigma is None:
+        return sizes.new_zeros(sizes.shape[0])
+    return -(sizes / previous).log().pow(2).sum(1) / (2.0 * float(sigma) ** 2)
 
 
 def estimate_box(estimator: EnergyBoxEstimator, feats: Dict[str, Tensor], modulation: Modulation, center: Tensor,
@@ -98,7 +117,8 @@ def estimate_box(estimator: EnergyBoxEstimator, feats: Dict[str, Tensor], modula
     num_kept = int(keep.sum())
     if num_kept == 0:
         return None
-    ranked = scores.masked_fill(~keep, float("-inf"))
+    ranked = scores + scale_log_prior(out[:, 2:], size, cfg.get("scale_prior_sigma"))
+    ranked = ranked.masked_fill(~keep, float("-inf"))
     top = torch.topk(ranked, min(int(cfg["top_k"]), num_kept)).indices
     sel = out[top]
     # Centres averaged linearly, sizes in log-space (the space the refiner works in).

@@ -89,6 +89,9 @@ DEFAULT_TRACKER_PARAMS: Dict[str, Any] = {
         # Keep the previous size unless the averaged refined boxes' f exceeds the f of the classifier's box
         # (new centre, previous size) by this much; null: always take the refined size.
         "min_energy_gain": None,
+        # Rank the refined boxes by f + a Gaussian log-prior on the log-size change from the previous frame
+        # with this std (box_estimation.scale_log_prior); null: by f alone (the paper).
+        "scale_prior_sigma": None,
         "top_k": 3,
         "max_aspect_ratio": 6.0,
         # The estimator's test maps are computed only around the initial boxes: their hull grown by this

@@ -9,6 +9,8 @@ from ebm_refine.core.boxes import box_iou_aligned, decode_relative
 from ebm_refine.core.refine import refine_boxes
 from ebm_refine.tracking.models import TrackerNet
 from ebm_refine.tracking.processing import image_to_tensor, sample_patch
+from ebm_refine.tracking.tracker import load_tracker_params
+from ebm_refine.tracking.tracker.box_estimation import estimate_box, scale_log_prior
 
 from tracker_helpers import TINY_NET
 
@@ -79,3 +81,35 @@ def test_refiner_never_lowers_the_energy_of_an_untrained_net(tiny_net, small_seq
     res = refine_boxes(lambda b: tiny_net.estimator.score(tf, b[None])[0], init, num_steps=5,
                        step_size_center=1e-2, step_size_size=1e-2)
     assert (res.scores >= res.initial_scores).all()
+
+
+def test_scale_log_prior_values():
+    prev = torch.tensor([40.0, 20.0])
+    sizes = torch.tensor([[40.0, 20.0], [80.0, 20.0], [20.0, 40.0]])
+    np.testing.assert_allclose(scale_log_prior(sizes, prev, 0.5).tolist(),
+                               [0.0, -np.log(2) ** 2 / 0.5, -2 * np.log(2) ** 2 / 0.5], rtol=1e-6)
+    assert scale_log_prior(sizes, prev, None).tolist() == [0.0, 0.0, 0.0]
+
+
+def test_scale_prior_ranks_by_the_log_posterior(tiny_net, small_seq):
+    """The top-k are chosen by f + the log-prior of the size change: a narrow prior picks the candidate of the
+    previous size whatever f says; no prior ranks by f alone (the paper)."""
+    test_img, gt = _crop(small_seq, 2)
+    f = tiny_net.extract(test_img)
+    modulation = tiny_net.estimator.reference(f, gt[None])
+    c = (gt[:2] + gt[2:]) / 2
+    size = gt[2:] - gt[:2]
+    scales = torch.tensor([0.5, 0.7, 1.0, 1.4, 2.0])
+    boxes = torch.cat([c - size * scales[:, None] / 2, c + size * scales[:, None] / 2], dim=1)
+    cfg = {**load_tracker_params("ebm")["box_refinement"], "num_steps": 1, "step_size_center": 0.0,
+           "step_size_size": 0.0, "top_k": 1, "feature_window": None}
+    plain = estimate_box(tiny_net.estimator, f, modulation, c, size, dict(cfg, scale_prior_sigma=None), boxes=boxes)
+    best_f = int(plain.scores.argmax())
+    assert best_f != 2, plain.scores  # f alone prefers another size: the prior has something to overrule
+    assert plain.box[2:].tolist() == pytest.approx((size * scales[best_f]).tolist(), rel=1e-5)
+    narrow = estimate_box(tiny_net.estimator, f, modulation, c, size, dict(cfg, scale_prior_sigma=1e-3), boxes=boxes)
+    assert narrow.box[2:].tolist() == pytest.approx(size.tolist(), rel=1e-5)
+    assert torch.equal(narrow.scores, plain.scores)  # the reported energies stay f
+    # A wide prior changes nothing.
+    wide = estimate_box(tiny_net.estimator, f, modulation, c, size, dict(cfg, scale_prior_sigma=1e6), boxes=boxes)
+    assert torch.equal(wide.box, plain.box)
