@@ -117,7 +117,8 @@ def estimate_box(estimator: EnergyBoxEstimator, feats: Dict[str, Tensor], modula
     num_kept = int(keep.sum())
     if num_kept == 0:
         return None
-    ranked = scores + scale_log_prior(out[:, 2:], size, cfg.get("scale_prior_sigma"))
+    sigma = cfg["scale_prior_sigma"]
+    ranked = scores if sigma is None else scores + scale_log_prior(out[:, 2:], size, sigma)
     ranked = ranked.masked_fill(~keep, float("-inf"))
     top = torch.topk(ranked, min(int(cfg["top_k"]), num_kept)).indices
     sel = out[top]
