@@ -1,8 +1,9 @@
 """Gaussian-mixture proposal distributions q(y | y_ref) for importance sampling and NCE.
 
-The proposal is an equal-weight mixture of K axis-aligned Gaussians centred on the reference::
+The proposal is a mixture of K axis-aligned Gaussians around the reference (the paper's: equal weights,
+every component centred on the reference, mu_k = 0)::
 
-    q(y | c) = 1/K * sum_k N(y; c, diag(sigma_k^2))
+    q(y | c) = sum_k pi_k N(y; c + mu_k, diag(sigma_k^2))
 
 :class:`GaussianMixtureProposal` does this in any dimension D (the generic regressor uses it directly).
 :class:`BoxProposal` puts the same mixture on the *relative* box encoding of
@@ -24,24 +25,52 @@ from torch import Tensor
 
 from .boxes import decode_relative, encode_relative
 
-__all__ = ["GaussianMixtureProposal", "BoxProposal", "BoxSamples"]
+__all__ = ["GaussianMixtureProposal", "BoxProposal", "BoxSamples", "PART_OFFSETS"]
+
+# Relative offsets (dcx, dcy, log w, log h) of the parts of a box that a tracker's box can collapse onto:
+# its upper, lower, left and right halves and its centred inner box of 0.6 x the width and height.
+PART_OFFSETS = (
+    (0.0, -0.25, 0.0, math.log(0.5)),
+    (0.0, 0.25, 0.0, math.log(0.5)),
+    (-0.25, 0.0, math.log(0.5), 0.0),
+    (0.25, 0.0, math.log(0.5), 0.0),
+    (0.0, 0.0, math.log(0.6), math.log(0.6)),
+)
 
 
 class GaussianMixtureProposal:
-    """Equal-weight, zero-mean-offset Gaussian mixture around given centres.
+    """Gaussian mixture around given centres; by default equal weights and every component on the centre.
 
     Args:
         sigmas: (K, D) per-component standard deviations, or (K,) for isotropic components, or a
             sequence of K floats. D is fixed by the first call if ``sigmas`` is 1-D.
+        means: optional (K, D) offsets mu_k of the components from the centre (default: zeros).
+        weights: optional (K,) mixture weights pi_k, positive; normalised to sum to 1 (default: 1/K each).
     """
 
-    def __init__(self, sigmas: Union[Tensor, Sequence[float], Sequence[Sequence[float]]]):
+    def __init__(self, sigmas: Union[Tensor, Sequence[float], Sequence[Sequence[float]]],
+                 means: Optional[Union[Tensor, Sequence[Sequence[float]]]] = None,
+                 weights: Optional[Union[Tensor, Sequence[float]]] = None):
         s = torch.as_tensor(sigmas, dtype=torch.float32)
         if s.dim() not in (1, 2) or s.numel() == 0:
             raise ValueError(f"sigmas must be (K,) or (K, D), got shape {tuple(s.shape)}")
         if not torch.isfinite(s).all() or (s <= 0).any():
             raise ValueError(f"sigmas must be finite and positive, got {s.tolist()}")
         self.sigmas = s
+        self.means = None
+        if means is not None:
+            m = torch.as_tensor(means, dtype=torch.float32)
+            if m.dim() != 2 or m.shape[0] != s.shape[0] or (s.dim() == 2 and m.shape[1] != s.shape[1]):
+                raise ValueError(f"means must be (K, D) matching sigmas {tuple(s.shape)}, got {tuple(m.shape)}")
+            if not torch.isfinite(m).all():
+                raise ValueError(f"means must be finite, got {m.tolist()}")
+            self.means = m
+        self.weights = None
+        if weights is not None:
+            w = torch.as_tensor(weights, dtype=torch.float32)
+            if w.shape != (s.shape[0],) or not torch.isfinite(w).all() or (w <= 0).any():
+                raise ValueError(f"weights must be K={s.shape[0]} positive numbers, got {w.tolist()}")
+            self.weights = w / w.sum()
 
     @property
     def num_components(self) -> int:
@@ -56,6 +85,14 @@ class GaussianMixtureProposal:
             raise ValueError(f"proposal has D={s.shape[1]} but the centres have D={dim}")
         return s
 
+    def _means(self, dim: int, like: Tensor) -> Optional[Tensor]:
+        """(K, D) component offsets on ``like``'s device and dtype, or None when all are zero."""
+        if self.means is None:
+            return None
+        if self.means.shape[1] != dim:
+            raise ValueError(f"proposal means have D={self.means.shape[1]} but the centres have D={dim}")
+        return self.means.to(device=like.device, dtype=like.dtype)
+
     def log_prob(self, y: Tensor, centers: Tensor) -> Tensor:
         """Exact mixture log-density.
 
@@ -67,9 +104,15 @@ class GaussianMixtureProposal:
         """
         d = y.shape[-1]
         s = self._sigmas(d, y)  # (K, D)
-        z = (y[:, :, None, :] - centers[:, None, None, :]) / s  # (N, M, K, D)
+        diff = y[:, :, None, :] - centers[:, None, None, :]  # (N, M, K, D)
+        mu = self._means(d, y)
+        if mu is not None:
+            diff = diff - mu
+        z = diff / s
         log_comp = -0.5 * (z * z).sum(-1) - torch.log(s).sum(-1) - 0.5 * d * math.log(2 * math.pi)
-        return torch.logsumexp(log_comp, dim=-1) - math.log(self.num_components)
+        if self.weights is None:
+            return torch.logsumexp(log_comp, dim=-1) - math.log(self.num_components)
+        return torch.logsumexp(log_comp + torch.log(self.weights.to(device=y.device, dtype=y.dtype)), dim=-1)
 
     def sample(
         self,
@@ -88,7 +131,9 @@ class GaussianMixtureProposal:
             include_center: prepend the centre itself as sample 0 (ML-IS / NCE positives).
             beta: if given, prepend an NCE+ "true" sample as sample 0: the centre perturbed by the
                 same mixture with every sigma scaled by ``beta``. Its log q is evaluated under the
-                unscaled q, as the NCE+ loss requires. Mutually exclusive with ``include_center``.
+                unscaled q, as the NCE+ loss requires. Mutually exclusive with ``include_center``;
+                only for a mixture whose components all sit on the centre (a true sample around a
+                part of the target would not be one).
             generator: optional RNG on ``centers.device``.
         Returns:
             samples (N, M', D) and log_q (N, M'), with M' = M + 1 if a positive is prepended.
@@ -97,17 +142,30 @@ class GaussianMixtureProposal:
             raise ValueError("include_center and beta are mutually exclusive (both define sample 0)")
         if num_samples < 0:
             raise ValueError(f"num_samples must be >= 0, got {num_samples}")
+        if beta is not None and self.means is not None and bool((self.means != 0).any()):
+            raise ValueError("beta (NCE+) needs a mixture whose components all sit on the centre (means zero)")
         n, d = centers.shape
         s = self._sigmas(d, centers)
+        mu = self._means(d, centers)
         k = self.num_components
-        # One draw for every (centre, sample): a component index and a standard-normal offset.
-        comp = torch.randint(k, (n, num_samples), device=centers.device, generator=generator)
+        # One draw for every (centre, sample): a component index and a standard-normal offset. Equal weights
+        # keep randint, so a proposal without weights draws exactly what it always drew for a given seed.
+        if self.weights is None:
+            comp = torch.randint(k, (n, num_samples), device=centers.device, generator=generator)
+        else:
+            probs = self.weights.to(centers.device).expand(max(n, 1), k)
+            comp = torch.multinomial(probs, num_samples, replacement=True, generator=generator)[:n] \
+                if num_samples > 0 else torch.zeros(n, 0, dtype=torch.long, device=centers.device)
         eps = torch.randn(n, num_samples, d, device=centers.device, dtype=centers.dtype, generator=generator)
         samples = centers[:, None, :] + eps * s[comp]
+        if mu is not None:
+            samples = samples + mu[comp]
         if include_center:
             samples = torch.cat([centers[:, None, :], samples], dim=1)
         elif beta is not None:
-            comp0 = torch.randint(k, (n,), device=centers.device, generator=generator)
+            comp0 = (torch.randint(k, (n,), device=centers.device, generator=generator) if self.weights is None
+                     else torch.multinomial(self.weights.to(centers.device), n, replacement=True,
+                                            generator=generator))
             eps0 = torch.randn(n, d, device=centers.device, dtype=centers.dtype, generator=generator)
             true_sample = centers + beta * eps0 * s[comp0]
             samples = torch.cat([true_sample[:, None, :], samples], dim=1)
@@ -151,6 +209,14 @@ class BoxProposal:
         sigma_center: K standard deviations of the centre offsets (units of the reference width/height).
         sigma_size: K standard deviations of the log-sizes; defaults to ``sigma_center``. The paper's
             detection and tracking settings use the same value for both.
+        part_weight: share of the samples drawn around the parts of the reference (:data:`PART_OFFSETS`:
+            its halves and its inner 0.6 x box), in [0, 1); 0 (default) is the paper's proposal. The part
+            components are ordinary mixture components, so ``log_q`` stays exact and ML-IS stays consistent;
+            what changes is where the estimate of log Z looks. With the paper's broad sigma 0.5 a half box
+            is drawn about once in a few thousand samples, so an energy that prefers a part of the target
+            (the collapse of a tracker's box onto it) is almost never corrected; part components put
+            ``part_weight`` of the samples there.
+        part_sigma: standard deviation of every coordinate of each part component (relative units).
 
     Example (the paper's ML-IS detection proposal)::
 
@@ -158,17 +224,33 @@ class BoxProposal:
         s = proposal.sample(gt_boxes, 128, include_reference=True)   # s.boxes: (N, 129, 4)
     """
 
-    def __init__(self, sigma_center: Sequence[float], sigma_size: Optional[Sequence[float]] = None):
+    def __init__(self, sigma_center: Sequence[float], sigma_size: Optional[Sequence[float]] = None, *,
+                 part_weight: float = 0.0, part_sigma: float = 0.1):
         sc = [float(v) for v in sigma_center]
         ss = [float(v) for v in (sigma_size if sigma_size is not None else sigma_center)]
         if len(sc) != len(ss):
             raise ValueError(f"sigma_center has {len(sc)} components but sigma_size has {len(ss)}")
+        if not 0.0 <= part_weight < 1.0:
+            raise ValueError(f"part_weight must be in [0, 1), got {part_weight}")
+        if not part_sigma > 0:
+            raise ValueError(f"part_sigma must be > 0, got {part_sigma}")
         self.sigma_center = sc
         self.sigma_size = ss
-        self.mixture = GaussianMixtureProposal([[c, c, z, z] for c, z in zip(sc, ss)])
+        self.part_weight = float(part_weight)
+        self.part_sigma = float(part_sigma)
+        sigmas = [[c, c, z, z] for c, z in zip(sc, ss)]
+        if part_weight == 0.0:
+            self.mixture = GaussianMixtureProposal(sigmas)
+        else:
+            k, p = len(sigmas), len(PART_OFFSETS)
+            self.mixture = GaussianMixtureProposal(
+                sigmas + [[part_sigma] * 4] * p,
+                means=[[0.0] * 4] * k + [list(o) for o in PART_OFFSETS],
+                weights=[(1.0 - part_weight) / k] * k + [part_weight / p] * p)
 
     def __repr__(self) -> str:
-        return f"BoxProposal(sigma_center={self.sigma_center}, sigma_size={self.sigma_size})"
+        parts = f", part_weight={self.part_weight}, part_sigma={self.part_sigma}" if self.part_weight else ""
+        return f"BoxProposal(sigma_center={self.sigma_center}, sigma_size={self.sigma_size}{parts})"
 
     def sample(
         self,

@@ -91,3 +91,54 @@ def test_samples_decode_to_valid_boxes():
     s = BoxProposal([0.5]).sample(refs, 1000)
     assert (s.boxes[..., 2] > s.boxes[..., 0]).all() and (s.boxes[..., 3] > s.boxes[..., 1]).all()
     torch.testing.assert_close(decode_relative(s.rel, refs[:, None]), s.boxes)
+
+
+def test_weighted_mixture_with_means_matches_torch_distributions():
+    sig = torch.tensor([[0.1, 0.2], [0.5, 0.3], [0.05, 0.05]])
+    mu = torch.tensor([[0.0, 0.0], [1.0, -2.0], [-0.5, 0.25]])
+    w = torch.tensor([2.0, 1.0, 1.0])
+    prop = GaussianMixtureProposal(sig, means=mu, weights=w)
+    centres = torch.randn(3, 2)
+    y, log_q = prop.sample(centres, 40, generator=torch.Generator().manual_seed(0))
+    for i in range(3):
+        ref = MixtureSameFamily(Categorical(w / w.sum()), Independent(Normal(centres[i] + mu, sig), 1))
+        torch.testing.assert_close(log_q[i], ref.log_prob(y[i]), atol=1e-5, rtol=1e-5)
+    # Samples follow the weights: half of them from component 0 (around the centre, |offset| < 0.8 w.h.p.).
+    many, _ = prop.sample(torch.zeros(1, 2), 40_000, generator=torch.Generator().manual_seed(1))
+    near_second = ((many[0] - mu[1]).abs() < 1.5 * torch.tensor([0.5, 0.3]) * 3).all(1).float().mean().item()
+    near_third = ((many[0] - mu[2]).abs() < 0.2).all(1).float().mean().item()
+    assert near_second == pytest.approx(0.25, abs=0.01)
+    assert near_third == pytest.approx(0.25, abs=0.01)
+    with pytest.raises(ValueError, match="means"):
+        GaussianMixtureProposal(sig, means=torch.zeros(2, 2))
+    with pytest.raises(ValueError, match="weights"):
+        GaussianMixtureProposal(sig, weights=[1.0, 0.0, 1.0])
+    with pytest.raises(ValueError, match="NCE"):
+        prop.sample(centres, 4, beta=0.1)
+
+
+def test_part_components_put_samples_on_the_halves_and_keep_log_q_exact():
+    ref = torch.tensor([[10.0, 20.0, 50.0, 100.0]])
+    paper = BoxProposal([0.05, 0.5])
+    parts = BoxProposal([0.05, 0.5], part_weight=0.25, part_sigma=0.1)
+    assert parts.mixture.num_components == 2 + 5
+    g = torch.Generator().manual_seed(0)
+    s = parts.sample(ref, 50_000, include_reference=True, generator=g)
+    torch.testing.assert_close(parts.log_prob(s.boxes, ref), s.log_q, atol=1e-3, rtol=1e-4)
+    s0 = paper.sample(ref, 50_000, generator=torch.Generator().manual_seed(0))
+    upper = torch.tensor([0.0, -0.25, 0.0, math.log(0.5)])
+    near = lambda rel: ((rel - upper).abs() < 0.1).all(-1).float().mean().item()  # noqa: E731
+    # Each part component holds 5 % of the samples; 0.1 sigma puts ~0.68^4 ~ 21 % of those within 0.1: ~1 %.
+    # The paper's proposal draws such a box about once in 10,000.
+    assert near(s.rel[0, 1:]) == pytest.approx(0.05 * 0.683 ** 4, abs=0.003)
+    assert near(s0.rel[0]) < 0.0005
+    # The upper half of the reference box decodes to (10, 20, 50, 60): its top half, in pixels.
+    torch.testing.assert_close(decode_relative(upper[None, None], ref[:, None])[0, 0],
+                               torch.tensor([10.0, 20.0, 50.0, 60.0]))
+    # Without parts the sampler draws exactly what it drew before part components existed (randint path).
+    a = paper.sample(ref, 16, generator=torch.Generator().manual_seed(3)).rel
+    b = GaussianMixtureProposal([[0.05] * 4, [0.5] * 4]).sample(torch.zeros(1, 4), 16,
+                                                                 generator=torch.Generator().manual_seed(3))[0]
+    torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match="part_weight"):
+        BoxProposal([0.1], part_weight=1.0)

@@ -44,8 +44,11 @@ DEFAULT_NET_CONFIG: Dict[str, Any] = {
     "backbone": {"name": "resnet18", "weights": None, "frozen": True},
     "estimator": {"pred_dims": [256, 256], "inter_dims": [256, 256], "ref_pool": [3, 1], "test_pool": [5, 3]},
     # Training objective of the box estimator: an EBM method ("ml_is", ...) or "iou_confidence" (IoU-Net
-    # baseline). nce_beta: NCE+'s beta (as MODEL.EBM.NCE_BETA); needed by nce_plus only.
-    "loss": {"method": "ml_is", "sigmas": [0.05, 0.5], "num_samples": 128, "label_sigma": 0.05, "nce_beta": None},
+    # baseline). nce_beta: NCE+'s beta (as MODEL.EBM.NCE_BETA); needed by nce_plus only. part_weight /
+    # part_sigma: share of the samples drawn around the target's parts, halves and inner box (BoxProposal's
+    # part components; 0 is the paper's proposal), and those components' std in relative units.
+    "loss": {"method": "ml_is", "sigmas": [0.05, 0.5], "num_samples": 128, "label_sigma": 0.05, "nce_beta": None,
+             "part_weight": 0.0, "part_sigma": 0.1},
 }
 
 

@@ -144,6 +144,14 @@ def check_train_config(cfg: Dict[str, Any]) -> Dict[str, Any]:
     sig = loss["sigmas"]
     if not isinstance(sig, (list, tuple)) or not sig or not all(isinstance(v, (int, float)) and v > 0 for v in sig):
         raise UserError(f"net.loss.sigmas: {sig!r} must be a non-empty list of numbers > 0")
+    pw, ps = loss["part_weight"], loss["part_sigma"]
+    if not isinstance(pw, (int, float)) or isinstance(pw, bool) or not 0 <= pw < 1:
+        raise UserError(f"net.loss.part_weight: {pw!r} must be a number in [0, 1)")
+    if not isinstance(ps, (int, float)) or isinstance(ps, bool) or not (math.isfinite(ps) and ps > 0):
+        raise UserError(f"net.loss.part_sigma: {ps!r} must be a number > 0")
+    if pw > 0 and loss["method"] in ("nce_plus", "iou_confidence"):
+        raise UserError(f"net.loss.part_weight: part samples are for ml_is / nce / kld_is, not "
+                        f"{loss['method']!r}; set it to 0")
     return cfg
 
 

@@ -76,7 +76,8 @@ def _sample_and_score(estimator: EnergyBoxEstimator, ref_feats: Dict[str, Tensor
     """Draw the proposals of ``loss_cfg`` around each test box and score them: (samples, (B, M) scores,
     (B, M) sample-valid mask, the modulated test features)."""
     method = loss_cfg["method"]
-    proposal = BoxProposal(loss_cfg["sigmas"])
+    proposal = BoxProposal(loss_cfg["sigmas"], part_weight=float(loss_cfg.get("part_weight") or 0.0),
+                           part_sigma=float(loss_cfg.get("part_sigma") or 0.1))
     if method == "iou_confidence":
         samples = proposal.sample(test_boxes, int(loss_cfg["num_samples"]), include_reference=True,
                                   generator=generator)
