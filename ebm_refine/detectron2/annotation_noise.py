@@ -5,41 +5,27 @@ and altered deterministically from ``seed``, and flags every annotation with ``e
 altered ones) and ``ebm_clean_bbox`` (the original box). :func:`register_noisy_dataset` registers such a copy
 of a registered dataset under a new name (generated when first loaded, like the synthetic splits).
 
-Kinds of noise (box sizes s = (w, h) of the original box, all boxes clipped to the image):
-
-* ``random``: a box of random size (log-uniform per side between the 5th and 95th percentile of the set's
-  widths / heights) placed uniformly in the image: an annotation of nothing, or of the wrong object.
-* ``shift``: the centre moved by 50-100 % of the box's width and of its height, random signs.
-* ``scale``: width and height multiplied by one factor, 1.8-2.5 or its inverse (loose or cut boxes).
-* ``shift_scale``: both.
+The kinds of noise are :func:`ebm_refine.data.annotation_noise.alter_box`'s (one implementation, shared with
+tracker training): ``random``, ``shift``, ``scale``, ``shift_scale``; ``random`` boxes take their sides from the
+5th-95th percentile of the set's widths / heights.
 """
 from __future__ import annotations
 
 import copy
-import math
 import random
-from typing import List, Sequence
+from typing import List
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 
+from ..data.annotation_noise import NOISE_KINDS, alter_box
 from ..utils.errors import UserError
 
 __all__ = ["NOISE_KINDS", "corrupt_annotations", "register_noisy_dataset", "noisy_dataset_name"]
 
-NOISE_KINDS = ("random", "shift", "scale", "shift_scale")
-_MIN_SIDE = 4.0  # px: an altered box never collapses below this (CheckedDatasetMapper drops degenerate boxes)
-
 
 def _xyxy(ann: dict) -> List[float]:
     return [float(v) for v in BoxMode.convert(list(ann["bbox"]), ann["bbox_mode"], BoxMode.XYXY_ABS)]
-
-
-def _clip(box: Sequence[float], width: float, height: float) -> List[float]:
-    x1, y1, x2, y2 = box
-    x1, x2 = min(max(x1, 0.0), width - _MIN_SIDE), min(max(x2, 0.0), width)
-    y1, y2 = min(max(y1, 0.0), height - _MIN_SIDE), min(max(y2, 0.0), height)
-    return [x1, y1, max(x2, x1 + _MIN_SIDE), max(y2, y1 + _MIN_SIDE)]
 
 
 def _percentile(values: List[float], q: float) -> float:
@@ -79,25 +65,7 @@ def corrupt_annotations(records: List[dict], fraction: float, kind: str, seed: i
     for i in chosen:
         record, ann = anns[i]
         width, height = float(record["width"]), float(record["height"])
-        x1, y1, x2, y2 = boxes[i]
-        cx, cy, w, h = (x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1
-        if kind == "random":
-            w = math.exp(rng.uniform(math.log(w_lo), math.log(w_hi)))
-            h = math.exp(rng.uniform(math.log(h_lo), math.log(h_hi)))
-            w, h = min(w, width), min(h, height)
-            cx, cy = rng.uniform(w / 2, width - w / 2), rng.uniform(h / 2, height - h / 2)
-        if kind in ("shift", "shift_scale"):
-            cx += rng.choice((-1, 1)) * rng.uniform(0.5, 1.0) * w
-            cy += rng.choice((-1, 1)) * rng.uniform(0.5, 1.0) * h
-            # A shift that would leave the image is mirrored, so the box stays (mostly) inside.
-            if not 0 <= cx <= width:
-                cx = (x1 + x2) - cx
-            if not 0 <= cy <= height:
-                cy = (y1 + y2) - cy
-        if kind in ("scale", "shift_scale"):
-            factor = rng.uniform(1.8, 2.5) ** rng.choice((-1, 1))
-            w, h = w * factor, h * factor
-        ann["bbox"] = _clip([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], width, height)
+        ann["bbox"] = alter_box(boxes[i], kind, rng, width, height, ((w_lo, w_hi), (h_lo, h_hi)))
         ann["bbox_mode"] = BoxMode.XYXY_ABS
         ann["ebm_outlier"] = True
     return out

@@ -6,6 +6,8 @@ Config (a dict, usually a YAML file under ``configs/tracking/``)::
     data:
       processing: overrides of train.data.DEFAULT_PROCESSING
       sources:    list of {type: synthetic | coco | dataset, weight: float, ...}
+      annotation_noise: {fraction, kind, seed} -- wrong boxes in a share of the frames, for outlier
+                  experiments (ebm_refine.data.annotation_noise.AnnotationNoise; fraction 0 = none)
     train: batch_size, num_iterations, lr, weight_decay, lr_milestones, lr_gamma, grad_clip,
            num_workers, checkpoint_interval, log_interval, seed, num_threads
     robust: DeepGUM outlier-robust training (train.robust.DEFAULT_ROBUST): enabled, period, warmup, num_steps,
@@ -35,12 +37,16 @@ from typing import Any, Dict, List, Tuple
 from ...data.synthetic_tracking import SyntheticConfig, SyntheticDataset
 from ...utils.config import UnknownKeyError, load_yaml, merge_params
 from ...utils.errors import UserError
+from ...data.annotation_noise import NOISE_KINDS
 from ...utils.resources import shared_data_dir
 from ..models.network import DEFAULT_NET_CONFIG, RENAMED_LOSS_METHODS
 from .robust import DEFAULT_ROBUST, check_robust_config
 from .data import DEFAULT_PROCESSING, FileSequence, coco_sequences
 
-__all__ = ["DEFAULT_TRAIN", "RENAMED_KEYS", "load_train_config", "check_train_config", "build_sources"]
+# Outlier experiments: no noise unless a config asks (data.annotation_noise).
+DEFAULT_ANNOTATION_NOISE: Dict[str, Any] = {"fraction": 0.0, "kind": "shift_scale", "seed": 0}
+
+__all__ = ["DEFAULT_TRAIN", "DEFAULT_ANNOTATION_NOISE", "RENAMED_KEYS", "load_train_config", "check_train_config", "build_sources"]
 
 
 # Training-config keys renamed for one vocabulary across the core, the Detectron2 plugin and the tracker
@@ -99,10 +105,19 @@ def check_train_config(cfg: Dict[str, Any]) -> Dict[str, Any]:
     """
     kind = "training config key"
     schema = {"net": copy.deepcopy(DEFAULT_NET_CONFIG),
-              "data": {"processing": dict(DEFAULT_PROCESSING), "sources": []}, "train": dict(DEFAULT_TRAIN),
+              "data": {"processing": dict(DEFAULT_PROCESSING), "sources": [],
+                       "annotation_noise": dict(DEFAULT_ANNOTATION_NOISE)}, "train": dict(DEFAULT_TRAIN),
               "robust": dict(DEFAULT_ROBUST)}
     merge_params(schema, cfg, kind=kind, renamed=RENAMED_KEYS)
     data = cfg.get("data") or {}
+    noise = dict(DEFAULT_ANNOTATION_NOISE, **(data.get("annotation_noise") or {}))
+    frac = noise["fraction"]
+    if not isinstance(frac, (int, float)) or isinstance(frac, bool) or not 0 <= frac < 1:
+        raise UserError(f"data.annotation_noise.fraction: {frac!r} must be a number in [0, 1)")
+    if noise["kind"] not in NOISE_KINDS:
+        raise UserError(f"data.annotation_noise.kind: {noise['kind']!r} unknown; use one of {', '.join(NOISE_KINDS)}")
+    if not isinstance(noise["seed"], int) or isinstance(noise["seed"], bool):
+        raise UserError(f"data.annotation_noise.seed: {noise['seed']!r} must be a whole number")
     sources = data.get("sources") or []
     if not isinstance(sources, list):
         raise UserError(f"data.sources: expected a list of sources, got {sources!r}")

@@ -14,6 +14,10 @@ frame, and a visible reference frame at most ``max_gap`` frames away; crop the r
 box, and the test frame around a jittered box (centre and scale jitter, as the tracker's search region
 is centred on an imperfect prediction); photometric jitter. Every draw is a function of
 ``(seed, index)``, so a resumed run reads exactly the samples an uninterrupted one would.
+
+For outlier experiments (DeepGUM), ``annotation_noise`` makes a share of the frames' boxes wrong
+(:class:`ebm_refine.data.annotation_noise.AnnotationNoise`; the same wrong box whenever the frame is drawn);
+items then say which boxes were altered.
 """
 from __future__ import annotations
 
@@ -25,6 +29,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from ...data.annotation_noise import AnnotationNoise
 from ..processing import jitter_box, photometric_jitter, sample_patch, search_region_side
 
 __all__ = ["TrainSequence", "FileSequence", "ImageSequence", "coco_sequences", "PairDataset",
@@ -127,13 +132,15 @@ class PairDataset(Dataset):
         processing: overrides of :data:`DEFAULT_PROCESSING`.
         seed: base seed; sample ``index`` uses ``np.random.default_rng([seed, index])``.
         length: nominal length (the :class:`IndexSampler` decides which indices are read).
+        annotation_noise: optional wrong boxes in a share of the frames (keyed by source and sequence
+            index, so the same frame is always altered the same way).
 
     Items are dicts: ``ref_image``/``test_image`` (3, S, S) uint8 tensors (RGB), ``ref_box``/``test_box``
-    (4,) float32 xyxy crop pixels.
+    (4,) float32 xyxy crop pixels, ``ref_outlier``/``test_outlier`` () bool: whether the box is an altered one.
     """
 
     def __init__(self, sources: List[Tuple[Any, float]], processing: Optional[Dict[str, Any]] = None,
-                 seed: int = 0, length: int = 10 ** 9):
+                 seed: int = 0, length: int = 10 ** 9, annotation_noise: Optional[AnnotationNoise] = None):
         sources = [(s, float(w)) for s, w in sources if len(s) > 0 and w > 0]
         if not sources:
             raise ValueError("no training sequences: every source is empty or has zero weight")
@@ -143,6 +150,15 @@ class PairDataset(Dataset):
         self.p = dict(DEFAULT_PROCESSING, **(processing or {}))
         self.seed = int(seed)
         self.length = int(length)
+        self.noise = annotation_noise
+
+    def _box(self, key: str, i: int, box_xywh: np.ndarray, image: np.ndarray) -> Tuple[np.ndarray, bool]:
+        """Frame ``i``'s annotated box ([x, y, w, h]), altered when the noise picks it."""
+        if self.noise is None:
+            return box_xywh, False
+        x, y, w, h = (float(v) for v in box_xywh)
+        b, outlier = self.noise(key, i, [x, y, x + w, y + h], float(image.shape[1]), float(image.shape[0]))
+        return np.array([b[0], b[1], b[2] - b[0], b[3] - b[1]], dtype=np.float64), outlier
 
     def __len__(self) -> int:
         return self.length
@@ -169,21 +185,27 @@ class PairDataset(Dataset):
     def __getitem__(self, index: int) -> Dict[str, torch.Tensor]:
         rng = np.random.default_rng([self.seed, int(index)])
         for _ in range(20):  # a sequence without a visible frame pair is skipped, with a fresh draw
-            src = self.sources[int(rng.choice(len(self.sources), p=self.weights))]
-            seq = src[int(rng.integers(len(src)))]
+            src_i = int(rng.choice(len(self.sources), p=self.weights))
+            src = self.sources[src_i]
+            seq_i = int(rng.integers(len(src)))
+            seq = src[seq_i]
             picked = self._pick_frames(rng, seq)
             if picked is None:
                 continue
             ref_i, test_i = picked
             ref_img = seq.frame(ref_i)
             test_img = ref_img if test_i == ref_i else seq.frame(test_i)
-            ref_crop, ref_box = self._crop(rng, ref_img, seq.boxes[ref_i], jitter=False)
-            test_crop, test_box = self._crop(rng, test_img, seq.boxes[test_i], jitter=True)
+            ref_xywh, ref_out = self._box(f"{src_i}/{seq_i}", ref_i, seq.boxes[ref_i], ref_img)
+            test_xywh, test_out = self._box(f"{src_i}/{seq_i}", test_i, seq.boxes[test_i], test_img)
+            ref_crop, ref_box = self._crop(rng, ref_img, ref_xywh, jitter=False)
+            test_crop, test_box = self._crop(rng, test_img, test_xywh, jitter=True)
             return {
                 "ref_image": torch.from_numpy(ref_crop).permute(2, 0, 1).contiguous(),
                 "ref_box": torch.from_numpy(ref_box),
                 "test_image": torch.from_numpy(test_crop).permute(2, 0, 1).contiguous(),
                 "test_box": torch.from_numpy(test_box),
+                "ref_outlier": torch.tensor(ref_out),
+                "test_outlier": torch.tensor(test_out),
             }
         raise RuntimeError("could not draw a training pair with a visible target in 20 attempts")
 

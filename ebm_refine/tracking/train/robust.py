@@ -6,14 +6,14 @@ for the residual of a training pair.
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
 from ...core.robust import DeepGUM, weighted_mean
 from ...utils.errors import UserError
 
-__all__ = ["DEFAULT_ROBUST", "check_robust_config", "robust_loss"]
+__all__ = ["DEFAULT_ROBUST", "check_robust_config", "robust_loss", "outlier_summary"]
 
 DEFAULT_ROBUST: Dict[str, Any] = {
     "enabled": False,
@@ -51,7 +51,8 @@ def check_robust_config(rcfg: Dict[str, Any]) -> None:
         raise UserError(f"robust.decay: {decay!r} must be in (0, 1]")
 
 
-def robust_loss(out, gum: DeepGUM, robust_window: List[float]) -> torch.Tensor:
+def robust_loss(out, gum: DeepGUM, robust_window: List[float], outliers: Optional[torch.Tensor] = None,
+                flag_window: Optional[List[Tuple[torch.Tensor, torch.Tensor]]] = None) -> torch.Tensor:
     """One DeepGUM iteration: the r-weighted loss of the batch's pairs; stores the residuals, refits when due.
 
     Args:
@@ -59,6 +60,8 @@ def robust_loss(out, gum: DeepGUM, robust_window: List[float]) -> torch.Tensor:
             (NaN rows for pairs without signal).
         gum: the run's EM state (E-step with its current mixture; ones before the first fit).
         robust_window: receives this batch's mean r (for the log).
+        outliers, flag_window: with annotation noise, the (B,) flags of the altered test boxes; ``flag_window``
+            receives (r, flag) of the pairs with a residual, for the log's outlier precision / recall.
     Returns:
         scalar ``sum r w l / sum r w`` (the plain batch loss when r = 1).
     """
@@ -68,5 +71,22 @@ def robust_loss(out, gum: DeepGUM, robust_window: List[float]) -> torch.Tensor:
     if bool(finite.any()):
         gum.observe(residuals[finite])
         robust_window.append(float(r[finite].mean()))
+        if outliers is not None and flag_window is not None:
+            flag_window.append((r[finite].detach().cpu(), outliers.to(r.device)[finite].cpu()))
     gum.step()
     return weighted_mean(per_pair, r * base)
+
+
+def outlier_summary(flag_window: List[Tuple[torch.Tensor, torch.Tensor]]) -> Dict[str, float]:
+    """What DeepGUM made of the altered boxes since the last log line: mean r of altered and of correct test
+    boxes, and the precision / recall of "r < 0.5" as an outlier detector (None where undefined)."""
+    if not flag_window:
+        return {}
+    r = torch.cat([a for a, _ in flag_window])
+    flag = torch.cat([b for _, b in flag_window]).bool()
+    called = r < 0.5
+    nan = None  # undefined (JSON null in log.jsonl)
+    return {"mean_r_outliers": float(r[flag].mean()) if flag.any() else nan,
+            "mean_r_clean": float(r[~flag].mean()) if (~flag).any() else nan,
+            "outlier_precision": float((called & flag).sum() / called.sum()) if called.any() else nan,
+            "outlier_recall": float((called & flag).sum() / flag.sum()) if flag.any() else nan}

@@ -37,13 +37,14 @@ import yaml
 from torch.utils.data import DataLoader
 
 from ...core.robust import DeepGUM
+from ...data.annotation_noise import AnnotationNoise
 from ...utils.errors import UserError
 from ...utils.fileio import atomic_save_torch, atomic_write_text
 from ..models.network import NET_FORMAT, TrackerNet, net_state, non_finite_tensors, read_torch_file, save_net
 from .config import DEFAULT_TRAIN, build_sources, check_train_config
 from .data import IndexSampler, PairDataset
 from .loss import BoxEstimationActor
-from .robust import DEFAULT_ROBUST, robust_loss
+from .robust import DEFAULT_ROBUST, outlier_summary, robust_loss
 
 __all__ = ["train", "TrainingDivergedError"]
 
@@ -151,7 +152,9 @@ def train(cfg: Dict[str, Any], out_dir: str, *, resume: bool = True, rank: int =
     model = torch.nn.parallel.DistributedDataParallel(actor, device_ids=[dev.index] if dev.type == "cuda" else None) \
         if distributed else actor
     batch = int(tcfg["batch_size"])
-    dataset = PairDataset(build_sources(cfg.get("data", {})), cfg.get("data", {}).get("processing"), seed=seed)
+    noise = AnnotationNoise.from_config(cfg.get("data", {}).get("annotation_noise"))
+    dataset = PairDataset(build_sources(cfg.get("data", {})), cfg.get("data", {}).get("processing"), seed=seed,
+                          annotation_noise=noise)
     workers = int(tcfg["num_workers"])
     loader = DataLoader(dataset, batch_size=batch, sampler=IndexSampler(start, n_iter, batch, rank, world_size),
                         num_workers=workers, worker_init_fn=_worker_init if workers > 0 else None,
@@ -165,6 +168,7 @@ def train(cfg: Dict[str, Any], out_dir: str, *, resume: bool = True, rank: int =
     t0 = time.time()
     window: List[float] = []
     robust_window: List[float] = []  # mean r of each iteration since the last log line
+    flag_window: list = []  # (r, altered?) of the pairs since the last log line, with annotation noise
     final_loss = float("nan")
     last_saved = start
     it = start
@@ -175,7 +179,8 @@ def train(cfg: Dict[str, Any], out_dir: str, *, resume: bool = True, rank: int =
         if gum is None:
             loss = model(*inputs, generator=gen)
         else:
-            loss = robust_loss(model(*inputs, generator=gen, residuals=rcfg), gum, robust_window)
+            loss = robust_loss(model(*inputs, generator=gen, residuals=rcfg), gum, robust_window,
+                               sample["test_outlier"] if noise is not None else None, flag_window)
         # The mean over ranks, before any step: every rank sees the same value and stops together.
         loss_value = _reduce_mean(loss.detach(), world_size)
         if not math.isfinite(loss_value):
@@ -198,10 +203,12 @@ def train(cfg: Dict[str, Any], out_dir: str, *, resume: bool = True, rank: int =
                 if gum is not None:
                     rec["rho"] = gum.state.rho if gum.state is not None else 1.0
                     rec["mean_r"] = sum(robust_window) / max(len(robust_window), 1)
+                    if gum.state is not None:
+                        rec.update(outlier_summary(flag_window))
                 log(f"[train] it {done}/{n_iter} loss {final_loss:.4f} lr {rec['lr']:.2e} {rec['seconds']:.1f}s")
                 with open(log_file, "a", encoding="utf-8") as fh:
                     fh.write(json.dumps(rec) + "\n")
-            window, robust_window = [], []
+            window, robust_window, flag_window = [], [], []
         if done % int(tcfg["checkpoint_interval"]) == 0 or done == n_iter:
             bad = non_finite_tensors(net.estimator.state_dict())
             if bad:

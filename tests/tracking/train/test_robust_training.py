@@ -114,3 +114,60 @@ def test_resume_continues_em_exactly(tmp_path):
 def test_robust_config_errors(tmp_path, robust, message):
     with pytest.raises(UserError, match=message):
         train(_cfg(1, robust), str(tmp_path), log=lambda s: None)
+
+
+def test_annotation_noise_gives_the_same_wrong_box_per_frame_and_leaves_clean_pairs_alone():
+    from ebm_refine.data.annotation_noise import AnnotationNoise
+    from ebm_refine.data.synthetic_tracking import SyntheticConfig, SyntheticDataset
+    from ebm_refine.tracking.train import PairDataset
+
+    src = [(SyntheticDataset(6, 0, SyntheticConfig(**SYN)), 1.0)]
+    proc = {"output_size": 64, "max_gap": 5, "center_jitter": 0.0, "scale_jitter": 0.0}
+    clean = PairDataset(src, proc, seed=1)
+    noisy = PairDataset(src, proc, seed=1, annotation_noise=AnnotationNoise(0.5, "shift", seed=0))
+    flags = []
+    for i in range(40):
+        a, b = clean[i], noisy[i]
+        flags.append(bool(b["test_outlier"]))
+        assert not bool(a["test_outlier"]) and not bool(a["ref_outlier"])
+        if not bool(b["test_outlier"]) and not bool(b["ref_outlier"]):
+            # Noise has its own random stream: a clean pair is exactly the pair of the noise-free run.
+            for k in ("ref_image", "ref_box", "test_image", "test_box"):
+                assert torch.equal(a[k], b[k]), k
+        elif bool(b["test_outlier"]):
+            # Without jitter the crop is centred on the (shifted) box: about where the box sat, on other pixels.
+            assert torch.allclose(a["test_box"], b["test_box"], atol=1.0)
+            assert not torch.equal(a["test_image"], b["test_image"])
+    assert 0.3 < sum(flags) / len(flags) < 0.7
+    # The wrong box is the frame's, whichever pair draws the frame: the dataset-level box is reproducible.
+    noise = AnnotationNoise(0.5, "shift", seed=0)
+    seq = src[0][0][2]
+    box = seq.boxes[3]
+    xyxy = [box[0], box[1], box[0] + box[2], box[1] + box[3]]
+    assert noisy._box("0/2", 3, box, seq.frame(3))[1] == noise("0/2", 3, xyxy, 128, 96)[1]
+
+
+def test_training_with_noise_logs_what_deepgum_makes_of_the_altered_boxes(tmp_path):
+    cfg = _cfg(4, {"enabled": True, "warmup": 1, "period": 1, "step_size_center": 2e-2, "step_size_size": 1e-1})
+    cfg["data"]["annotation_noise"] = {"fraction": 0.4, "kind": "shift_scale", "seed": 0}
+    train(cfg, str(tmp_path), log=lambda s: None)
+    logs = [json.loads(line) for line in open(tmp_path / "log.jsonl")]
+    assert "outlier_recall" not in logs[0]  # before the first fit every r is 1: nothing to report
+    later = [r for r in logs if "outlier_recall" in r]
+    assert len(later) >= 2
+    for r in later:
+        assert set(r) >= {"mean_r_outliers", "mean_r_clean", "outlier_precision", "outlier_recall"}
+        for k in ("mean_r_outliers", "mean_r_clean"):
+            assert r[k] is None or 0.0 <= r[k] <= 1.0
+
+
+@pytest.mark.parametrize("noise, message", [
+    ({"fraction": 1.0}, r"data\.annotation_noise\.fraction: 1\.0 must be a number in \[0, 1\)"),
+    ({"kind": "swap"}, r"data\.annotation_noise\.kind: 'swap' unknown; use one of random, shift"),
+    ({"frac": 0.2}, r"data\.annotation_noise\.frac"),
+])
+def test_annotation_noise_config_errors(tmp_path, noise, message):
+    cfg = _cfg(1)
+    cfg["data"]["annotation_noise"] = noise
+    with pytest.raises(UserError, match=message):
+        train(cfg, str(tmp_path), log=lambda s: None)
