@@ -9,7 +9,7 @@ BoxEstimationActor    the network and the loss as one module: a batch of crop pa
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional
 
 import torch
 from torch import Tensor, nn
@@ -50,8 +50,8 @@ class BoxEstimationActor(nn.Module):
             ref_images, test_images: (B, 3, S, S) RGB crops in [0, 255].
             ref_boxes, test_boxes: (B, 4) target boxes, xyxy crop pixels.
             residuals: DeepGUM's refinement settings (``num_steps``, ``step_size_center``,
-                ``step_size_size``, ``decay``: the ``robust`` config section); when given, the per-pair
-                losses are returned for weighting.
+                ``step_size_size``, ``decay``, ``residual_start``: the ``robust`` config section); when given,
+                the per-pair losses are returned for weighting.
         Returns:
             scalar loss (see :func:`box_estimation_loss`); with ``residuals``, ``(loss (B,), weight (B,),
             residual (B, 4))``: per-pair losses, their base weights and DeepGUM residuals (NaN rows for pairs
@@ -62,11 +62,12 @@ class BoxEstimationActor(nn.Module):
         if residuals is None:
             return box_estimation_loss(net.estimator, ref_feats, ref_boxes, test_feats, test_boxes,
                                        net.config["loss"], generator)
-        loss, weight, features = pair_losses(net.estimator, ref_feats, ref_boxes, test_feats, test_boxes,
-                                             net.config["loss"], generator)
+        loss, weight, features, best = pair_losses(net.estimator, ref_feats, ref_boxes, test_feats, test_boxes,
+                                                   net.config["loss"], generator, return_best=True)
+        start = best if residuals.get("residual_start", "annotation") == "best_sample" else None
         e = refinement_residuals(net.estimator, features, test_boxes, int(residuals["num_steps"]),
                                  float(residuals["step_size_center"]), float(residuals["step_size_size"]),
-                                 float(residuals["decay"]))
+                                 float(residuals["decay"]), start=start)
         return loss, weight, torch.where((weight > 0)[:, None], e, torch.full_like(e, float("nan")))
 
 
@@ -118,14 +119,16 @@ def box_estimation_loss(estimator: EnergyBoxEstimator, ref_feats: Dict[str, Tens
 
 def pair_losses(estimator: EnergyBoxEstimator, ref_feats: Dict[str, Tensor], ref_boxes: Tensor,
                 test_feats: Dict[str, Tensor], test_boxes: Tensor, loss_cfg: Dict[str, Any],
-                generator: Optional[torch.Generator] = None) -> Tuple[Tensor, Tensor, TestFeatures]:
+                generator: Optional[torch.Generator] = None, return_best: bool = False):
     """:func:`box_estimation_loss` per training pair, for DeepGUM's weighting.
 
     Returns:
         ``(loss, weight, features)``: (B,) loss of each pair (0 where it has no signal), (B,) base weights
         such that ``core.robust.weighted_mean(loss, weight)`` is :func:`box_estimation_loss` (1 per pair
         with signal, 0 without; for ``"iou_confidence"``, whose loss is a mean over samples, the pair's number
-        of valid samples), and the modulated test features (with their graph).
+        of valid samples), and the modulated test features (with their graph). With ``return_best``, also
+        (B, 4) the highest-scoring valid proposal sample of each pair, xyxy crop pixels, detached (the
+        annotation where a pair has no valid sample).
     """
     samples, scores, sample_valid, features = _sample_and_score(estimator, ref_feats, ref_boxes, test_feats,
                                                                 test_boxes, loss_cfg, generator)
@@ -133,16 +136,24 @@ def pair_losses(estimator: EnergyBoxEstimator, ref_feats: Dict[str, Tensor], ref
     if method == "iou_confidence":
         iou = box_iou_aligned(samples.boxes, test_boxes[:, None, :])
         loss = iou_confidence_loss(scores, iou, valid=sample_valid, reduction="none")
-        return loss, sample_valid.sum(dim=1).to(loss.dtype), features
-    loss = ebm_loss(method, scores, samples.log_q, offsets=samples.rel, label_sigma=loss_cfg.get("label_sigma"),
-                    valid=sample_valid, reduction="none")
-    # ebm_loss's rows with signal: ML-IS / NCE ignore column 0 (the positive) of the mask.
-    rows = (sample_valid[:, 1:] if method != "kld_is" else sample_valid).any(dim=1)
-    return loss, rows.to(loss.dtype), features
+        out = (loss, sample_valid.sum(dim=1).to(loss.dtype), features)
+    else:
+        loss = ebm_loss(method, scores, samples.log_q, offsets=samples.rel,
+                        label_sigma=loss_cfg.get("label_sigma"), valid=sample_valid, reduction="none")
+        # ebm_loss's rows with signal: ML-IS / NCE ignore column 0 (the positive) of the mask.
+        rows = (sample_valid[:, 1:] if method != "kld_is" else sample_valid).any(dim=1)
+        out = (loss, rows.to(loss.dtype), features)
+    if not return_best:
+        return out
+    masked = torch.where(sample_valid, scores.detach(), torch.full_like(scores, float("-inf")))
+    best = samples.boxes.detach()[torch.arange(len(scores), device=scores.device), masked.argmax(dim=1)]
+    best = torch.where(sample_valid.any(dim=1)[:, None], best, test_boxes.detach())
+    return out + (best,)
 
 
 def refinement_residuals(estimator: EnergyBoxEstimator, features: TestFeatures, boxes: Tensor, num_steps: int,
-                         step_size_center: float, step_size_size: float, decay: float = 0.5) -> Tensor:
+                         step_size_center: float, step_size_size: float, decay: float = 0.5,
+                         start: Optional[Tensor] = None) -> Tensor:
     """DeepGUM's residual of each training pair: (B, 4) in relative box coordinates.
 
     The annotated test box of pair i is refined by ``num_steps`` gradient-ascent steps of the estimator's
@@ -152,11 +163,18 @@ def refinement_residuals(estimator: EnergyBoxEstimator, features: TestFeatures, 
     at a correct box f peaks and the box stays; at a shifted, rescaled or wrong box the f learnt from the
     other pairs moves it. Nothing reaches the network's parameters (the features are detached).
 
+    An energy trained on the same noisy annotations (and on the same frames, many times) can learn a peak at
+    a wrong box, so that refinement from the annotation barely moves (what the detection experiment found):
+    ``start`` lets the refinement start elsewhere, e.g. at the highest-f proposal sample (the model's mode
+    near the annotation), so the residual is a prediction that was not handed the annotation.
+
     Args:
         features: the pairs' modulated test maps (``EnergyBoxEstimator.test_features``).
         boxes: (B, 4) annotated test boxes, xyxy crop pixels.
+        start: optional (B, 4) start boxes of the refinement (default: ``boxes``).
     """
     f = TestFeatures(features.level3.detach(), features.level4.detach(), features.offset)
-    res = refine_boxes(lambda b: estimator.score(f, b[:, None, :])[:, 0], boxes.detach(), num_steps=num_steps,
+    init = boxes.detach() if start is None else start.detach()
+    res = refine_boxes(lambda b: estimator.score(f, b[:, None, :])[:, 0], init, num_steps=num_steps,
                        step_size_center=step_size_center, step_size_size=step_size_size, decay=decay)
     return encode_relative(res.boxes, boxes.detach())

@@ -7,7 +7,9 @@ and with DeepGUM (``robust.enabled``). Each network then drives the tracker (``e
 parameter set, the run's seed as candidate-box seed) on clean annotated sequences (the validation sequences:
 never trained on), scored with the OTB protocol. DeepGUM runs also report what the mixture made of the altered
 boxes while training: mean r of altered and of correct test boxes and the precision / recall of r < 0.5, over
-the log lines of the last 20 % of training (``log.jsonl``, see :func:`.robust.outlier_summary`).
+the log lines of the last 20 % of training (``log.jsonl``, see :func:`.robust.outlier_summary`). Every noisy run,
+plain ones included, also gets :func:`final_model_outlier_detection`: EM on its final network's residuals of
+held-out draws of the noisy training pairs, for both residual starts (``robust.residual_start``).
 
 The seed varies the noise (which frames, how altered), the training (initialisation, pairs) and the
 tracker's candidate boxes together. Runs live in ``<output>/<kind>_<percent>_<method>_s<seed>/`` (a
@@ -24,7 +26,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence as _Seq
 
 from ...utils.fileio import atomic_write_text
 
-__all__ = ["METHODS", "run_name", "run_config", "training_outlier_scores", "summarize", "format_summary",
+__all__ = ["METHODS", "run_name", "run_config", "training_outlier_scores", "final_model_outlier_detection",
+           "summarize", "format_summary",
            "run_tracker_outlier_benchmark", "plot_tracker_outlier_benchmark"]
 
 METHODS = ("plain", "deepgum")
@@ -67,6 +70,67 @@ def training_outlier_scores(log_file: str, last: float = 0.2) -> Dict[str, Optio
     return out
 
 
+def final_model_outlier_detection(net_path: str, cfg: Dict[str, Any], num_pairs: int = 400,
+                                  robust: Optional[Dict[str, Any]] = None, batch_size: int = 8
+                                  ) -> Dict[str, Dict[str, float]]:
+    """EM on the trained network's residuals of ``num_pairs`` noisy training pairs, per residual start.
+
+    The pairs are drawn as the training drew them (same sources, noise and processing; indices from 10^8 on,
+    after any training stream), the residuals computed by :func:`~.loss.refinement_residuals` from the
+    annotation and from the best proposal sample, EM fitted from a cold start (:func:`ebm_refine.core.robust.fit_gum`),
+    and r < 0.5 compared with the true flags of the test boxes. For a plain run this is what DeepGUM would say
+    about that network (it did not influence its training); it is the same measurement for both methods.
+
+    Returns:
+        ``{start: {"rho", "mean_r_outliers", "mean_r_clean", "outlier_precision", "outlier_recall"}}`` for
+        ``start`` in ``annotation`` and ``best_sample``.
+    """
+    import torch
+
+    from ...core.robust import fit_gum
+    from ...data.annotation_noise import AnnotationNoise
+    from ..models import load_net
+    from .config import build_sources
+    from .data import PairDataset
+    from .loss import pair_losses, refinement_residuals
+    from .robust import DEFAULT_ROBUST
+
+    rcfg = dict(DEFAULT_ROBUST, **(robust or {}))
+    net = load_net(net_path).eval()
+    data = cfg.get("data", {})
+    dataset = PairDataset(build_sources(data), data.get("processing"), seed=int(cfg["train"]["seed"]),
+                          annotation_noise=AnnotationNoise.from_config(data.get("annotation_noise")))
+    res: Dict[str, List[torch.Tensor]] = {"annotation": [], "best_sample": []}
+    flags: List[torch.Tensor] = []
+    gen = torch.Generator().manual_seed(12345)
+    for start in range(0, num_pairs, batch_size):
+        items = [dataset[10 ** 8 + i] for i in range(start, min(start + batch_size, num_pairs))]
+        batch = {k: torch.stack([it[k] for it in items]) for k in items[0]}
+        ref_feats, test_feats = net.extract(batch["ref_image"].float()), net.extract(batch["test_image"].float())
+        _, weight, features, best = pair_losses(net.estimator, ref_feats, batch["ref_box"], test_feats,
+                                                batch["test_box"], net.config["loss"], gen, return_best=True)
+        for name, init in (("annotation", None), ("best_sample", best)):
+            e = refinement_residuals(net.estimator, features, batch["test_box"], int(rcfg["num_steps"]),
+                                     float(rcfg["step_size_center"]), float(rcfg["step_size_size"]),
+                                     float(rcfg["decay"]), start=init)
+            res[name].append(torch.where((weight > 0)[:, None], e.detach(), torch.full_like(e, float("nan"))))
+        flags.append(batch["test_outlier"])
+    flag = torch.cat(flags).bool()
+    out: Dict[str, Dict[str, float]] = {}
+    for name, parts in res.items():
+        e = torch.cat(parts)
+        finite = torch.isfinite(e).all(dim=1)
+        state, r = fit_gum(e)
+        r, fl = r[finite].float(), flag[finite]
+        called = r < 0.5
+        out[name] = {"rho": state.rho,
+                     "mean_r_outliers": float(r[fl].mean()) if fl.any() else None,
+                     "mean_r_clean": float(r[~fl].mean()) if (~fl).any() else None,
+                     "outlier_precision": float((called & fl).sum() / called.sum()) if called.any() else None,
+                     "outlier_recall": float((called & fl).sum() / fl.sum()) if fl.any() else None}
+    return out
+
+
 def summarize(runs: _Seq[Dict[str, Any]]) -> List[Dict[str, Any]]:
     """Mean and population std over seeds of every score, per (kind, fraction, method)."""
     groups: Dict[tuple, List[Dict[str, Any]]] = {}
@@ -80,6 +144,13 @@ def summarize(runs: _Seq[Dict[str, Any]]) -> List[Dict[str, Any]]:
             vals = [r[key] for r in rs if r.get(key) is not None]
             if vals:
                 row[key] = {"mean": statistics.fmean(vals), "std": statistics.pstdev(vals), "n": len(vals)}
+        for start in ("annotation", "best_sample"):
+            for key in ("outlier_precision", "outlier_recall", "mean_r_outliers", "mean_r_clean"):
+                vals = [r["final_model"][start][key] for r in rs
+                        if r.get("final_model") and r["final_model"][start].get(key) is not None]
+                if vals:
+                    row[f"final_{start}_{key}"] = {"mean": statistics.fmean(vals), "std": statistics.pstdev(vals),
+                                                   "n": len(vals)}
         row["per_sequence_auc"] = {
             name: statistics.fmean(r["per_sequence_auc"][name] for r in rs) for name in rs[0]["per_sequence_auc"]}
         out.append(row)
@@ -139,7 +210,8 @@ def run_tracker_outlier_benchmark(output: str, base_config: Dict[str, Any], sequ
                                   fractions: _Seq[float], kinds: _Seq[str], methods: _Seq[str] = METHODS,
                                   seeds: _Seq[int] = (0, 1, 2), robust: Optional[Dict[str, Any]] = None,
                                   params: str = "ebm", tracker_overrides: Optional[Dict[str, Any]] = None,
-                                  tag: str = "", log: Callable[[str], None] = print) -> Dict[str, Any]:
+                                  tag: str = "", diagnostic_pairs: int = 200,
+                                  log: Callable[[str], None] = print) -> Dict[str, Any]:
     """Train and evaluate every run of the grid (module docstring); returns and writes the results.
 
     Args:
@@ -152,6 +224,7 @@ def run_tracker_outlier_benchmark(output: str, base_config: Dict[str, Any], sequ
         tracker_overrides: further nested tracker-parameter overrides.
         tag: suffix of the results files (``outlier_tracker_benchmark<tag>.json``), for processes that share
             ``output`` with different grids.
+        diagnostic_pairs: noisy training pairs of :func:`final_model_outlier_detection` per noisy run (0: none).
     Returns:
         ``{"runs": [...], "summary": summarize(runs), "sequences": [...], ...}``.
     """
@@ -179,6 +252,8 @@ def run_tracker_outlier_benchmark(output: str, base_config: Dict[str, Any], sequ
                "train_seconds": trained["seconds"], **{k: scores[k] for k in _SCORES},
                "per_sequence_auc": {n: s["auc"] for n, s in scores["per_sequence"].items()},
                **training_outlier_scores(os.path.join(run_dir, "log.jsonl"))}
+        if fraction > 0 and diagnostic_pairs > 0:
+            run["final_model"] = final_model_outlier_detection(trained["net_path"], cfg, diagnostic_pairs, robust)
         runs.append(run)
         log(f"[outliers] {name}: AUC {run['auc']:.2f}")
         result = {"protocol": "otb", "params": params, "tracker_overrides": tracker_overrides or {},

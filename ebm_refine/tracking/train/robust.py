@@ -13,7 +13,7 @@ import torch
 from ...core.robust import DeepGUM, weighted_mean
 from ...utils.errors import UserError
 
-__all__ = ["DEFAULT_ROBUST", "check_robust_config", "robust_loss", "outlier_summary"]
+__all__ = ["DEFAULT_ROBUST", "RESIDUAL_STARTS", "check_robust_config", "robust_loss", "outlier_summary"]
 
 DEFAULT_ROBUST: Dict[str, Any] = {
     "enabled": False,
@@ -27,7 +27,13 @@ DEFAULT_ROBUST: Dict[str, Any] = {
     "step_size_center": 2.0e-4,
     "step_size_size": 1.0e-3,
     "decay": 0.5,
+    # Where each pair's residual refinement starts: "annotation" (the annotated test box itself) or
+    # "best_sample" (the highest-f box among the loss's proposal samples, the model's own mode within about a
+    # box size of the annotation: a prediction that does not start at the annotation).
+    "residual_start": "annotation",
 }
+
+RESIDUAL_STARTS = ("annotation", "best_sample")
 
 
 def check_robust_config(rcfg: Dict[str, Any]) -> None:
@@ -46,6 +52,9 @@ def check_robust_config(rcfg: Dict[str, Any]) -> None:
         v = rcfg[key]
         if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v <= 0:
             raise UserError(f"robust.{key}: {v!r} must be a number > 0")
+    if rcfg["residual_start"] not in RESIDUAL_STARTS:
+        raise UserError(f"robust.residual_start: {rcfg['residual_start']!r} unknown; use one of "
+                        f"{', '.join(RESIDUAL_STARTS)}")
     decay = rcfg["decay"]
     if not isinstance(decay, (int, float)) or not 0 < decay <= 1:
         raise UserError(f"robust.decay: {decay!r} must be in (0, 1]")

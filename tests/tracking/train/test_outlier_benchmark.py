@@ -57,7 +57,7 @@ def test_benchmark_trains_tracks_and_reports_every_run(tmp_path):
     with one_torch_thread():
         result = run_tracker_outlier_benchmark(
             str(tmp_path / "out"), _base(), [seq], fractions=[0.0, 0.4], kinds=["shift_scale"], seeds=[0],
-            robust=robust, tracker_overrides=TINY_TRACKER, log=lambda s: None)
+            robust=robust, tracker_overrides=TINY_TRACKER, diagnostic_pairs=12, log=lambda s: None)
     names = [r["name"] for r in result["runs"]]
     assert names == ["clean_0_plain_s0", "clean_0_deepgum_s0", "shift_scale_40_plain_s0", "shift_scale_40_deepgum_s0"]
     for r in result["runs"]:
@@ -68,6 +68,13 @@ def test_benchmark_trains_tracks_and_reports_every_run(tmp_path):
     assert noisy["rho"] is not None and 0.0 < noisy["rho"] <= 1.0
     plain = next(r for r in result["runs"] if r["name"] == "shift_scale_40_plain_s0")
     assert plain["outlier_recall"] is None and plain["rho"] is None  # plain runs have no mixture
+    # ... but every noisy run gets EM on its final network's residuals, from both starts.
+    for r in result["runs"]:
+        assert ("final_model" in r) == (r["fraction"] > 0)
+    for start in ("annotation", "best_sample"):
+        fm = plain["final_model"][start]
+        assert 0.0 < fm["rho"] <= 1.0
+        assert fm["outlier_recall"] is None or 0.0 <= fm["outlier_recall"] <= 1.0
     written = json.load(open(tmp_path / "out" / "outlier_tracker_benchmark.json"))
     assert written["runs"] == json.loads(json.dumps(result["runs"]))
     assert [(s["kind"], s["fraction"], s["method"]) for s in written["summary"]] == [
@@ -78,7 +85,7 @@ def test_benchmark_trains_tracks_and_reports_every_run(tmp_path):
     with one_torch_thread():
         again = run_tracker_outlier_benchmark(
             str(tmp_path / "out"), _base(), [seq], fractions=[0.4], kinds=["shift_scale"], methods=["plain"],
-            seeds=[0], robust=robust, tracker_overrides=TINY_TRACKER, log=lambda s: None)
+            seeds=[0], robust=robust, tracker_overrides=TINY_TRACKER, diagnostic_pairs=0, log=lambda s: None)
     assert again["runs"][0]["auc"] == plain["auc"]
 
 

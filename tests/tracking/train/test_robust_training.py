@@ -171,3 +171,32 @@ def test_annotation_noise_config_errors(tmp_path, noise, message):
     cfg["data"]["annotation_noise"] = noise
     with pytest.raises(UserError, match=message):
         train(cfg, str(tmp_path), log=lambda s: None)
+
+
+def test_best_sample_residual_starts_at_the_highest_scoring_proposal():
+    net, feats, boxes = _pairs("ml_is")
+    cfg = dict(net.config["loss"], num_samples=16)
+    loss, weight, features, best = pair_losses(net.estimator, feats, boxes, feats, boxes, cfg,
+                                               torch.Generator().manual_seed(2), return_best=True)
+    # The best box is one of the pair's valid proposals, the one with the highest f.
+    from ebm_refine.core.proposal import BoxProposal
+    from ebm_refine.core.boxes import valid_box_mask
+    s = BoxProposal(cfg["sigmas"]).sample(boxes, 16, include_reference=True, generator=torch.Generator().manual_seed(2))
+    scores = net.estimator.score(features, s.boxes).detach()
+    ok = valid_box_mask(s.boxes) & (weight > 0)[:, None]
+    for i in range(3):
+        j = int(torch.where(ok[i], scores[i], torch.tensor(float("-inf"))).argmax())
+        torch.testing.assert_close(best[i], s.boxes[i, j])
+    torch.testing.assert_close(best[3], boxes[3])  # no valid sample: the annotation
+    # Refinement from there, encoded relative to the annotation: not the annotation's own residual.
+    e_ann = refinement_residuals(net.estimator, features, boxes, 3, 2e-2, 1e-1)
+    e_best = refinement_residuals(net.estimator, features, boxes, 3, 2e-2, 1e-1, start=best)
+    ref = refine_boxes(lambda b: net.estimator.score(features, b[:, None, :])[:, 0], best, num_steps=3,
+                       step_size_center=2e-2, step_size_size=1e-1, decay=0.5)
+    torch.testing.assert_close(e_best, encode_relative(ref.boxes, boxes), atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(e_ann[:3], e_best[:3])
+
+
+def test_residual_start_is_checked(tmp_path):
+    with pytest.raises(UserError, match=r"robust.residual_start: 'prediction' unknown; use one of annotation, best_sample"):
+        train(_cfg(1, {"residual_start": "prediction"}), str(tmp_path), log=lambda s: None)
