@@ -12,10 +12,12 @@ from detectron2.config import CfgNode as CN
 from ..utils.errors import UserError
 
 __all__ = ["add_ebm_config", "validate_ebm_config", "ConfigValueError", "RENAMED_KEYS", "renamed_key_hint",
-           "ROBUST_RESIDUALS"]
+           "ROBUST_RESIDUALS", "ROBUST_RESIDUAL_STARTS"]
 
 # What DeepGUM's residual of a ground-truth box is (MODEL.EBM.ROBUST.RESIDUAL).
 ROBUST_RESIDUALS = ("energy", "detector")
+# Where the energy residual's refinement starts (MODEL.EBM.ROBUST.RESIDUAL_START; the tracker's robust.residual_start).
+ROBUST_RESIDUAL_STARTS = ("annotation", "best_sample")
 
 # Keys renamed for one vocabulary across the core, this plugin and the tracker (issue 17). An old key in a
 # YAML file or ``--opts`` is an error naming its new name (no silent alias: two spellings of one setting
@@ -127,6 +129,10 @@ def add_ebm_config(cfg: CN) -> CN:
     # Gradient-ascent steps of the current energy from each annotated box that give its residual (step
     # sizes and decay of MODEL.EBM.REFINE; RESIDUAL "energy").
     _C.MODEL.EBM.ROBUST.NUM_STEPS = 10
+    # Where that refinement starts (RESIDUAL "energy"): "annotation", or "best_sample", the highest-f of
+    # NUM_SAMPLES boxes drawn from the training proposal around the annotation (the energy's mode near it,
+    # a prediction not handed the annotation; docs/robust_regression_detection.md).
+    _C.MODEL.EBM.ROBUST.RESIDUAL_START = "annotation"
     # Also weight Faster R-CNN's box-regression loss of each foreground proposal by the r of its matched
     # ground truth (joint training of EBMRCNN with FREEZE_DETECTOR False; smooth-L1 box loss only).
     _C.MODEL.EBM.ROBUST.BOX_REG = False
@@ -207,6 +213,8 @@ def validate_ebm_config(cfg: CN) -> None:
     _check(isinstance(r.NUM_STEPS, int) and r.NUM_STEPS >= 1, "MODEL.EBM.ROBUST.NUM_STEPS", "a whole number >= 1",
            r.NUM_STEPS)
     _check(r.RESIDUAL in ROBUST_RESIDUALS, "MODEL.EBM.ROBUST.RESIDUAL", f"one of {ROBUST_RESIDUALS}", r.RESIDUAL)
+    _check(r.RESIDUAL_START in ROBUST_RESIDUAL_STARTS, "MODEL.EBM.ROBUST.RESIDUAL_START",
+           f"one of {ROBUST_RESIDUAL_STARTS}", r.RESIDUAL_START)
     if r.ENABLED and r.RESIDUAL == "detector" and e.FREEZE_DETECTOR:
         raise ConfigValueError("MODEL.EBM.ROBUST.RESIDUAL 'detector' takes residuals from the box regression of "
                                "joint training, which frozen-detector training (MODEL.EBM.FREEZE_DETECTOR True) "

@@ -34,7 +34,7 @@ from ..core import (
     valid_box_mask,
     weighted_mean,
 )
-from .config import ConfigValueError
+from .config import ROBUST_RESIDUAL_STARTS, ConfigValueError
 from .energy_head import build_energy_head
 
 __all__ = ["EnergyMixin", "energy_from_config", "LOSSES"]
@@ -73,6 +73,7 @@ def energy_from_config(cfg, input_shape: Dict[str, ShapeSpec], in_features: List
         refine_fused=e.REFINE.FUSED,
         robust=DeepGUM(e.ROBUST.PERIOD, e.ROBUST.WARMUP) if e.ROBUST.ENABLED else None,
         robust_steps=e.ROBUST.NUM_STEPS,
+        robust_start=e.ROBUST.RESIDUAL_START,
     )
 
 
@@ -93,13 +94,16 @@ class EnergyMixin:
             (``FCEnergyHead``: prepared pyramid pooling, backward written out; same boxes as autograd).
         robust: the DeepGUM EM state of outlier-robust training, or None (plain mean loss).
         robust_steps: gradient-ascent steps that give each ground truth's residual.
+        robust_start: where that refinement starts, ``"annotation"`` or ``"best_sample"`` (the highest-f of
+            ``num_samples`` proposal boxes around the annotation; :meth:`robust_residuals`).
     """
 
     def init_energy(self, *, in_features: List[str], energy_pooler: MultiLevelBoxPooler, energy_head, loss: str, loss_weight: float,
                     proposal: BoxProposal, num_samples: int, nce_beta: float, label_sigma: float,
                     max_gt_per_image: int, num_steps: int, step_size_center: float, step_size_size: float,
                     decay: float, keep_unrefined: bool, refine_fused: bool = True,
-                    robust: Optional[DeepGUM] = None, robust_steps: int = 10) -> None:
+                    robust: Optional[DeepGUM] = None, robust_steps: int = 10,
+                    robust_start: str = "annotation") -> None:
         if loss not in LOSSES:
             raise ConfigValueError(f"MODEL.EBM.LOSS must be one of {LOSSES}, got {loss!r}")
         self.energy_in_features = list(in_features)
@@ -120,6 +124,10 @@ class EnergyMixin:
         self.refine_fused = refine_fused
         self.robust = robust
         self.robust_steps = robust_steps
+        if robust_start not in ROBUST_RESIDUAL_STARTS:
+            raise ConfigValueError(f"MODEL.EBM.ROBUST.RESIDUAL_START must be one of {ROBUST_RESIDUAL_STARTS}, "
+                                   f"got {robust_start!r}")
+        self.robust_start = robust_start
 
     def energy(
         self, feats: List[Tensor], boxes: Tensor, classes: Tensor, image_index: Tensor,
@@ -210,6 +218,12 @@ class EnergyMixin:
         towards the object's true extent and the residual is large. The relative encoding makes residuals
         of small and large objects comparable, as DeepGUM's single Gaussian needs. Degenerate boxes get
         NaN rows (DeepGUM ignores them and gives them r = 0).
+
+        With ``robust_start "best_sample"`` the refinement starts instead at the highest-f of ``num_samples``
+        boxes drawn from the training proposal around the annotation (no gradient): an energy trained on
+        the same wrong boxes can hold a small peak at each of them, so a refinement started there barely
+        moves (measured: docs/robust_regression_detection.md); its mode within the proposal's reach is a
+        prediction that was not handed the annotation (the tracker's ``robust.residual_start``).
         """
         boxes = [t.gt_boxes.tensor for t in targets]
         if sum(b.shape[0] for b in boxes) == 0:
@@ -217,7 +231,19 @@ class EnergyMixin:
         ref = torch.cat(boxes)
         classes = torch.cat([t.gt_classes for t in targets])
         index = torch.cat([torch.full_like(t.gt_classes, i) for i, t in enumerate(targets)])
-        res = self.refine_box_tensor([f.detach() for f in feats], ref, classes, index, self.robust_steps)
+        fd = [f.detach() for f in feats]
+        start = ref
+        if self.robust_start == "best_sample":
+            with torch.no_grad():
+                s = self.proposal.sample(ref, self.num_samples)
+                n, m = s.boxes.shape[:2]
+                scores = self.energy(fd, s.boxes.reshape(-1, 4), classes.repeat_interleave(m),
+                                     index.repeat_interleave(m)).view(n, m)
+                ok = valid_box_mask(s.boxes)
+                scores = torch.where(ok, scores, torch.full_like(scores, float("-inf")))
+                best = s.boxes[torch.arange(n, device=ref.device), scores.argmax(dim=1)]
+                start = torch.where(ok.any(dim=1)[:, None], best, ref)
+        res = self.refine_box_tensor(fd, start, classes, index, self.robust_steps)
         e = encode_relative(res.boxes, ref)
         e = torch.where(valid_box_mask(ref)[:, None] & torch.isfinite(e), e, torch.full_like(e, float("nan")))
         return list(e.split([b.shape[0] for b in boxes]))

@@ -157,6 +157,24 @@ def test_after_a_fit_an_injected_outlier_box_gets_a_small_weight(synthetic_names
     weighted = heads.ebm_losses(feats, targets, list(r.split([len(t) for t in targets])))
     assert float(weighted) == pytest.approx(float(weighted_mean(per, r)), rel=1e-5)
     assert float(weighted) != pytest.approx(float(per.mean()), rel=1e-3)
+    # RESIDUAL_START best_sample: the refinement starts at the highest-f proposal box around each annotation.
+    heads.robust_start = "best_sample"
+    torch.manual_seed(7)
+    best_res = torch.cat(heads.robust_residuals(feats, targets))
+    ref = torch.cat([t.gt_boxes.tensor for t in targets])
+    cls = torch.cat([t.gt_classes for t in targets])
+    idx = torch.cat([torch.full_like(t.gt_classes, i) for i, t in enumerate(targets)])
+    torch.manual_seed(7)
+    s = heads.proposal.sample(ref, heads.num_samples)
+    with torch.no_grad():
+        f = heads.energy(feats, s.boxes.reshape(-1, 4), cls.repeat_interleave(s.boxes.shape[1]),
+                         idx.repeat_interleave(s.boxes.shape[1])).view(len(ref), -1)
+    start = s.boxes[torch.arange(len(ref)), f.argmax(dim=1)]
+    expected = encode_relative(heads.refine_box_tensor(feats, start, cls, idx, heads.robust_steps).boxes, ref)
+    torch.testing.assert_close(best_res, expected, atol=1e-5, rtol=1e-5)
+    # The shifted annotation's residual stands out from the clean ones here too.
+    norms = best_res.norm(dim=1)
+    assert float(norms[0]) > float(norms[1:].median())
 
 
 def _per_box_losses(heads, feats, targets):
@@ -204,6 +222,8 @@ def test_checkpoints_carry_the_em_state_for_resume(synthetic_names, tmp_path):
      "'smooth_l1' only, got 'giou'"),
     ([*ROBUST, "MODEL.EBM.ROBUST.RESIDUAL", "prediction"],
      "MODEL.EBM.ROBUST.RESIDUAL must be one of ('energy', 'detector'), got 'prediction'"),
+    ([*ROBUST, "MODEL.EBM.ROBUST.RESIDUAL_START", "detector"],
+     "MODEL.EBM.ROBUST.RESIDUAL_START must be one of ('annotation', 'best_sample'), got 'detector'"),
     ([*ROBUST, "MODEL.EBM.ROBUST.RESIDUAL", "detector", "MODEL.EBM.FREEZE_DETECTOR", "True"],
      "RESIDUAL 'detector' .* FREEZE_DETECTOR False or RESIDUAL 'energy'"),
 ])
