@@ -93,7 +93,7 @@ def final_model_outlier_detection(net_path: str, cfg: Dict[str, Any], num_pairs:
     from .config import build_sources
     from .data import PairDataset
     from .loss import pair_losses, refinement_residuals
-    from .robust import DEFAULT_ROBUST
+    from .robust import DEFAULT_ROBUST, outlier_summary
 
     rcfg = dict(DEFAULT_ROBUST, **(robust or {}))
     net = load_net(net_path).eval()
@@ -121,13 +121,7 @@ def final_model_outlier_detection(net_path: str, cfg: Dict[str, Any], num_pairs:
         e = torch.cat(parts)
         finite = torch.isfinite(e).all(dim=1)
         state, r = fit_gum(e)
-        r, fl = r[finite].float(), flag[finite]
-        called = r < 0.5
-        out[name] = {"rho": state.rho,
-                     "mean_r_outliers": float(r[fl].mean()) if fl.any() else None,
-                     "mean_r_clean": float(r[~fl].mean()) if (~fl).any() else None,
-                     "outlier_precision": float((called & fl).sum() / called.sum()) if called.any() else None,
-                     "outlier_recall": float((called & fl).sum() / fl.sum()) if fl.any() else None}
+        out[name] = {"rho": state.rho, **outlier_summary([(r[finite].float(), flag[finite])])}
     return out
 
 
