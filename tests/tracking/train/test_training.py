@@ -276,3 +276,13 @@ def test_each_process_picks_its_gpu_from_its_local_rank(monkeypatch):
     # Without torchrun's variable (all processes on one machine, e.g. mp.spawn) the global rank is the index.
     monkeypatch.delenv("LOCAL_RANK")
     assert process_device("cuda", rank=2, distributed=True) == torch.device("cuda:2")
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs" / "tracking").glob("train_*.yaml")), ids=lambda p: p.name)
+def test_shipped_training_configs_pass_the_checks(path):
+    """Every shipped training config is valid as written (its _base_ chain included): e.g. the IoU-Net config must
+    switch off the EBM config's part samples, which IoU regression refuses."""
+    from ebm_refine.tracking.train import load_train_config
+
+    cfg = load_train_config(str(path))
+    assert cfg["train"]["num_iterations"] > 0
