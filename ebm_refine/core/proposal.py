@@ -93,6 +93,17 @@ class GaussianMixtureProposal:
             raise ValueError(f"proposal means have D={self.means.shape[1]} but the centres have D={dim}")
         return self.means.to(device=like.device, dtype=like.dtype)
 
+    def _components(self, n: int, m: int, device, generator: Optional[torch.Generator]) -> Tensor:
+        """(n, m) component indices drawn by the weights. Equal weights keep ``randint``, so a proposal without
+        weights draws exactly what it always drew for a given seed."""
+        k = self.num_components
+        if self.weights is None:
+            return torch.randint(k, (n, m), device=device, generator=generator)
+        if n == 0 or m == 0:
+            return torch.zeros(n, m, dtype=torch.long, device=device)
+        probs = self.weights.to(device).expand(n, k)
+        return torch.multinomial(probs, m, replacement=True, generator=generator)
+
     def log_prob(self, y: Tensor, centers: Tensor) -> Tensor:
         """Exact mixture log-density.
 
@@ -147,15 +158,8 @@ class GaussianMixtureProposal:
         n, d = centers.shape
         s = self._sigmas(d, centers)
         mu = self._means(d, centers)
-        k = self.num_components
-        # One draw for every (centre, sample): a component index and a standard-normal offset. Equal weights
-        # keep randint, so a proposal without weights draws exactly what it always drew for a given seed.
-        if self.weights is None:
-            comp = torch.randint(k, (n, num_samples), device=centers.device, generator=generator)
-        else:
-            probs = self.weights.to(centers.device).expand(max(n, 1), k)
-            comp = torch.multinomial(probs, num_samples, replacement=True, generator=generator)[:n] \
-                if num_samples > 0 else torch.zeros(n, 0, dtype=torch.long, device=centers.device)
+        # One draw for every (centre, sample): a component index and a standard-normal offset.
+        comp = self._components(n, num_samples, centers.device, generator)
         eps = torch.randn(n, num_samples, d, device=centers.device, dtype=centers.dtype, generator=generator)
         samples = centers[:, None, :] + eps * s[comp]
         if mu is not None:
@@ -163,9 +167,7 @@ class GaussianMixtureProposal:
         if include_center:
             samples = torch.cat([centers[:, None, :], samples], dim=1)
         elif beta is not None:
-            comp0 = (torch.randint(k, (n,), device=centers.device, generator=generator) if self.weights is None
-                     else torch.multinomial(self.weights.to(centers.device), n, replacement=True,
-                                            generator=generator))
+            comp0 = self._components(n, 1, centers.device, generator)[:, 0]
             eps0 = torch.randn(n, d, device=centers.device, dtype=centers.dtype, generator=generator)
             true_sample = centers + beta * eps0 * s[comp0]
             samples = torch.cat([true_sample[:, None, :], samples], dim=1)

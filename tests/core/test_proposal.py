@@ -115,6 +115,11 @@ def test_weighted_mixture_with_means_matches_torch_distributions():
         GaussianMixtureProposal(sig, weights=[1.0, 0.0, 1.0])
     with pytest.raises(ValueError, match="NCE"):
         prop.sample(centres, 4, beta=0.1)
+    # Empty batches and zero samples, with weights too (multinomial refuses to draw nothing).
+    weighted = GaussianMixtureProposal(sig, weights=w)
+    assert weighted.sample(torch.zeros(0, 2), 4, beta=0.1)[0].shape == (0, 5, 2)
+    assert weighted.sample(torch.zeros(3, 2), 0)[0].shape == (3, 0, 2)
+    assert weighted.sample(torch.zeros(2, 2), 3, beta=0.5)[0].shape == (2, 4, 2)
 
 
 def test_part_components_put_samples_on_the_halves_and_keep_log_q_exact():
