@@ -5,6 +5,7 @@ shapes, clutter       its object classes and its backgrounds / distractors
 rle                   COCO run-length encoding of masks and tight boxes
 synthetic_tracking    procedurally generated tracking sequences (tracker training and held-out tests);
                       import it by name (its names are not re-exported here)
+annotation_noise      wrong boxes for outlier experiments (detection and tracker training); import it by name
 """
 from .synthetic_detection import (
     CLASS_NAMES,

@@ -5,6 +5,7 @@ loss     the box estimator's training loss and :class:`BoxEstimationActor` (netw
 config   the training config: defaults, strict checks, loading, the data sources it names
 trainer  :func:`train` (single process or one DDP rank), checkpoints and resume
 robust   DeepGUM outlier-robust training: the ``robust`` config section and one EM iteration
+outlier_benchmark  plain vs DeepGUM training under annotation noise, tracked on clean sequences (import by name)
 """
 from .data import (DEFAULT_PROCESSING, FileSequence, ImageSequence, IndexSampler, PairDataset, TrainSequence,
                    coco_sequences)
