@@ -33,7 +33,7 @@ from .losses import (
     nce_loss,
 )
 from .objectives import EBM_METHODS, SamplingOptions, ebm_loss, sampling_options
-from .proposal import BoxProposal, BoxSamples, GaussianMixtureProposal
+from .proposal import BoxProposal, BoxSamples, GaussianMixtureProposal, best_samples
 from .refine import BoxRefinementResult, RefinementResult, gradient_ascent, refine_boxes
 from .regressor import EBMRegressor, mlp
 from .robust import DeepGUM, GUMState, fit_gum, gum_responsibilities, weighted_mean

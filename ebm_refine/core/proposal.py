@@ -25,7 +25,7 @@ from torch import Tensor
 
 from .boxes import decode_relative, encode_relative
 
-__all__ = ["GaussianMixtureProposal", "BoxProposal", "BoxSamples", "PART_OFFSETS"]
+__all__ = ["GaussianMixtureProposal", "BoxProposal", "BoxSamples", "PART_OFFSETS", "best_samples"]
 
 # Relative offsets (dcx, dcy, log w, log h) of the parts of a box that a tracker's box can collapse onto:
 # its upper, lower, left and right halves and its centred inner box of 0.6 x the width and height.
@@ -287,3 +287,17 @@ class BoxProposal:
         """(N, M, 4) xyxy boxes, (N, 4) references -> (N, M) log q over relative coordinates."""
         rel = encode_relative(boxes, reference[:, None, :])
         return self.mixture.log_prob(rel, torch.zeros_like(reference))
+
+
+def best_samples(boxes: Tensor, scores: Tensor, valid: Tensor, fallback: Tensor) -> Tensor:
+    """Each reference's highest-scoring valid sample (no gradient): the model's mode among its proposals.
+
+    Args:
+        boxes: (N, M, 4) sampled boxes; scores: (N, M) their f; valid: (N, M) bool, which samples count.
+        fallback: (N, 4) the box returned for a reference without a valid sample.
+    Returns:
+        (N, 4) detached boxes.
+    """
+    masked = torch.where(valid, scores.detach(), torch.full_like(scores, float("-inf")))
+    best = boxes.detach()[torch.arange(boxes.shape[0], device=boxes.device), masked.argmax(dim=1)]
+    return torch.where(valid.any(dim=1)[:, None], best, fallback.detach())

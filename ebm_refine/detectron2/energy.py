@@ -25,6 +25,7 @@ from ..core import (
     BoxRefinementResult,
     DeepGUM,
     MultiLevelBoxPooler,
+    best_samples,
     box_iou_aligned,
     ebm_loss,
     encode_relative,
@@ -239,10 +240,7 @@ class EnergyMixin:
                 n, m = s.boxes.shape[:2]
                 scores = self.energy(fd, s.boxes.reshape(-1, 4), classes.repeat_interleave(m),
                                      index.repeat_interleave(m)).view(n, m)
-                ok = valid_box_mask(s.boxes)
-                scores = torch.where(ok, scores, torch.full_like(scores, float("-inf")))
-                best = s.boxes[torch.arange(n, device=ref.device), scores.argmax(dim=1)]
-                start = torch.where(ok.any(dim=1)[:, None], best, ref)
+                start = best_samples(s.boxes, scores, valid_box_mask(s.boxes), ref)
         res = self.refine_box_tensor(fd, start, classes, index, self.robust_steps)
         e = encode_relative(res.boxes, ref)
         e = torch.where(valid_box_mask(ref)[:, None] & torch.isfinite(e), e, torch.full_like(e, float("nan")))

@@ -147,3 +147,16 @@ def test_part_components_put_samples_on_the_halves_and_keep_log_q_exact():
     torch.testing.assert_close(a, b)
     with pytest.raises(ValueError, match="part_weight"):
         BoxProposal([0.1], part_weight=1.0)
+
+
+def test_best_samples_picks_the_highest_valid_score_or_the_fallback():
+    from ebm_refine.core import best_samples
+
+    boxes = torch.arange(2 * 3 * 4, dtype=torch.float32).view(2, 3, 4)
+    scores = torch.tensor([[0.1, 0.9, 0.5], [0.3, 0.2, 0.1]], requires_grad=True)
+    valid = torch.tensor([[True, False, True], [False, False, False]])
+    fallback = torch.full((2, 4), -1.0)
+    best = best_samples(boxes, scores, valid, fallback)
+    torch.testing.assert_close(best[0], boxes[0, 2])  # 0.9 is not valid: the best valid one is 0.5
+    torch.testing.assert_close(best[1], fallback[1])  # no valid sample
+    assert not best.requires_grad

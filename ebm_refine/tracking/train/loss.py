@@ -4,6 +4,7 @@ box_estimation_loss   proposals around each test ground truth, scored by the est
                       loss (an EBM method or IoU-Net's ``iou_confidence``)
 pair_losses           the same loss per training pair, for DeepGUM's weighting (:mod:`.robust`)
 refinement_residuals  DeepGUM's residual of each pair: its annotated box refined by the estimator - the annotation
+pair_residuals        the same with the ``robust`` settings, NaN for pairs without signal
 BoxEstimationActor    the network and the loss as one module: a batch of crop pairs -> the scalar loss (what
                       the trainer wraps in DistributedDataParallel, so gradients are averaged across ranks)
 """
@@ -17,13 +18,14 @@ from torch import Tensor, nn
 from ebm_refine.core.boxes import box_iou_aligned, encode_relative, valid_box_mask
 from ebm_refine.core.losses import iou_confidence_loss
 from ebm_refine.core.objectives import ebm_loss, sampling_options
-from ebm_refine.core.proposal import BoxProposal
+from ebm_refine.core.proposal import BoxProposal, best_samples
 from ebm_refine.core.refine import refine_boxes
 
 from ..models.box_estimator import EnergyBoxEstimator, TestFeatures
 from ..models.network import TrackerNet
 
-__all__ = ["BoxEstimationActor", "box_estimation_loss", "pair_losses", "refinement_residuals", "STAND_IN_BOX"]
+__all__ = ["BoxEstimationActor", "box_estimation_loss", "pair_losses", "refinement_residuals", "pair_residuals",
+           "STAND_IN_BOX"]
 
 # xyxy crop pixels scored in place of a degenerate ground truth (and its samples): any box with a few
 # feature cells of area keeps RoI pooling and the estimator finite; its rows are then masked out of the loss,
@@ -62,13 +64,11 @@ class BoxEstimationActor(nn.Module):
         if residuals is None:
             return box_estimation_loss(net.estimator, ref_feats, ref_boxes, test_feats, test_boxes,
                                        net.config["loss"], generator)
-        loss, weight, features, best = pair_losses(net.estimator, ref_feats, ref_boxes, test_feats, test_boxes,
-                                                   net.config["loss"], generator, return_best=True)
-        start = best if residuals.get("residual_start", "annotation") == "best_sample" else None
-        e = refinement_residuals(net.estimator, features, test_boxes, int(residuals["num_steps"]),
-                                 float(residuals["step_size_center"]), float(residuals["step_size_size"]),
-                                 float(residuals["decay"]), start=start)
-        return loss, weight, torch.where((weight > 0)[:, None], e, torch.full_like(e, float("nan")))
+        from_best = residuals.get("residual_start", "annotation") == "best_sample"
+        loss, weight, features, *best = pair_losses(net.estimator, ref_feats, ref_boxes, test_feats, test_boxes,
+                                                    net.config["loss"], generator, return_best=from_best)
+        return loss, weight, pair_residuals(net.estimator, features, test_boxes, weight, residuals,
+                                            start=best[0] if from_best else None)
 
 
 def _sample_and_score(estimator: EnergyBoxEstimator, ref_feats: Dict[str, Tensor], ref_boxes: Tensor,
@@ -145,10 +145,7 @@ def pair_losses(estimator: EnergyBoxEstimator, ref_feats: Dict[str, Tensor], ref
         out = (loss, rows.to(loss.dtype), features)
     if not return_best:
         return out
-    masked = torch.where(sample_valid, scores.detach(), torch.full_like(scores, float("-inf")))
-    best = samples.boxes.detach()[torch.arange(len(scores), device=scores.device), masked.argmax(dim=1)]
-    best = torch.where(sample_valid.any(dim=1)[:, None], best, test_boxes.detach())
-    return out + (best,)
+    return out + (best_samples(samples.boxes, scores, sample_valid, test_boxes),)
 
 
 def refinement_residuals(estimator: EnergyBoxEstimator, features: TestFeatures, boxes: Tensor, num_steps: int,
@@ -178,3 +175,12 @@ def refinement_residuals(estimator: EnergyBoxEstimator, features: TestFeatures, 
     res = refine_boxes(lambda b: estimator.score(f, b[:, None, :])[:, 0], init, num_steps=num_steps,
                        step_size_center=step_size_center, step_size_size=step_size_size, decay=decay)
     return encode_relative(res.boxes, boxes.detach())
+
+
+def pair_residuals(estimator: EnergyBoxEstimator, features: TestFeatures, boxes: Tensor, weight: Tensor,
+                   rcfg: Dict[str, Any], start: Optional[Tensor] = None) -> Tensor:
+    """:func:`refinement_residuals` with the ``robust`` section's settings, NaN rows for pairs without
+    signal (``weight`` 0; DeepGUM gives them r = 0 and leaves them out of EM): (B, 4)."""
+    e = refinement_residuals(estimator, features, boxes, int(rcfg["num_steps"]), float(rcfg["step_size_center"]),
+                             float(rcfg["step_size_size"]), float(rcfg["decay"]), start=start)
+    return torch.where((weight > 0)[:, None], e, torch.full_like(e, float("nan")))

@@ -76,7 +76,7 @@ def final_model_outlier_detection(net_path: str, cfg: Dict[str, Any], num_pairs:
     """EM on the trained network's residuals of ``num_pairs`` noisy training pairs, per residual start.
 
     The pairs are drawn as the training drew them (same sources, noise and processing; indices from 10^8 on,
-    after any training stream), the residuals computed by :func:`~.loss.refinement_residuals` from the
+    after any training stream), the residuals computed by :func:`~.loss.pair_residuals` from the
     annotation and from the best proposal sample, EM fitted from a cold start (:func:`ebm_refine.core.robust.fit_gum`),
     and r < 0.5 compared with the true flags of the test boxes. For a plain run this is what DeepGUM would say
     about that network (it did not influence its training); it is the same measurement for both methods.
@@ -92,7 +92,7 @@ def final_model_outlier_detection(net_path: str, cfg: Dict[str, Any], num_pairs:
     from ..models import load_net
     from .config import build_sources
     from .data import PairDataset
-    from .loss import pair_losses, refinement_residuals
+    from .loss import pair_losses, pair_residuals
     from .robust import DEFAULT_ROBUST, outlier_summary
 
     rcfg = dict(DEFAULT_ROBUST, **(robust or {}))
@@ -110,10 +110,7 @@ def final_model_outlier_detection(net_path: str, cfg: Dict[str, Any], num_pairs:
         _, weight, features, best = pair_losses(net.estimator, ref_feats, batch["ref_box"], test_feats,
                                                 batch["test_box"], net.config["loss"], gen, return_best=True)
         for name, init in (("annotation", None), ("best_sample", best)):
-            e = refinement_residuals(net.estimator, features, batch["test_box"], int(rcfg["num_steps"]),
-                                     float(rcfg["step_size_center"]), float(rcfg["step_size_size"]),
-                                     float(rcfg["decay"]), start=init)
-            res[name].append(torch.where((weight > 0)[:, None], e.detach(), torch.full_like(e, float("nan"))))
+            res[name].append(pair_residuals(net.estimator, features, batch["test_box"], weight, rcfg, start=init))
         flags.append(batch["test_outlier"])
     flag = torch.cat(flags).bool()
     out: Dict[str, Dict[str, float]] = {}
