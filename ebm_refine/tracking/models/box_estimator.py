@@ -173,21 +173,37 @@ class EnergyBoxEstimator(nn.Module):
             (B, M) scalar outputs (energy-as-score, or IoU prediction for the IoU-Net variant).
         """
         b, m, _ = boxes.shape
+        return self.score_pooled(*self.pool(test_feats, boxes)).reshape(b, m)
+
+    def pool(self, test_feats: TestFeatures, boxes: Tensor) -> Tuple[Tensor, Tensor]:
+        """The boxes' pooled test features, the first half of :meth:`score`.
+
+        Args:
+            test_feats: (B images) maps from :meth:`test_features`, or the same structure unmodulated.
+            boxes: (B, M, 4) xyxy crop pixels.
+        Returns:
+            (B M, P3, p3, p3), (B M, P4, p4, p4) with p3, p4 the ``test_pool`` sizes. Pooling is linear
+            in the maps, so pooling unmodulated maps and multiplying by the modulation per channel after
+            gives the same values (what first-frame adaptation relies on).
+        """
+        b = boxes.shape[0]
         if not isinstance(test_feats, TestFeatures):
             test_feats = TestFeatures(*test_feats)
         if test_feats.offset != (0.0, 0.0):
             ox, oy = test_feats.offset
             boxes = boxes - boxes.new_tensor([ox, oy, ox, oy])
         # One pooling call per image: every image has the same M boxes. (b = 1 while tracking.)
-        pool = separable_box_roi_align if m <= _SEPARABLE_MAX_BOXES else _grid_roi_align
+        pool = separable_box_roi_align if boxes.shape[1] <= _SEPARABLE_MAX_BOXES else _grid_roi_align
         parts3, parts4 = [], []
         for i in range(b):
             parts3.append(pool(test_feats.level3[i], boxes[i], self.test_pool[0], self.scales[0]))
             parts4.append(pool(test_feats.level4[i], boxes[i], self.test_pool[1], self.scales[1]))
-        x3 = (parts3[0] if b == 1 else torch.cat(parts3)).flatten(1)
-        x4 = (parts4[0] if b == 1 else torch.cat(parts4)).flatten(1)
-        h = torch.cat([self.box_fc3(x3), self.box_fc4(x4)], dim=1)
-        return self.head(h).reshape(b, m)
+        return (parts3[0] if b == 1 else torch.cat(parts3)), (parts4[0] if b == 1 else torch.cat(parts4))
+
+    def score_pooled(self, x3: Tensor, x4: Tensor) -> Tensor:
+        """The box layers on pooled features from :meth:`pool`: (K, P3, p3, p3), (K, P4, p4, p4) -> (K,)."""
+        h = torch.cat([self.box_fc3(x3.flatten(1)), self.box_fc4(x4.flatten(1))], dim=1)
+        return self.head(h).reshape(-1)
 
     def box_energy(self, test_feats: TestFeatures) -> "BoxEnergy":
         """The refinement fast path for one image: a callable (M, 4) boxes -> f (M,), df/dbox (M, 4).

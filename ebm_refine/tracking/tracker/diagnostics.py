@@ -8,7 +8,8 @@ Two probes, both on real annotated sequences (never on the evaluation sequences 
   shrunk). It records f for the ground truth and for boxes a collapse would pick (:func:`probe_boxes`:
   shrunk, grown, halves and thirds of the target, shifted), and where the tracker's box estimation
   (:func:`~ebm_refine.tracking.tracker.box_estimation.estimate_box`) ends when started from the true
-  box scaled by ``init_scales``.
+  box scaled by ``init_scales``. The modulation is the tracker's: with ``box_refinement.adaptation``
+  it is adapted to the first frame as the tracker adapts it.
 * :func:`probe_tracking` -- the whole tracker over sequences: per frame the tracked/true area ratio,
   IoU, and f of the true box and of the tracked box in the search region the tracker used, which tells
   a collapse the energy prefers (f(tracked) > f(true)) from one the refinement walked into.
@@ -25,6 +26,7 @@ import torch
 from ...core.boxes import box_iou_aligned, cxcywh_to_xyxy, xywh_to_xyxy
 from ..datasets.sequence import Sequence, read_frame
 from ..models.network import TrackerNet
+from .adaptation import adapt_to_first_frame
 from .box_estimation import estimate_box
 from ..processing import image_to_tensor, sample_patch, search_region_side
 
@@ -99,12 +101,14 @@ def probe_pairs(net: TrackerNet, sequences: _Seq[Sequence], params: Dict[str, An
         if seq.name not in ref_cache:
             box0 = seq.ground_truth[0]
             c0 = box0[:2] + box0[2:] / 2
-            feats0, tf0 = _crop_features(net, read_frame(seq.frames[0]), c0, search_region_side(box0[2], box0[3], area),
-                                         sample)
+            image0 = read_frame(seq.frames[0])
+            feats0, tf0 = _crop_features(net, image0, c0, search_region_side(box0[2], box0[3], area), sample)
             ref = torch.as_tensor(tf0.boxes_to_crop(np.r_[box0[:2], box0[:2] + box0[2:]]), dtype=torch.float32,
                                   device=feats0["layer2"].device)
             with torch.no_grad():
-                ref_cache[seq.name] = est.reference(feats0, ref[None])
+                mod = est.reference(feats0, ref[None])
+            # As the tracker does (box_refinement.adaptation; a no-op with steps 0).
+            ref_cache[seq.name] = adapt_to_first_frame(net, image0, box0, mod, params, gen, plain=(feats0, ref))
         modulation = ref_cache[seq.name]
         image = read_frame(seq.frames[t])
         gt = seq.ground_truth[t]

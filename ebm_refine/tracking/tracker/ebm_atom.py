@@ -14,7 +14,8 @@ Per frame:
    previous size);
 4. scale and position clamps, then the classifier memory is updated with the frame.
 
-``initialize(image, info)`` takes ``info['init_bbox'] = [x, y, w, h]`` (pixels, top-left corner);
+``initialize(image, info)`` takes ``info['init_bbox'] = [x, y, w, h]`` (pixels, top-left corner) and
+returns ``{'time', 'time_adapt'}`` (seconds; the second for ``box_refinement.adaptation``);
 ``track(image, info=None)`` returns ``{'target_bbox': [x, y, w, h], 'energy', 'score', 'flag', 'time',
 'time_refine'}``. Images are (H, W, 3) RGB uint8 arrays (grayscale (H, W) is accepted).
 
@@ -34,6 +35,7 @@ import torch
 from torch import Tensor
 
 from ..models.network import TrackerNet, load_net
+from .adaptation import adapt_to_first_frame, check_adaptation
 from .box_estimation import estimate_box
 from .classifier import OnlineClassifier
 from ..processing import CropTransform, as_rgb_image, image_to_tensor, sample_patch, search_region_side
@@ -90,6 +92,15 @@ class EBMAtomTracker:
             if not params.get("checkpoint"):
                 raise ValueError("tracker parameters name no 'checkpoint' and no network was given")
             net = load_net(params["checkpoint"])
+        check_adaptation(params["box_refinement"]["adaptation"])
+        if int(params["box_refinement"]["adaptation"]["steps"]) > 0:
+            if self.mode != "ebm":
+                raise ValueError(f"box_refinement.adaptation adapts an energy (mode 'ebm'), not mode {self.mode!r}; "
+                                 "set box_refinement.adaptation.steps: 0")
+            if net.config["loss"]["method"] == "iou_confidence":
+                raise ValueError("box_refinement.adaptation needs a network trained with an EBM loss, and "
+                                 f"{params.get('checkpoint') or 'the given network'} was trained with iou_confidence; "
+                                 "set box_refinement.adaptation.steps: 0")
         self.device = torch.device(params.get("device", "cpu"))
         self.net = net.to(self.device).eval()
         self.name = params.get("name", "ebm_atom")
@@ -166,13 +177,19 @@ class EBMAtomTracker:
         sigma = self._tensor([float(ccfg["output_sigma_factor"]) * math.sqrt(size_cells[0] * size_cells[1])] * 2)
         self.classifier.initialize(feats["layer3"], torch.stack([self._to_cells(c) for c in centers]), sigma)
 
+        t_adapt = 0.0
         if self.mode != "none":
             ref_box = self._tensor(tf.boxes_to_crop(np.r_[box[:2], box[:2] + box[2:]]))
             first = {k: v[:1] for k, v in feats.items()}
             with torch.no_grad():
                 self.modulation = self.net.estimator.reference(first, ref_box[None])
+            if self.mode == "ebm" and int(self.params["box_refinement"]["adaptation"]["steps"]) > 0:
+                t1 = time.perf_counter()
+                self.modulation = adapt_to_first_frame(self.net, image, box, self.modulation, self.params, self.gen,
+                                                       plain=(first, ref_box))
+                t_adapt = time.perf_counter() - t1
         self._initialized = True
-        return {"time": time.perf_counter() - t0}
+        return {"time": time.perf_counter() - t0, "time_adapt": t_adapt}
 
     def track(self, image, info: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
         """Locate the target in the next frame; returns ``{'target_bbox': [x, y, w, h], ...}``."""

@@ -92,6 +92,16 @@ DEFAULT_TRACKER_PARAMS: Dict[str, Any] = {
         # Rank the refined boxes by f + a Gaussian log-prior on the log-size change from the previous frame
         # with this std (box_estimation.scale_log_prior); null: by f alone (the paper).
         "scale_prior_sigma": None,
+        # First-frame adaptation of the modulation vectors (tracker/adaptation.py): a few steps of the
+        # network's own loss on views of the first frame, whose box is known. steps 0: off (the paper).
+        "adaptation": {
+            "steps": 0,
+            "lr": 0.02,
+            "anchor": 0.1,
+            "num_samples": 128,
+            "zooms": [0.8, 1.0, 1.25],
+            "offsets": [[0.0, 0.0], [0.3, 0.2], [-0.3, -0.2]],
+        },
         "top_k": 3,
         "max_aspect_ratio": 6.0,
         # The estimator's test maps are computed only around the initial boxes: their hull grown by this
