@@ -10,6 +10,9 @@ validation split and DeepGUM's outlier precision / recall (:mod:`ebm_refine.dete
     python tools/outlier_detection_benchmark.py --quick --output output/outlier_quick    # smoke run
     # DeepGUM with the detector's own residuals (MODEL.EBM.ROBUST.RESIDUAL), DeepGUM runs only
     python tools/outlier_detection_benchmark.py --methods deepgum MODEL.EBM.ROBUST.RESIDUAL detector
+    # one process per seed (or per setting), then one table and figure
+    python tools/outlier_detection_benchmark.py --seeds 0 --output out/s0   # ... s1, s2
+    python tools/outlier_detection_benchmark.py --merge out/s*/outlier_benchmark.json --output out/all
 
 Full grid: 3 seeds x (1 clean + 2 kinds x 2 shares) x 2 methods = 30 trainings of 500 iterations (~7 min each
 on 2 idle cores). Results: ``<output>/outlier_benchmark.json`` (per run and mean ± std over seeds),
@@ -18,15 +21,20 @@ on 2 idle cores). Results: ``<output>/outlier_benchmark.json`` (per run and mean
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
+from pathlib import Path
 
 import torch
 from detectron2.utils.logger import setup_logger
 
 from ebm_refine.detectron2.annotation_noise import NOISE_KINDS
-from ebm_refine.detectron2.outlier_benchmark import METHODS, format_summary, run_outlier_benchmark
+from ebm_refine.detectron2.outlier_benchmark import (METHODS, format_summary, merge_results, plot_outlier_benchmark,
+                                                     run_outlier_benchmark)
+from ebm_refine.utils import UserError
 from ebm_refine.utils.cli import add_debug_argument, run_cli
+from ebm_refine.utils.fileio import atomic_write_text
 
 QUICK = {"fractions": [0.0, 0.4], "kinds": ["shift_scale"], "seeds": [0]}
 
@@ -45,6 +53,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS),
                    help="train with the plain loss, DeepGUM, or both (default both)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    p.add_argument("--merge", nargs="+", metavar="JSON",
+                   help="train nothing: combine these outlier_benchmark.json files (e.g. one per seed or setting) "
+                        "into <output>/outlier_benchmark.json and .png")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="extra config options for every run (KEY VALUE ...)")
     add_debug_argument(p)
     return p.parse_args(argv)
@@ -52,6 +63,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.merge:
+        return _merge(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     setup_logger(args.output, name="ebm_refine")
@@ -68,6 +81,31 @@ def main(argv=None) -> int:
           f"{grid['seeds']}, seed varies noise and SEED):\n" + format_summary(result))
     print(f"\n{len(result['runs'])} trainings of {result['iterations']} iterations in {time.perf_counter() - t0:.0f} s; "
           f"results in {args.output}/outlier_benchmark.json and .png")
+    return 0
+
+
+def _merge(args) -> int:
+    results = []
+    for path in args.merge:
+        try:
+            with open(path) as f:
+                results.append(json.load(f))
+        except FileNotFoundError:
+            raise UserError(f"{path}: no such file; pass the outlier_benchmark.json of earlier runs") from None
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}: not JSON ({e.msg} at line {e.lineno}); pass an outlier_benchmark.json") from None
+        if not isinstance(results[-1], dict) or "runs" not in results[-1] or "iterations" not in results[-1]:
+            raise UserError(f"{path}: not an outlier_benchmark.json (no 'runs' / 'iterations')")
+    try:
+        result = merge_results(results, args.merge)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "outlier_benchmark.json", json.dumps(result, indent=2))
+    plot_outlier_benchmark(result, out / "outlier_benchmark.png")
+    print(format_summary(result))
+    print(f"\n{len(result['runs'])} runs from {len(results)} files; results in {out}/outlier_benchmark.json and .png")
     return 0
 
 

@@ -39,7 +39,7 @@ from .benchmark import run_synthetic_benchmark, stage_cfg
 from .checkpoint import EBMCheckpointer
 
 __all__ = ["run_outlier_benchmark", "annotation_responsibilities", "outlier_detection_scores", "robust_opts",
-           "summarize", "plot_outlier_benchmark"]
+           "summarize", "merge_results", "plot_outlier_benchmark"]
 
 logger = logging.getLogger(__name__)
 METHODS = ("plain", "deepgum")
@@ -179,6 +179,40 @@ def _write(out: Path, runs: List[dict], iters: int, fractions, kinds, seeds, opt
     return result
 
 
+def merge_results(results: Sequence[dict], sources: Optional[Sequence[str]] = None) -> dict:
+    """Several ``outlier_benchmark.json`` results (e.g. one process per seed, or one per setting) as one.
+
+    Runs of a result written with extra config options keep them in their method's name
+    (``"deepgum (MODEL.EBM.ROBUST.RESIDUAL_START best_sample)"``), so that settings are not averaged together.
+
+    Raises:
+        ValueError (naming ``sources[i]``) when the results used different iteration counts, or when two of
+        them hold the same (kind, share, seed, method) run.
+    """
+    sources = list(sources) if sources is not None else [f"result {i}" for i in range(len(results))]
+    if not results:
+        raise ValueError("nothing to merge")
+    iters = {r["iterations"] for r in results}
+    if len(iters) > 1:
+        raise ValueError(f"{', '.join(sources)}: trained for different iteration counts {sorted(iters)}; "
+                         "merge only results of the same length")
+    runs, seen = [], {}
+    for src, res in zip(sources, results):
+        suffix = " ".join(str(o) for o in res.get("opts", []))
+        for run in res["runs"]:
+            run = {**run, "method": run["method"] + (f" ({suffix})" if suffix else "")}
+            key = (run["kind"], run["fraction"], run["seed"], run["method"])
+            if key in seen:
+                raise ValueError(f"{src}: run {key} is also in {seen[key]}; merge results of different runs")
+            seen[key] = src
+            runs.append(run)
+    kinds = [k for r in results for k in r["kinds"]]
+    return {"iterations": iters.pop(), "fractions": sorted({f for r in results for f in r["fractions"]}),
+            "kinds": list(dict.fromkeys(kinds)), "seeds": sorted({s for r in results for s in r["seeds"]}),
+            "opts": [], "seed_varies": results[0].get("seed_varies"), "merged_from": sources, "runs": runs,
+            "summary": summarize(runs)}
+
+
 def _mean_std(values: List[float]) -> dict:
     values = [v for v in values if v is not None]
     if not values:
@@ -232,8 +266,11 @@ def plot_outlier_benchmark(result: dict, path: Path) -> Path:
     rows = result["summary"]
     kinds = result["kinds"]
     fig, axes = plt.subplots(1, len(kinds) + 1, figsize=(4.2 * (len(kinds) + 1), 3.6), squeeze=False)
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    styles = ("o--", "s-", "^-.", "d:")
     for ax, kind in zip(axes[0], kinds):
-        for method, style in zip(METHODS, ("o--", "s-")):
+        for i, method in enumerate(methods):
+            style = styles[i % len(styles)]
             pts = sorted((r["fraction"], r["AP_refined"]) for r in rows
                          if r["method"] == method and r["kind"] in (kind, "none") and r["AP_refined"]["mean"] is not None)
             if pts:
@@ -243,13 +280,16 @@ def plot_outlier_benchmark(result: dict, path: Path) -> Path:
         ax.grid(True, linestyle=":")
         ax.legend()
     ax = axes[0][-1]
+    robust = [m for m in methods if m.startswith("deepgum")]
     for metric, style in (("outlier_precision", "o-"), ("outlier_recall", "s-")):
         for kind in kinds:
-            pts = sorted((r["fraction"], r[metric]) for r in rows
-                         if r["method"] == "deepgum" and r["kind"] == kind and r[metric]["mean"] is not None)
-            if pts:
-                ax.errorbar([100 * f for f, _ in pts], [d["mean"] for _, d in pts], yerr=[d["std"] for _, d in pts],
-                            fmt=style, capsize=3, label=f"{metric.split('_')[1]} ({kind})")
+            for method in robust:
+                pts = sorted((r["fraction"], r[metric]) for r in rows
+                             if r["method"] == method and r["kind"] == kind and r[metric]["mean"] is not None)
+                if pts:
+                    label = f"{metric.split('_')[1]} ({kind}{'' if len(robust) == 1 else ', ' + method})"
+                    ax.errorbar([100 * f for f, _ in pts], [d["mean"] for _, d in pts],
+                                yerr=[d["std"] for _, d in pts], fmt=style, capsize=3, label=label)
     ax.set(title="DeepGUM: r < 0.5 vs true outliers", xlabel="outlier share [%]", ylim=(0, 1.05))
     ax.grid(True, linestyle=":")
     ax.legend(fontsize=8)

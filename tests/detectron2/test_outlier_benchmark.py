@@ -107,3 +107,53 @@ def test_tool_runs_deepgum_alone_with_the_detectors_residuals(synthetic_names, t
     # Every annotation is scored (the annotation itself is always one of its foreground proposals).
     assert det["annotations"] == sum(len(r["annotations"]) for r in DatasetCatalog.get(synthetic_names[0]))
     assert det["outliers"] == round(0.4 * det["annotations"]) and 0.05 < det["rho"] <= 1.0
+
+
+def _result(seed_aps, opts=(), iters=500, method="plain"):
+    """A well-formed outlier_benchmark.json result with one 20 % shift_scale run per (seed, refined AP)."""
+    runs = [{"kind": "shift_scale", "fraction": 0.2, "seed": seed, "method": method,
+             "box_ap": {"unrefined": {"AP": ap - 4.0, "AP75": ap - 5.0}, "refined": {"AP": ap, "AP75": ap + 1.0}},
+             "outlier_detection": {"precision": 0.5, "recall": 0.25, "rho": 0.9}} for seed, ap in seed_aps]
+    return {"iterations": iters, "fractions": [0.2], "kinds": ["shift_scale"], "seeds": [s for s, _ in seed_aps],
+            "opts": list(opts), "seed_varies": "annotation noise and Detectron2 SEED", "runs": runs}
+
+
+def test_merge_combines_processes_and_keeps_settings_apart(tmp_path, one_line_error):
+    from ebm_refine.detectron2.outlier_benchmark import merge_results
+
+    # One process per seed for plain, one for DeepGUM with a residual option: 3 + 3 runs, two methods.
+    parts = [_result([(0, 14.0)]), _result([(1, 16.0)]), _result([(2, 18.0)]),
+             _result([(0, 13.0), (1, 15.0), (2, 14.0)], opts=["MODEL.EBM.ROBUST.RESIDUAL_START", "best_sample"],
+                     method="deepgum")]
+    merged = merge_results(parts)
+    rows = {r["method"]: r for r in merged["summary"]}
+    assert set(rows) == {"plain", "deepgum (MODEL.EBM.ROBUST.RESIDUAL_START best_sample)"}
+    assert rows["plain"]["AP_refined"] == {"mean": 16.0, "std": 2.0, "n": 3}  # sample std of 14, 16, 18
+    assert rows["plain"]["AP_unrefined"]["mean"] == 12.0
+    assert rows["deepgum (MODEL.EBM.ROBUST.RESIDUAL_START best_sample)"]["AP_refined"]["mean"] == 14.0
+    assert merged["seeds"] == [0, 1, 2] and merged["iterations"] == 500 and len(merged["runs"]) == 6
+    with pytest.raises(ValueError, match="also in"):
+        merge_results([parts[0], parts[0]], ["a.json", "b.json"])
+    with pytest.raises(ValueError, match="different iteration counts"):
+        merge_results([parts[0], _result([(1, 16.0)], iters=30)])
+
+    # The tool: files in, one JSON and figure out; a bad file is a one-line error naming it.
+    import subprocess
+    import sys
+
+    paths = []
+    for i, part in enumerate(parts):
+        paths.append(tmp_path / f"s{i}.json")
+        paths[-1].write_text(json.dumps(part))
+    tool = [sys.executable, str(REPO / "tools" / "outlier_detection_benchmark.py")]
+    res = subprocess.run(tool + ["--merge", *map(str, paths), "--output", str(tmp_path / "all")],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert "16.0 ± 2.0" in res.stdout
+    assert json.loads((tmp_path / "all" / "outlier_benchmark.json").read_text())["summary"] == merged["summary"]
+    assert (tmp_path / "all" / "outlier_benchmark.png").stat().st_size > 10_000
+    (tmp_path / "bad.json").write_text("{not json")
+    res = subprocess.run(tool + ["--merge", str(paths[0]), str(tmp_path / "bad.json"), "--output", str(tmp_path / "x")],
+                         capture_output=True, text=True)
+    assert res.returncode != 0
+    one_line_error(res.stderr, "outlier_detection_benchmark.py", "bad.json", "not JSON")
