@@ -275,10 +275,10 @@ def plot_outlier_benchmark(result: dict, path: Path) -> Path:
                          if r["method"] == method and r["kind"] in (kind, "none") and r["AP_refined"]["mean"] is not None)
             if pts:
                 ax.errorbar([100 * f for f, _ in pts], [d["mean"] for _, d in pts], yerr=[d["std"] for _, d in pts],
-                            fmt=style, capsize=3, label=method)
+                            fmt=style, capsize=3, label=method.replace(" (", "\n("))  # merged options on a line
         ax.set(title=f"noise: {kind}", xlabel="outlier share [%]", ylabel="AP of refined boxes")
         ax.grid(True, linestyle=":")
-        ax.legend()
+        ax.legend(fontsize=7)
     ax = axes[0][-1]
     robust = [m for m in methods if m.startswith("deepgum")]
     for metric, style in (("outlier_precision", "o-"), ("outlier_recall", "s-")):
@@ -288,6 +288,7 @@ def plot_outlier_benchmark(result: dict, path: Path) -> Path:
                              if r["method"] == method and r["kind"] == kind and r[metric]["mean"] is not None)
                 if pts:
                     label = f"{metric.split('_')[1]} ({kind}{'' if len(robust) == 1 else ', ' + method})"
+                    label = label.replace(" (MODEL", "\n(MODEL")
                     ax.errorbar([100 * f for f, _ in pts], [d["mean"] for _, d in pts],
                                 yerr=[d["std"] for _, d in pts], fmt=style, capsize=3, label=label)
     ax.set(title="DeepGUM: r < 0.5 vs true outliers", xlabel="outlier share [%]", ylim=(0, 1.05))
