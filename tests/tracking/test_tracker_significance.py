@@ -63,6 +63,16 @@ def test_frame_errors_follow_the_pytracking_rules(runs):
     np.testing.assert_allclose(err, [_err(3), 1.0])
 
 
+def test_frames_without_a_ground_truth_box_are_left_out_on_every_dataset():
+    # An OTB-style sequence with a NaN row (validation's group2_2 has one): that frame has no error, the rest do.
+    gt = GT_A.copy()
+    gt[2] = np.nan
+    seq = Sequence("a", [f"/none/a/{i}.jpg" for i in range(5)], gt, "otb")
+    index, err = sequence_frame_errors(GT_A + [1.0, 0, 0, 0], seq)
+    assert index.tolist() == [1, 3, 4]
+    np.testing.assert_allclose(err, [_err(1)] * 3)
+
+
 def test_per_frame_errors_and_pooled_comparison(runs):
     seqs = _sequences()
     data = tracker_per_sample_errors(seqs, runs, run_names=["s0", "s1"])

@@ -36,10 +36,17 @@ UNITS = ("frame", "sequence")
 
 def sequence_frame_errors(pred: np.ndarray, seq: Sequence,
                           source: str = "<prediction>") -> Tuple[np.ndarray, np.ndarray]:
-    """(frame indices (V,), errors 1 - IoU (V,)) of the valid frames after frame 0 of one sequence."""
+    """(frame indices (V,), errors 1 - IoU (V,)) of the valid frames after frame 0 of one sequence.
+
+    A frame whose ground truth is not a box (NaN, e.g. an OTB row for a target out of view) has no error and is
+    left out, on every dataset: the ``otb`` protocol scores it as an invalid frame, and pytracking's own rule
+    (NaN only on UAV datasets) is a rule for its success curves, not for a paired test.
+    """
     if not seq.has_full_ground_truth:
         raise BadValueError(f"sequence {seq.name!r} has only the first-frame box: it has no per-frame errors")
-    frames = pytracking_frame_errors(pred, seq.ground_truth, seq.dataset, seq.target_visible, source)
+    gt = np.array(seq.ground_truth, dtype=np.float64)
+    gt[~np.isfinite(gt).all(1)] = 0.0  # zero size: an invalid frame under the protocol's rules
+    frames = pytracking_frame_errors(pred, gt, seq.dataset, seq.target_visible, source)
     keep = frames["valid"].copy()
     keep[0] = False
     index = np.flatnonzero(keep)
