@@ -13,7 +13,7 @@ from ebm_refine.tracking.tracker import EBMAtomTracker, load_tracker_params
 from ebm_refine.tracking.tracker.adaptation import adapt_modulation, adaptation_views
 from ebm_refine.utils.config import merge_params
 
-from tracker_helpers import TINY_NET, TINY_TRACKER, one_torch_thread
+from tracker_helpers import TINY_NET, TINY_TRACKER, fit_tiny_estimator, one_torch_thread
 
 
 def _params(**adaptation):
@@ -63,36 +63,11 @@ def test_pooling_commutes_with_the_modulation(tiny_net):
     torch.testing.assert_close(folded, direct, rtol=1e-5, atol=1e-5)
 
 
-def _fitted_net(seq):
-    """A tiny estimator fitted with ML-IS to one (frame 0, frame 3) pair: an energy that depends on the box
-    (a random-init one is nearly flat in the modulation), sharp and wrong on views it was not fitted to."""
-    from ebm_refine.tracking.processing import image_to_tensor, sample_patch
-    from ebm_refine.tracking.train.loss import box_estimation_loss
-
-    def crop(i):
-        x, y, w, h = seq.boxes[i]
-        img, tf = sample_patch(seq.frame(i), (x + w / 2, y + h / 2), float(np.sqrt(w * h)) * 4.0, 128)
-        return image_to_tensor(img), torch.tensor(tf.boxes_to_crop(np.array([x, y, x + w, y + h])), dtype=torch.float32)
-
-    torch.manual_seed(0)
-    net = TrackerNet(dict(TINY_NET, loss={"method": "ml_is", "sigmas": [0.05, 0.5], "num_samples": 32}))
-    (ref_img, ref_box), (test_img, test_box) = crop(0), crop(3)
-    ref_f, test_f = net.extract(ref_img), net.extract(test_img)
-    opt = torch.optim.Adam(net.estimator.parameters(), lr=3e-3)
-    gen = torch.Generator().manual_seed(0)
-    net.train()
-    for _ in range(60):
-        loss = box_estimation_loss(net.estimator, ref_f, ref_box[None], test_f, test_box[None], net.config["loss"], gen)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    net.zero_grad(set_to_none=True)
-    return net.eval()
-
-
 def test_adaptation_lowers_the_first_frame_loss_and_leaves_the_network_alone(small_seq):
     with one_torch_thread():
-        net = _fitted_net(small_seq)
+        # Fitted to frames 0 and 3: an energy that depends on the box (a random-init one is nearly flat in the
+        # modulation), sharp and wrong on the zoomed and shifted views it was not fitted to.
+        net = fit_tiny_estimator(small_seq, 60)[0]
     before = {k: v.clone() for k, v in net.state_dict().items()}
     params = _params(steps=40)
     feats, boxes = _views(net, small_seq, params)
@@ -122,17 +97,11 @@ def test_tracker_adapts_only_when_asked(tiny_net, small_seq):
             tracks.append([tr.track(small_seq.frame(i))["target_bbox"] for i in (1, 2)])
         assert (out["time_adapt"] > 0) == (steps > 0) and out["time_adapt"] < out["time"]
         mods.append(tr.modulation)
-    # steps 0: the reference branch's vectors, exactly (the paper's tracker and every earlier result).
-    crop, tf = EBMAtomTracker(_params(), net=tiny_net)._crop(small_seq.frame(0), np.asarray(small_seq.boxes[0][:2]) +
-                                                             np.asarray(small_seq.boxes[0][2:]) / 2,
-                                                             np.asarray(small_seq.boxes[0][2:]))
-    x, y, w, h = small_seq.boxes[0]
+    # steps 0: the reference branch's vectors, exactly (the paper's tracker and every earlier result); the
+    # first view is the tracker's own first-frame crop.
+    feats, boxes = _views(tiny_net, small_seq, _params())
     with torch.no_grad():
-        from ebm_refine.tracking.processing import image_to_tensor
-
-        ref = tiny_net.estimator.reference(tiny_net.backbone(image_to_tensor(crop)),
-                                           torch.tensor(tf.boxes_to_crop(np.array([x, y, x + w, y + h])),
-                                                        dtype=torch.float32)[None])
+        ref = tiny_net.estimator.reference({k: v[:1] for k, v in feats.items()}, boxes[:1])
     torch.testing.assert_close(mods[0][0], ref[0])
     assert not torch.allclose(mods[1][0], mods[0][0])
     assert all(np.isfinite(b).all() and b[2] > 0 for b in tracks[1])

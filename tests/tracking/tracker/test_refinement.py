@@ -7,40 +7,16 @@ import torch
 
 from ebm_refine.core.boxes import box_iou_aligned, decode_relative
 from ebm_refine.core.refine import refine_boxes
-from ebm_refine.tracking.models import TrackerNet
-from ebm_refine.tracking.processing import image_to_tensor, sample_patch
 from ebm_refine.tracking.tracker import load_tracker_params
 from ebm_refine.tracking.tracker.box_estimation import estimate_box, scale_log_prior
 
-from tracker_helpers import TINY_NET
-
-
-def _crop(seq, i, size=128):
-    x, y, w, h = seq.boxes[i]
-    crop, tf = sample_patch(seq.frame(i), (x + w / 2, y + h / 2), float(np.sqrt(w * h)) * 4.0, size)
-    box = torch.tensor(tf.boxes_to_crop(np.array([x, y, x + w, y + h])), dtype=torch.float32)
-    return image_to_tensor(crop), box
+from tracker_helpers import fit_tiny_estimator, target_crop
 
 
 @pytest.fixture(scope="module")
 def trained(small_seq):
     """A tiny estimator fitted with ML-IS to one synthetic (reference, test) pair."""
-    torch.manual_seed(0)
-    net = TrackerNet(dict(TINY_NET, loss={"method": "ml_is", "sigmas": [0.05, 0.5], "num_samples": 32}))
-    ref_img, ref_box = _crop(small_seq, 0)
-    test_img, test_box = _crop(small_seq, 3)
-    ref_f, test_f = net.extract(ref_img), net.extract(test_img)
-    opt = torch.optim.Adam(net.estimator.parameters(), lr=3e-3)
-    gen = torch.Generator().manual_seed(0)
-    from ebm_refine.tracking.train.loss import box_estimation_loss
-
-    net.train()
-    for _ in range(100):
-        loss = box_estimation_loss(net.estimator, ref_f, ref_box[None], test_f, test_box[None], net.config["loss"], gen)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    net.eval()
+    net, (ref_f, ref_box), (test_f, test_box) = fit_tiny_estimator(small_seq, 100)
     with torch.no_grad():
         tf = net.estimator.test_features(test_f, net.estimator.reference(ref_f, ref_box[None]))
     return net, tf, test_box
@@ -73,7 +49,7 @@ def test_refinement_improves_iou_of_perturbed_boxes(trained):
 
 
 def test_refiner_never_lowers_the_energy_of_an_untrained_net(tiny_net, small_seq):
-    test_img, gt = _crop(small_seq, 2)
+    test_img, gt = target_crop(small_seq, 2)
     f = tiny_net.extract(test_img)
     with torch.no_grad():
         tf = tiny_net.estimator.test_features(f, tiny_net.estimator.reference(f, gt[None]))
@@ -94,7 +70,7 @@ def test_scale_log_prior_values():
 def test_scale_prior_ranks_by_the_log_posterior(tiny_net, small_seq):
     """The top-k are chosen by f + the log-prior of the size change: a narrow prior picks the candidate of the
     previous size whatever f says; no prior ranks by f alone (the paper)."""
-    test_img, gt = _crop(small_seq, 2)
+    test_img, gt = target_crop(small_seq, 2)
     f = tiny_net.extract(test_img)
     modulation = tiny_net.estimator.reference(f, gt[None])
     c = (gt[:2] + gt[2:]) / 2
