@@ -31,13 +31,9 @@ status 2 (``--debug`` shows the traceback); docs/bad_input.md lists every case.
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import hashlib
-import json
 import os
-import re
 import sys
-from typing import List, Optional, Tuple
+from typing import List, Optional
 
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
 
@@ -45,55 +41,11 @@ from ebm_refine.tracking.datasets import dataset_names, load_dataset  # noqa: E4
 from ebm_refine.tracking.evaluation import (PROTOCOLS, RunError, describe_trackers,  # noqa: E402
                                             evaluate_results, format_table, get_tracker_factory,
                                             pack_trackingnet, run_dataset, tracker_results_dir, write_report)
-from ebm_refine.tracking.evaluation.registry import TrackerFactory, tracker_names  # noqa: E402
+from ebm_refine.tracking.evaluation.registry import (results_name, split_tracker_spec,  # noqa: E402
+                                                     with_overrides)
 from ebm_refine.tracking.evaluation.results import result_path  # noqa: E402
-from ebm_refine.utils.config import apply_dotted_overrides  # noqa: E402
 from ebm_refine.utils import MissingFileError, UserError  # noqa: E402
 from ebm_refine.utils.cli import add_debug_argument, log_to_stderr, run_cli  # noqa: E402
-
-
-def _split_tracker(spec: str, default_params: str) -> Tuple[str, str]:
-    # "name/params"; a registered name takes everything after its "/" (a parameter-file path may hold
-    # "/"), an import string "pkg.mod:Class" may carry "/params" too
-    head, sep, rest = spec.partition("/")
-    if sep and head in tracker_names():
-        return head, rest
-    if "/" in spec:
-        name, params = spec.rsplit("/", 1)
-        return name, params
-    return spec, default_params
-
-
-def _with_tag(params: str, items: List[str]) -> str:
-    """Results name of a parameter set with ``--set`` overrides: ``<params>+<items>`` (a hash if long)."""
-    if not items:
-        return params
-    tag = ",".join(items)
-    if len(tag) > 60 or not re.fullmatch(r"[A-Za-z0-9_.,=+\-\[\]]+", tag):
-        tag = hashlib.sha1(json.dumps(apply_dotted_overrides({}, items), sort_keys=True).encode()).hexdigest()[:10]
-    return f"{params}+{tag}"
-
-
-def _with_overrides(factory: TrackerFactory, items: List[str]) -> TrackerFactory:
-    """The factory with ``--set`` tracker-parameter overrides, results under ``<params>+<overrides>``.
-
-    ``ebm_atom`` takes them as nested parameter overrides (``box_refinement.num_steps=5``); other
-    trackers as constructor keyword arguments (``template_lr=0.1``).
-    """
-    if not items:
-        return factory
-    nested = apply_dotted_overrides({}, items)
-    kwargs = dict(factory.kwargs)
-    if factory.name == "ebm_atom":
-        kwargs["overrides"] = nested
-    else:
-        kwargs.update(nested)
-    out = dataclasses.replace(factory, params=_with_tag(factory.params, items), kwargs=kwargs)
-    try:
-        out()  # build one in this process: a bad key or value fails here, once, not in every worker
-    except TypeError as exc:
-        raise UserError(f"--set: tracker {factory.name!r} does not take {', '.join(sorted(nested))} ({exc})") from None
-    return out
 
 
 def _sequence_list(arg: Optional[str]) -> Optional[List[str]]:
@@ -178,17 +130,17 @@ def main(argv: Optional[List[str]] = None) -> int:
                              **_dataset_options(args))
     print(f"{args.dataset}: {len(sequences)} sequence(s), {sum(len(s) for s in sequences)} frames")
     specs = args.tracker or ([] if args.result_dir else ["ncc"])
-    trackers = [_split_tracker(t, args.params) for t in specs]
+    trackers = [split_tracker_spec(t, args.params) for t in specs]
 
     # Named result folders: (display name, folder).
     folders = []
     for name, params in trackers:
         if args.mode == "score" and ":" not in name:
             # scoring existing results needs no registered tracker
-            params = _with_tag(params, args.set)
+            params = results_name(params, args.set)
             folders.append((f"{name}/{params}", tracker_results_dir(args.results, name, params)))
             continue
-        factory = _with_overrides(get_tracker_factory(name, params), args.set)
+        factory = with_overrides(get_tracker_factory(name, params), args.set)
         out_dir = tracker_results_dir(args.results, factory.name, factory.params)
         folders.append((f"{factory.name}/{factory.params}", out_dir))
         if args.mode in ("run", "both"):

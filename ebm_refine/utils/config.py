@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence
 
 import yaml
@@ -57,24 +58,38 @@ def merge_params(base: Dict[str, Any], override: Optional[Dict[str, Any]], path:
 def apply_dotted_overrides(target: Dict[str, Any], items: Sequence[str]) -> Dict[str, Any]:
     """Command-line ``a.b.c=value`` items (value parsed as YAML) written into ``target``, in place.
 
-    Missing sections are created (unknown keys are caught when the result is merged strictly). Raises
-    :class:`OverrideError` (a ``UserError`` and ``ValueError``) for an item without ``=``, a path through
-    a non-section value or a value that is not YAML. Returns ``target``.
+    Missing sections are created (unknown keys are caught when the result is merged strictly). An integer
+    part indexes an existing list (``data.sources.0.sequences=[a,b]`` changes the first source's sequences).
+    Raises :class:`OverrideError` (a ``UserError`` and ``ValueError``) for an item without ``=``, a path
+    through a non-section value, a list index out of range or a value that is not YAML. Returns ``target``.
     """
     for item in items:
         if "=" not in item:
             raise OverrideError(f"--set expects key=value, got {item!r}")
         key, value = item.split("=", 1)
-        node = target
-        parts = key.split(".")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                raise OverrideError(f"--set {key}: {p!r} is not a section")
         try:
-            node[parts[-1]] = yaml.safe_load(value)
+            parsed = yaml.safe_load(value)
         except yaml.YAMLError as exc:
             raise OverrideError(f"--set {key}: value {value!r} is not valid YAML ({exc.__class__.__name__})") from None
+        node: Any = target
+        parts = key.split(".")
+        for i, p in enumerate(parts):
+            last = i == len(parts) - 1
+            if isinstance(node, list):
+                if not re.fullmatch(r"\d+", p) or int(p) >= len(node):
+                    raise OverrideError(f"--set {key}: {p!r} is not an index of the {len(node)}-entry list "
+                                        f"{'.'.join(parts[:i])!r}")
+                if last:
+                    node[int(p)] = parsed
+                else:
+                    node = node[int(p)]
+            elif isinstance(node, dict):
+                if last:
+                    node[p] = parsed
+                else:
+                    node = node.setdefault(p, {})
+            else:
+                raise OverrideError(f"--set {key}: {parts[i - 1]!r} is not a section")
     return target
 
 

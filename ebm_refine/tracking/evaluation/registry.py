@@ -13,11 +13,16 @@ KCF trackers, the optional dependency ``opencv-contrib-python-headless``).
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import importlib
+import json
+import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Mapping, Optional, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
-from ...utils import BadValueError, UnknownNameError
+from ...utils import BadValueError, UnknownNameError, UserError
+from ...utils.config import apply_dotted_overrides, merge_params
 
 Builder = Union[str, Callable[..., Any]]
 
@@ -143,6 +148,65 @@ def get_tracker_factory(name: str, params: str = "default", **overrides: Any) ->
     raise UnknownNameError(f"unknown tracker {name!r}; registered: {', '.join(tracker_names())} "
                            f"(or pass 'package.module:Class')")
 
+
+
+def split_tracker_spec(spec: str, default_params: str = "default") -> Tuple[str, str]:
+    """``"name/params"`` -> ``(name, params)``.
+
+    A registered name takes everything after its ``/`` (a parameter-file path may hold ``/``); an import
+    string ``"pkg.mod:Class"`` may carry ``/params`` too; a bare name gets ``default_params``.
+    """
+    head, sep, rest = spec.partition("/")
+    if sep and head in _REGISTRY:
+        return head, rest
+    if "/" in spec:
+        name, params = spec.rsplit("/", 1)
+        return name, params
+    return spec, default_params
+
+
+def results_name(params: str, items: Sequence[str]) -> str:
+    """Results-folder name of a parameter set with ``--set`` overrides: ``<params>+<items>``.
+
+    The items are joined with ``,``; when that is long or holds characters unsafe in a folder name (a
+    path), a 10-character hash of the parsed overrides stands for them.
+    """
+    if not items:
+        return params
+    tag = ",".join(items)
+    if len(tag) > 60 or not re.fullmatch(r"[A-Za-z0-9_.,=+\-\[\]]+", tag):
+        nested = apply_dotted_overrides({}, list(items))
+        tag = hashlib.sha1(json.dumps(nested, sort_keys=True).encode()).hexdigest()[:10]
+    return f"{params}+{tag}"
+
+
+def with_overrides(factory: TrackerFactory, items: Sequence[str], params: Optional[str] = None) -> TrackerFactory:
+    """The factory with ``key=value`` tracker-parameter overrides (values parsed as YAML).
+
+    ``ebm_atom`` takes them as nested parameter overrides (``box_refinement.num_steps=5``); other trackers
+    as constructor keyword arguments (``template_lr=0.1``). The results name becomes
+    :func:`results_name` of the items, or ``params`` when given. One tracker is built here, so a bad key or
+    value fails once, in the caller's process, rather than in every worker.
+
+    Raises:
+        UserError naming the keys a tracker does not take (other bad values raise their own UserError).
+    """
+    if not items:
+        return factory if params is None else dataclasses.replace(factory, params=params)
+    nested = apply_dotted_overrides({}, list(items))
+    kwargs = dict(factory.kwargs)
+    if factory.name == "ebm_atom":
+        kwargs["overrides"] = merge_params(kwargs.get("overrides") or {}, nested, strict=False)
+    else:
+        kwargs.update(nested)
+    name = params if params is not None else results_name(factory.params, items)
+    out = dataclasses.replace(factory, params=name, kwargs=kwargs)
+    try:
+        out()
+    except TypeError as exc:
+        raise UserError(f"--set: tracker {factory.name!r} does not take {', '.join(sorted(nested))} "
+                        f"({exc})") from None
+    return out
 
 _BASELINES = "ebm_refine.tracking.evaluation.baselines"
 register_tracker(
