@@ -225,7 +225,8 @@ for _algo, _what in (("csrt", "CSRT (discriminative correlation filter, channel 
 register_tracker(
     "ebm_atom", "ebm_refine.tracking.tracker.ebm_atom:EBMAtomTracker",
     {"default": {"params": "ebm"}, **{name: {"params": name} for name in
-                                      ("ebm", "ebm_fast", "ebm_backtracking", "iounet", "norefine")}},
-    description="ATOM-style tracker, box refinement by an EBM (ebm), IoU-Net (iounet) or none (norefine); "
+                                      ("ebm", "ebm_fast", "ebm_paper", "ebm_backtracking", "iounet", "norefine")}},
+    description="ATOM-style tracker, box refinement by an EBM (ebm; ebm_paper without first-frame adaptation), "
+                "IoU-Net (iounet) or none (norefine); "
                 "ebm_atom/<path.yaml> for another parameter file",
     param_resolver="ebm_refine.tracking.tracker.params:tracker_param_set")

@@ -172,7 +172,16 @@ def test_parameter_files():
     fast, ref = load_tracker_params("ebm_fast"), load_tracker_params("ebm")
     assert fast["box_refinement"]["num_steps"] == 3 and ref["box_refinement"]["num_steps"] == 10
     fast["box_refinement"]["num_steps"] = 10
-    assert fast == ref  # the speed setting differs from the paper's only in the number of steps
+    assert fast == ref  # the speed setting differs from ebm only in the number of steps
+    # ebm adapts the modulation to the first frame (chosen by cross-validation); ebm_paper is the paper's
+    # tracker exactly, and the modes without an ML-IS energy do not adapt.
+    assert ref["box_refinement"]["adaptation"]["steps"] == 30
+    paper_exact = load_tracker_params("ebm_paper")
+    assert paper_exact["box_refinement"]["adaptation"]["steps"] == 0
+    paper_exact["box_refinement"]["adaptation"]["steps"] = 30
+    assert paper_exact == ref
+    for name in ("norefine", "iounet", "ebm_backtracking"):
+        assert load_tracker_params(name)["box_refinement"]["adaptation"]["steps"] == 0, name
     with pytest.raises(KeyError, match="box_refinement.nmu_steps"):
         load_tracker_params("ebm", {"box_refinement": {"nmu_steps": 3}})
 
@@ -246,3 +255,20 @@ def test_shipped_ebm_network_does_not_collapse_on_real_video(shared_data, params
     stats = probe_tracking(EBMAtomTracker(params), [seq])["all"]
     assert stats["frames"] == len(seq) - 1
     assert 0.7 <= stats["median_area_ratio"] <= 1.4, stats
+
+
+@pytest.mark.slow
+def test_first_frame_adaptation_stops_the_collapse_on_a_small_target(shared_data):
+    """The collapse the paper's tracker does not escape: UAV123@10fps wakeboard4 (a 25 x 30 px rider in
+    1280 x 720 frames), where the shipped network's reference branch ranks the rider's upper body above the
+    whole rider from the first frame on. Without adaptation (``ebm_paper``) the tracked box keeps about a third
+    of the true area; with it (``ebm``) the median ratio is within 0.7 - 1.4 (cross-validation runs: 0.33 and
+    1.02 with candidate-box seed 0, the seed of these parameter files)."""
+    from ebm_refine.tracking.datasets import load_dataset
+    from ebm_refine.tracking.tracker.diagnostics import probe_tracking
+
+    seq = load_dataset("otb", str(shared_data / "tracking_train"), sequences=["wakeboard4"])[0]
+    paper = probe_tracking(EBMAtomTracker("ebm_paper"), [seq])["all"]
+    adapted = probe_tracking(EBMAtomTracker("ebm"), [seq])["all"]
+    assert paper["median_area_ratio"] < 0.5, paper
+    assert 0.7 <= adapted["median_area_ratio"] <= 1.4 and adapted["mean_iou"] > paper["mean_iou"] + 0.1, adapted
