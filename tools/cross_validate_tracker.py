@@ -19,8 +19,8 @@ Four steps, each resumable; the work folder holds the plan, the networks and the
     # 4. mean +- std over the seeds, per fold and per sequence
     python tools/cross_validate_tracker.py report --work $W --tracker ebm_atom/ebm --tracker ebm_atom/norefine
 
-Results: ``<work>/results/<tracker>/<params>[+<overrides>]/seed<S>/<seq>.txt`` (pytracking layout over all
-folds' sequences, so ``tools/tracker_significance.py`` and ``tools/eval_tracking.py --mode score
+Results: ``<work>/results/<tracker>/<params>[+<overrides>]/<network>_seed<S>/<seq>.txt`` (``seed<S>`` for a
+tracker without a network; pytracking layout over all folds' sequences, so ``tools/tracker_significance.py`` and ``tools/eval_tracking.py --mode score
 --result-dir`` read them as they are). Networks: ``<work>/networks/<name>/fold<K>/net.pth``.
 Bad input ends with one line naming the file or option and what to do (``--debug``: the traceback).
 """
@@ -133,7 +133,10 @@ def cmd_track(args) -> int:
                                    f"'train --fold {missing[0]}' or give --net {missing[0]}=PATH")
     failed = 0
     for seed in args.seed:
-        out_dir = os.path.join(args.work, "results", base.name, folder_name, f"seed{seed}")
+        # One folder per run: the network set (when the tracker has one) and the candidate-box seed, so that
+        # runs with networks of another training seed (--network) add to the same tracker's spread.
+        run = f"{args.network}_seed{seed}" if uses_network else f"seed{seed}"
+        out_dir = os.path.join(args.work, "results", base.name, folder_name, run)
         for k in todo:
             extra = [f"checkpoint={nets[k]}", f"seed={seed}"] if uses_network else []
             factory = with_overrides(base, list(args.set) + extra, params=folder_name)
@@ -150,14 +153,17 @@ def cmd_track(args) -> int:
     return 1 if failed else 0
 
 
-def _run_dirs(work: str, spec: str) -> Tuple[str, List[str]]:
-    """``(name/params, [seed folders])`` of a tracker's results."""
+def _run_dirs(work: str, spec: str, networks: Optional[List[str]] = None) -> Tuple[str, List[str]]:
+    """``(name/params, [run folders])`` of a tracker's results (only the runs of ``networks`` when given)."""
     name, params = split_tracker_spec(spec)
     try:  # a parameter file given by path has its results under the file's name
         params = get_tracker_factory(name, params).params
     except UserError:  # "<params>+<overrides>": a results-folder name, not a parameter set
         pass
-    dirs = sorted(glob.glob(os.path.join(work, "results", name, params, "seed*")))
+    dirs = sorted(glob.glob(os.path.join(work, "results", name, params, "*seed*")))
+    if networks:
+        dirs = [d for d in dirs if os.path.basename(d).rsplit("_seed", 1)[0] in networks
+                or os.path.basename(d).startswith("seed")]
     if not dirs:
         raise MissingFileError(f"{os.path.join(work, 'results', name, params)}: no results of --tracker {spec}; "
                                "run the 'track' step first (with --set, the folder is <params>+<overrides>)")
@@ -169,11 +175,12 @@ def cmd_report(args) -> int:
     folds = plan["folds"]
     rows = {}
     for spec in args.tracker:
-        label, dirs = _run_dirs(args.work, spec)
+        label, dirs = _run_dirs(args.work, spec, args.network)
         rows[label] = summarize_runs(sequences, dirs, args.protocol, folds)
     frames = sum(len(s) for s in sequences)
     lines = [f"{plan['dataset']} {plan['root']}: {len(sequences)} sequences ({frames} frames) in {len(folds)} "
-             f"folds, {args.protocol} protocol; mean +- std over the runs (seed folders)", "",
+             f"folds, {args.protocol} protocol; mean +- std over the runs (one per network set and "
+             "candidate-box seed)", "",
              "| tracker | runs | AUC | precision | OP50 | OP75 | " + " | ".join(f"fold {i}" for i in range(len(folds)))
              + " |", "|---" * (5 + len(folds)) + "|---|"]
     for spec, r in rows.items():
@@ -225,7 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tracker", required=True, help="NAME[/PARAMS], e.g. ebm_atom/ebm")
     s.add_argument("--seed", type=int, nargs="+", default=[0], help="candidate-box seeds, one run each")
     s.add_argument("--fold", type=int, nargs="*", help="only these folds (default: all)")
-    s.add_argument("--network", default="ebm", help="which trained networks (default ebm)")
+    s.add_argument("--network", default="ebm",
+                   help="which trained networks: networks/<name>/fold<K> (default ebm); another training seed "
+                        "of the same config is another name, and its runs join the same tracker's spread")
     s.add_argument("--net", action="append", default=[], metavar="FOLD=PATH",
                    help="use this network for a fold instead of the trained one (repeatable)")
     s.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
@@ -237,6 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("report", parents=[common], help="scores with their spread, per fold and sequence")
     s.add_argument("--tracker", action="append", required=True,
                    help="NAME/PARAMS[+overrides] as in results/, repeatable")
+    s.add_argument("--network", action="append",
+                   help="only the runs with these network sets (repeatable; default: every run)")
     s.add_argument("--protocol", choices=PROTOCOLS, default="otb")
     s.add_argument("--json", help="also write the numbers here")
     return p

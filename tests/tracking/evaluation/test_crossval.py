@@ -145,7 +145,7 @@ def test_tool_split_train_track_report(tool, otb_root, tmp_path, capsys, one_lin
     assert tool(["track", "--work", str(work), *tracker, "--seed", "0", "1", "--net", f"1={net0}",
                  "--no-progress"]) == 0
     runs = sorted((work / "results" / "ebm_atom" / "tiny").iterdir())
-    assert [r.name for r in runs] == ["seed0", "seed1"]
+    assert [r.name for r in runs] == ["ebm_seed0", "ebm_seed1"]
     for r in runs:
         assert sorted(p.name for p in r.glob("*.txt") if "_time" not in p.name) == \
             ["clipA_1.txt", "clipA_2.txt", "clipB.txt", "clipC.txt"]
@@ -162,6 +162,16 @@ def test_tool_split_train_track_report(tool, otb_root, tmp_path, capsys, one_lin
     assert len(aucs) == 2 and rep["mean"]["auc"] == pytest.approx(np.mean(aucs))
     assert rep["std"]["auc"] == pytest.approx(np.std(aucs)) and 0 < rep["mean"]["auc"] <= 100
     assert set(rep["per_fold"]) == {"0", "1"} and set(rep["per_sequence"]) == {"clipA_1", "clipA_2", "clipB", "clipC"}
+
+    # Runs with another network set (another training seed) join the same tracker's spread; --network picks.
+    assert tool(["track", "--work", str(work), *tracker, "--network", "other", "--net", f"0={net0}",
+                 "--net", f"1={net0}", "--no-progress"]) == 0
+    assert (work / "results" / "ebm_atom" / "tiny" / "other_seed0" / "clipC.txt").is_file()
+    capsys.readouterr()
+    assert tool(["report", "--work", str(work), *tracker, "--json", str(tmp_path / "all.json")]) == 0
+    assert len(json.loads((tmp_path / "all.json").read_text())["trackers"]["ebm_atom/tiny"]["runs"]) == 3
+    assert tool(["report", "--work", str(work), *tracker, "--network", "ebm", "--json", str(tmp_path / "e.json")]) == 0
+    assert json.loads((tmp_path / "e.json").read_text())["trackers"]["ebm_atom/tiny"]["runs"] == rep["runs"]
 
     assert tool(["report", "--work", str(work), "--tracker", "ebm_atom/other"]) == 2
     one_line_error(capsys.readouterr().err, "cross_validate_tracker.py", "no results of --tracker ebm_atom/other")
