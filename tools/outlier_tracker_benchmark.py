@@ -47,7 +47,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--kinds", nargs="+", choices=NOISE_KINDS, default=["shift_scale"], help="noise kinds")
     ap.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--params", default="ebm", help="tracker parameter set that evaluates each network")
+    ap.add_argument("--params", default="ebm_paper",
+                    help="tracker parameter set that evaluates each network (default: the paper's tracker, which the "
+                         "documented numbers used)")
     ap.add_argument("--root", help="clean evaluation sequences in OTB layout (default: <shared data>/tracking_train)")
     ap.add_argument("--sequences", default=VALIDATION, help=f"comma-separated names (default: {VALIDATION})")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",

@@ -200,7 +200,7 @@ def plot_tracker_outlier_benchmark(summary: _Seq[Dict[str, Any]], path: str) -> 
 def run_tracker_outlier_benchmark(output: str, base_config: Dict[str, Any], sequences: _Seq[Any], *,
                                   fractions: _Seq[float], kinds: _Seq[str], methods: _Seq[str] = METHODS,
                                   seeds: _Seq[int] = (0, 1, 2), robust: Optional[Dict[str, Any]] = None,
-                                  params: str = "ebm", tracker_overrides: Optional[Dict[str, Any]] = None,
+                                  params: str = "ebm_paper", tracker_overrides: Optional[Dict[str, Any]] = None,
                                   tag: str = "", diagnostic_pairs: int = 200,
                                   log: Callable[[str], None] = print) -> Dict[str, Any]:
     """Train and evaluate every run of the grid (module docstring); returns and writes the results.

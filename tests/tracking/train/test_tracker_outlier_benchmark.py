@@ -63,7 +63,7 @@ def test_benchmark_trains_tracks_and_reports_every_run(tmp_path):
     for r in result["runs"]:
         assert 0.0 <= r["auc"] <= 100.0 and set(r["per_sequence_auc"]) == {"s"}
         assert os.path.isfile(tmp_path / "out" / r["name"] / "net.pth")
-        assert os.path.isfile(tmp_path / "out" / r["name"] / "tracking" / "ebm" / "s.txt")
+        assert os.path.isfile(tmp_path / "out" / r["name"] / "tracking" / "ebm_paper" / "s.txt")
     noisy = next(r for r in result["runs"] if r["name"] == "shift_scale_40_deepgum_s0")
     assert noisy["rho"] is not None and 0.0 < noisy["rho"] <= 1.0
     plain = next(r for r in result["runs"] if r["name"] == "shift_scale_40_plain_s0")
