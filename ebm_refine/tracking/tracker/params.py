@@ -94,8 +94,8 @@ DEFAULT_TRACKER_PARAMS: Dict[str, Any] = {
         "scale_prior_sigma": None,
         # First-frame adaptation of the modulation vectors (tracker/adaptation.py): a few steps of the
         # network's own loss on views of the first frame, whose box is known. steps 0: off (the paper's
-        # tracker, ebm_paper.yaml). ebm.yaml sets 30: +5.9 AUC over the paper's tracker in 4-fold
-        # cross-validation on the 29 real training sequences (docs/tracker_results.md).
+        # tracker, ebm_paper.yaml). ebm.yaml sets 30: +3.7 AUC over the paper's tracker in 4-fold
+        # cross-validation on the 29 real training sequences, 2 training seeds (docs/tracker_results.md).
         "adaptation": {
             "steps": 0,
             "lr": 0.02,
