@@ -145,17 +145,19 @@ def fold_training_config(cfg: Mapping[str, object], root: str, train_sequences: 
     """A training config whose real-sequence source reads only ``train_sequences``.
 
     The source changed is the one ``data.sources`` entry of type ``dataset`` whose ``root`` is ``root``
-    (after ``$VAR`` / ``~`` expansion); every other source (COCO, synthetic) is kept.
+    (expanded as training expands it: ``$VARS``, ``~``, ``$EBM_SHARED_DATA`` defaulting to the checkout's
+    ``../shared/data``); every other source (COCO, synthetic) is kept.
 
     Raises:
         BadValueError when no source or several sources read ``root``.
     """
     cfg = copy.deepcopy(dict(cfg))
+    from ..train.config import expand_path  # the training config's own reading of a root ($VARS, ~)
+
     want = os.path.realpath(root)
     sources = cfg.get("data", {}).get("sources", [])
     hits = [i for i, s in enumerate(sources)
-            if s.get("type") == "dataset"
-            and os.path.realpath(os.path.expanduser(os.path.expandvars(str(s.get("root", ""))))) == want]
+            if s.get("type") == "dataset" and os.path.realpath(expand_path(str(s.get("root", "")))) == want]
     if len(hits) != 1:
         roots = ", ".join(str(s.get("root")) for s in sources if s.get("type") == "dataset") or "none"
         raise BadValueError(f"the training config needs exactly one 'dataset' source reading {root} "
@@ -187,9 +189,6 @@ def summarize_runs(sequences: Sequence[Any], run_dirs: Sequence[str], protocol: 
     out["mean"] = {k: float(np.mean([r[k] for r in runs])) for k in SCORE_KEYS}
     out["std"] = {k: float(np.std([r[k] for r in runs])) for k in SCORE_KEYS}
     out["per_sequence"] = {n: float(np.mean([r["per_sequence"][n]["auc"] for r in runs])) for n in by_name}
-    per_fold = {}
-    for i, fold in enumerate(folds):
-        seqs = [by_name[n] for n in fold]
-        per_fold[i] = float(np.mean([evaluate_results(seqs, d, protocol)["auc"] for d in run_dirs]))
-    out["per_fold"] = per_fold
+    # A set's AUC is the mean of its sequences' curves, so a fold's is the mean of its sequences' AUCs.
+    out["per_fold"] = {i: float(np.mean([out["per_sequence"][n] for n in fold])) for i, fold in enumerate(folds)}
     return out

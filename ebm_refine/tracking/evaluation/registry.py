@@ -149,7 +149,6 @@ def get_tracker_factory(name: str, params: str = "default", **overrides: Any) ->
                            f"(or pass 'package.module:Class')")
 
 
-
 def split_tracker_spec(spec: str, default_params: str = "default") -> Tuple[str, str]:
     """``"name/params"`` -> ``(name, params)``.
 
@@ -207,6 +206,7 @@ def with_overrides(factory: TrackerFactory, items: Sequence[str], params: Option
         raise UserError(f"--set: tracker {factory.name!r} does not take {', '.join(sorted(nested))} "
                         f"({exc})") from None
     return out
+
 
 _BASELINES = "ebm_refine.tracking.evaluation.baselines"
 register_tracker(

@@ -16,8 +16,8 @@ tracker can check and correct this, as it trains its online classifier on the sa
 
 It corrects the opposite failure too: energies that prefer boxes larger than the target (a thin building
 tracked at 5.6x its area, an occluded face at 2.1x) in cross-validation on the real training sequences,
-where it lifts the AUC from 44.6 to 50.5 (docs/tracker_results.md); ``configs/tracking/ebm.yaml`` uses
-30 steps.
+where it lifts the AUC from 45.9 to 49.6 (2 training seeds; docs/tracker_results.md);
+``configs/tracking/ebm.yaml`` uses 30 steps.
 
 Cost, once per sequence: one backbone pass per view, the test maps and one pooling of
 ``views x (num_samples + 1)`` boxes, then ``steps`` forward/backward passes of the small box layers only

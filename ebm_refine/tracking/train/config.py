@@ -70,7 +70,7 @@ DEFAULT_TRAIN: Dict[str, Any] = {
 }
 
 
-def _expand(path: str) -> str:
+def expand_path(path: str) -> str:
     """``~`` and ``$VARS`` expanded (``$EBM_SHARED_DATA`` defaults to the checkout's ``../shared/data``);
     relative paths stay relative to the current directory."""
     shared = shared_data_dir()
@@ -182,14 +182,14 @@ def build_sources(data_cfg: Dict[str, Any]) -> List[Tuple[Any, float]]:
             syn = dict(src.get("config", {}))
             bdir = src.get("background_dir")
             if bdir:
-                files = sorted(glob.glob(os.path.join(_expand(bdir), "*.jpg")) + glob.glob(os.path.join(_expand(bdir), "*.png")))
+                files = sorted(glob.glob(os.path.join(expand_path(bdir), "*.jpg")) + glob.glob(os.path.join(expand_path(bdir), "*.png")))
                 if not files:
-                    raise UserError(f"{where}: no .jpg/.png background images in {_expand(bdir)}; {hint}")
+                    raise UserError(f"{where}: no .jpg/.png background images in {expand_path(bdir)}; {hint}")
                 syn["background_images"] = files
             out.append((SyntheticDataset(int(src.get("num_sequences", 1000)), int(src.get("first_seed", 0)),
                                          SyntheticConfig(**syn)), weight))
         elif kind == "coco":
-            ann, images = _expand(src["ann_file"]), _expand(src["image_dir"])
+            ann, images = expand_path(src["ann_file"]), expand_path(src["image_dir"])
             if not os.path.isfile(ann):
                 raise UserError(f"{where}: annotation file {ann} not found; {hint}")
             if not os.path.isdir(images):
@@ -198,7 +198,7 @@ def build_sources(data_cfg: Dict[str, Any]) -> List[Tuple[Any, float]]:
         elif kind == "dataset":
             from ..datasets import load_dataset
 
-            root = _expand(src["root"])
+            root = expand_path(src["root"])
             if not os.path.isdir(root):
                 raise UserError(f"{where}: data root {root} not found; {hint}")
             kwargs = {k: v for k, v in src.items() if k not in ("type", "weight", "name", "root")}
