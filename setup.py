@@ -38,17 +38,18 @@ setup(
         "scipy",
         "tqdm",
         "matplotlib",
-        "opencv-python-headless",
+        # contrib: OpenCV's CSRT / KCF / NanoTrack trackers are peers in every tracking table. It provides the
+        # same cv2 module as opencv-python-headless; install only one of the two.
+        "opencv-contrib-python-headless",
         "pycocotools",
         "pyyaml",
     ],
     extras_require={
         # Detectron2 is not on PyPI under its own name; see README for the install routes.
-        "dev": ["pytest", "pytest-timeout", "got10k", "six"],
-        # The csrt / kcf baseline trackers (tools/eval_tracking.py --tracker csrt). Install the version of
-        # the installed opencv-python-headless (both provide the cv2 module), e.g.
-        #   pip install "opencv-contrib-python-headless==$(python -c 'import cv2; print(cv2.__version__)').*"
-        "baselines": ["opencv-contrib-python-headless"],
+        "dev": ["pytest", "pytest-timeout", "got10k", "six", "onnx", "onnxruntime"],
+        # Reading COCO-trained detectors from their ONNX exports (tools/convert_yolox_onnx.py) and
+        # checking the PyTorch port against onnxruntime.
+        "onnx": ["onnx", "onnxruntime"],
     },
     entry_points={},
 )

@@ -55,6 +55,14 @@ if ! "$VPY" -c "import detectron2" >/dev/null 2>&1; then
   "${PIP[@]}" "$TMP/sal_detectron2-0.7.2-py3-none-any.whl"
 fi
 
+# opencv-python-headless and opencv-contrib-python-headless both install the cv2 module; a plain one left
+# from an older install (or pulled in by another package) would shadow the contrib trackers we need.
+if "$VPY" -m pip show -q opencv-python-headless >/dev/null 2>&1; then
+  echo "[setup] replacing opencv-python-headless by opencv-contrib-python-headless (same cv2, plus the trackers)"
+  "$VPY" -m pip uninstall -y -q opencv-python-headless
+  "${PIP[@]}" --force-reinstall --no-deps opencv-contrib-python-headless
+fi
+
 echo "[setup] installing ebm_refine (editable) and its dependencies"
 "${PIP[@]}" -e "$ROOT[dev]"
 

@@ -143,7 +143,7 @@ def require_opencv_contrib() -> None:
     if not all(hasattr(cv2, cls) for cls in _CONTRIB.values()):
         raise UserError(
             f"the csrt / kcf baselines need OpenCV's contrib trackers, which this cv2 ({cv2.__version__}) lacks; "
-            f"pip install 'opencv-contrib-python-headless=={cv2.__version__}.*' (the extra ebm_refine[baselines]),"
+            f"pip install 'opencv-contrib-python-headless=={cv2.__version__}.*' (ebm_refine's own dependency),"
             f" the same version as the installed OpenCV")
 
 
