@@ -16,9 +16,9 @@ import time
 from pathlib import Path
 from typing import Dict, Optional, Sequence
 
-import torch
 
 from ..utils.fileio import atomic_save_torch, atomic_write_text
+from ..utils.safe_load import read_torch_file
 from .box_change import PER_BOX_FILE
 from .model_zoo import get_ebm_cfg
 from .engine import EBMTrainer
@@ -58,7 +58,7 @@ def train_and_test(cfg) -> Dict[str, Dict[str, float]]:
 
 def detector_only_checkpoint(weights: Path, out: Path) -> Path:
     """Strip the energy head so the baseline head starts from scratch on the same detector."""
-    state = torch.load(weights, map_location="cpu", weights_only=False)
+    state = read_torch_file(str(weights), "a Detectron2 checkpoint", "pass the model_final.pth of the EBM stage")
     detector = {k: v for k, v in state["model"].items() if not k.startswith(ENERGY_HEAD_PREFIX)}
     atomic_save_torch({"model": detector}, out)
     return out

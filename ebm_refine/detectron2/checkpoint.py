@@ -20,14 +20,18 @@ import os
 from typing import Any, Dict, List, Optional
 
 from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.utils.file_io import PathManager
 
 from ..utils.errors import UserError
 from ..utils.fileio import atomic_save_torch, atomic_write_text
+from ..utils.safe_load import load_plain_pickle, read_torch_file
 from .meta_arch import ENERGY_HEAD_PREFIX
 
 __all__ = ["EBMCheckpointer", "CheckpointError", "robust_state_holder"]
 
 logger = logging.getLogger(__name__)
+_READ_WHAT = "a readable checkpoint"
+_READ_HINT = "is it truncated, or not a Detectron2 / PyTorch checkpoint from a trusted source? (MODEL.WEIGHTS)"
 
 
 class CheckpointError(UserError):
@@ -50,6 +54,7 @@ class EBMCheckpointer(DetectionCheckpointer):
 
     # ----------------------------------------------------------------- loading
     def load(self, path: str, checkpointables: Optional[List[str]] = None) -> Dict[str, Any]:
+        self._loading_path = path  # named in the messages of _load_model, which only sees the weights
         try:
             return super().load(path, checkpointables)
         except BaseException as e:
@@ -63,7 +68,11 @@ class EBMCheckpointer(DetectionCheckpointer):
 
     def _load_file(self, filename: str) -> Dict[str, Any]:
         try:
-            data = super()._load_file(filename)
+            data = self._read_file(filename)
+        except CheckpointError:
+            raise
+        except UserError as e:  # the safe loaders' one-line errors (a refused or unreadable file)
+            raise CheckpointError(str(e)) from None
         except (AssertionError, ValueError) as e:
             raise CheckpointError(f"{filename}: not a usable checkpoint ({e})") from None
         except Exception as e:  # noqa: BLE001 - torch.load/pickle raise many types for a non-checkpoint file
@@ -75,12 +84,39 @@ class EBMCheckpointer(DetectionCheckpointer):
             raise CheckpointError(f"{filename}: not a Detectron2 checkpoint (no model weights in it)")
         return data
 
+    def _read_file(self, filename: str) -> Dict[str, Any]:
+        """Detectron2's file reading with safe loaders: ``.pkl`` (model zoo, Caffe2) through a plain-data
+        unpickler instead of ``pickle.load``, ``.pyth`` (pycls) and ``.pth`` through ``weights_only``."""
+        what, hint = _READ_WHAT, _READ_HINT
+        if filename.endswith(".pkl"):
+            with PathManager.open(filename, "rb") as f:
+                data = load_plain_pickle(f, filename, what, hint)
+            if not isinstance(data, dict):
+                raise CheckpointError(f"{filename}: not a Detectron2 checkpoint (it holds a {type(data).__name__})")
+            if "model" in data and "__author__" in data:  # Detectron2 model-zoo format
+                return data
+            data = data.get("blobs", data)  # Caffe2 detection models keep their weights under "blobs"
+            return {"model": {k: v for k, v in data.items() if not str(k).endswith("_momentum")},
+                    "__author__": "Caffe2", "matching_heuristics": True}
+        if filename.endswith(".pyth"):
+            data = read_torch_file(filename, what, hint)
+            if not isinstance(data, dict) or "model_state" not in data:
+                raise CheckpointError(f"{filename}: not a pycls checkpoint (no 'model_state'); {hint}")
+            return {"model": {k: v for k, v in data["model_state"].items() if not k.endswith("num_batches_tracked")},
+                    "__author__": "pycls", "matching_heuristics": True}
+        return super()._load_file(filename)
+
+    def _torch_load(self, f: str) -> Any:
+        return read_torch_file(f, _READ_WHAT, _READ_HINT)
+
     def _load_model(self, checkpoint: Dict[str, Any]):
         model_keys = set(self.model.state_dict())
         names = {k[len("module."):] if k.startswith("module.") else k for k in checkpoint["model"]}
+        source = getattr(self, "_loading_path", None) or "the checkpoint"
         no_overlap = CheckpointError(
-            "the checkpoint shares no tensor with this model (another kind of network, e.g. a tracker "
-            f"checkpoint?): e.g. the model wants {sorted(model_keys)[0]!r}, the file has {sorted(names)[0]!r}"
+            f"{source}: shares no tensor with this model (another kind of network, e.g. a tracker checkpoint or "
+            f"another detector?): e.g. the model wants {sorted(model_keys)[0]!r}, the file has "
+            f"{sorted(names)[0]!r}; pass this model's checkpoint (MODEL.WEIGHTS / --weights)"
         )
         # Name-matching heuristics (Caffe2 / pycls files) rename tensors while loading: judge after it.
         if not checkpoint.get("matching_heuristics") and not (names & model_keys):
@@ -88,7 +124,7 @@ class EBMCheckpointer(DetectionCheckpointer):
         try:
             incompatible = super()._load_model(checkpoint)
         except ValueError as e:  # fvcore: non-tensor values in the weights
-            raise CheckpointError(f"the checkpoint's weights are not all tensors ({e})") from None
+            raise CheckpointError(f"{source}: the checkpoint's weights are not all tensors ({e})") from None
         skipped = set(incompatible.missing_keys) | {k for k, _, _ in incompatible.incorrect_shapes}
         if not (model_keys - skipped):
             raise no_overlap

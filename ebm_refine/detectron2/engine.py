@@ -22,6 +22,7 @@ import weakref
 from typing import Iterator, List, Optional
 
 import detectron2.engine.defaults as d2_defaults
+import yaml
 from detectron2.config import CfgNode, get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import DefaultTrainer
@@ -56,7 +57,17 @@ def load_config(config_file: Optional[str] = None, opts: Optional[List[str]] = N
         if not os.path.isfile(config_file):
             raise ConfigError(f"config file {config_file!r} not found; pass a YAML file (see configs/)")
         try:
-            cfg.merge_from_file(config_file)
+            # allow_unsafe=False: Detectron2 would otherwise retry a file yaml.safe_load refuses with
+            # yaml.unsafe_load, which runs the code a !!python/... tag names. _BASE_ files load the same way.
+            cfg.merge_from_file(config_file, allow_unsafe=False)
+        except yaml.constructor.ConstructorError as e:
+            raise ConfigError(f"{_yaml_file(e, config_file)}: refused: {' '.join(str(e.problem).split())[:120]} "
+                              "(a tag that would build a Python object or run code); a config holds plain "
+                              "values only, remove the tag") from None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{_yaml_file(e, config_file)}: invalid YAML "
+                              f"({' '.join(str(getattr(e, 'problem', None) or e).split())[:120]}); fix the "
+                              "file's syntax") from None
         except (KeyError, AssertionError, ValueError, TypeError) as e:
             raise ConfigError(f"{config_file}: {_config_message(e)}") from None
     if opts:
@@ -67,6 +78,12 @@ def load_config(config_file: Optional[str] = None, opts: Optional[List[str]] = N
         except (KeyError, AssertionError, ValueError, TypeError) as e:
             raise ConfigError(f"command-line option: {_config_message(e)}") from None
     return cfg
+
+
+def _yaml_file(error: "yaml.YAMLError", config_file: str) -> str:
+    """``file:line`` of a YAML error (a ``_BASE_`` file when the error is there), else ``config_file``."""
+    mark = getattr(error, "problem_mark", None)
+    return f"{mark.name}:{mark.line + 1}" if mark is not None and mark.name else config_file
 
 
 def _config_message(error: BaseException) -> str:

@@ -27,10 +27,13 @@ class EBMPredictor(DefaultPredictor):
 
     Raises:
         CheckpointError (a :class:`~ebm_refine.utils.UserError`) naming ``MODEL.WEIGHTS`` when it is missing,
-        not a checkpoint, or of another network.
+        not a checkpoint, or of another network; BadValueError when it is empty.
     """
 
     def __init__(self, cfg):
+        if not str(cfg.MODEL.WEIGHTS).strip():  # Detectron2 would start from random weights, without a word
+            raise BadValueError("MODEL.WEIGHTS is empty: a predictor needs trained weights; pass the model_final.pth "
+                                "written by tools/train_net.py with this config (MODEL.WEIGHTS / --weights)")
         # DefaultPredictor would load MODEL.WEIGHTS with a plain DetectionCheckpointer, which accepts a file
         # of another network with warnings only: build it without weights, then load with EBMCheckpointer.
         no_weights = cfg.clone()

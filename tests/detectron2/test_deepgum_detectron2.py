@@ -198,7 +198,7 @@ def test_checkpoints_carry_the_em_state_for_resume(synthetic_names, tmp_path):
     gum.iteration = gum.warmup + gum.period - 1
     assert gum.step() and gum.state is not None
     EBMCheckpointer(model, str(tmp_path)).save("model_0000009")
-    saved = torch.load(tmp_path / "model_0000009.pth", weights_only=False)["ebm_robust"]
+    saved = torch.load(tmp_path / "model_0000009.pth", weights_only=True)["ebm_robust"]
     assert saved["iteration"] == gum.iteration
 
     resumed = build_model(cfg)

@@ -9,9 +9,6 @@ at tracking time).
 from __future__ import annotations
 
 import copy
-import os
-import pickle
-import zipfile
 from typing import Any, Dict, Optional
 
 import torch
@@ -22,6 +19,7 @@ from ebm_refine.core.objectives import EBM_METHODS
 from ...utils.config import merge_params
 from ...utils.errors import UserError
 from ...utils.fileio import atomic_save_torch
+from ...utils.safe_load import read_torch_file
 from .backbone import Backbone, build_backbone
 from .box_estimator import EnergyBoxEstimator
 
@@ -29,10 +27,6 @@ __all__ = ["TrackerNet", "net_state", "save_net", "load_net",
            "DEFAULT_NET_CONFIG", "LOSS_METHODS", "NET_FORMAT", "non_finite_tensors", "read_torch_file"]
 
 NET_FORMAT = "ebm_refine.tracker_net/1"
-# Exceptions torch.load raises for a file that is not a torch checkpoint (empty, truncated, text, ...).
-_UNREADABLE = (EOFError, RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, AttributeError,
-               ImportError, IndexError, KeyError, TypeError, UnicodeDecodeError)
-
 # The loss names of ebm_refine.core.losses.LOSS_NAMES and MODEL.EBM.LOSS: the EBM methods and IoU-Net's
 # IoU-prediction loss ("iou_confidence"; the tracker reads such a network with box_refinement.mode "iounet").
 LOSS_METHODS = EBM_METHODS + ("iou_confidence",)
@@ -117,27 +111,6 @@ def save_net(path: str, net: TrackerNet, extra: Optional[Dict[str, Any]] = None)
     if extra:
         state["extra"] = extra
     atomic_save_torch(state, path)
-
-
-class MissingFileError(UserError, FileNotFoundError):
-    """A file the user named that does not exist (a ``FileNotFoundError`` too)."""
-
-
-def read_torch_file(path: str, what: str, hint: str, map_location: Any = "cpu") -> Any:
-    """``torch.load`` of a file the user pointed at; an unreadable one is a :class:`UserError` naming it.
-
-    Args:
-        what: what the file should be ("a tracker network", ...); hint: what to do about it.
-    """
-    if not os.path.isfile(path):
-        raise MissingFileError(f"{path}: no such file; {hint}")
-    if os.path.getsize(path) == 0:
-        raise UserError(f"{path}: empty file, not {what}; {hint}")
-    try:
-        return torch.load(path, map_location=map_location, weights_only=False)
-    except _UNREADABLE as exc:
-        raise UserError(f"{path}: not {what} (torch.load: {type(exc).__name__}: "
-                        f"{' '.join(str(exc).split())[:120]}); {hint}") from None
 
 
 def load_net(path: str, map_location: str = "cpu") -> TrackerNet:

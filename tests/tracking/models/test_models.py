@@ -91,7 +91,7 @@ def test_network_files_with_pre_rename_loss_names_still_load(tmp_path, tiny_net)
     """Files written before issue 17 store loss "beta" and method "iou"; they load with today's names."""
     path = str(tmp_path / "old.pth")
     save_net(path, tiny_net)
-    state = torch.load(path, weights_only=False)
+    state = torch.load(path, weights_only=True)
     loss = state["config"]["loss"]
     loss["method"], loss["beta"] = "iou", 0.2
     del loss["nce_beta"]

@@ -70,7 +70,7 @@ def test_residuals_are_the_trackers_refinement_of_the_annotation():
 
 
 def _estimator(path):
-    return torch.load(path, weights_only=False)["net"]["estimator"]
+    return torch.load(path, weights_only=True)["net"]["estimator"]
 
 
 def test_robust_before_warmup_trains_as_without(tmp_path):
@@ -90,8 +90,8 @@ def test_resume_continues_em_exactly(tmp_path):
     train(_cfg(2, robust), str(tmp_path / "b"), log=lambda s: None)
     resumed = train(_cfg(4, robust), str(tmp_path / "b"), log=lambda s: None)
     assert resumed["start_iteration"] == 2
-    a = torch.load(tmp_path / "a" / "checkpoint.pth", weights_only=False)
-    b = torch.load(tmp_path / "b" / "checkpoint.pth", weights_only=False)
+    a = torch.load(tmp_path / "a" / "checkpoint.pth", weights_only=True)
+    b = torch.load(tmp_path / "b" / "checkpoint.pth", weights_only=True)
     assert a["robust"]["iteration"] == b["robust"]["iteration"] == 4
     assert a["robust"]["state"]["rho"] == pytest.approx(b["robust"]["state"]["rho"], abs=1e-6)
     assert torch.allclose(a["robust"]["state"]["cov"], b["robust"]["state"]["cov"], rtol=1e-4, atol=1e-9)

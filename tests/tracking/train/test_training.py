@@ -65,8 +65,8 @@ def test_train_checkpoint_and_exact_resume(tmp_path):
     train(_cfg(2), str(tmp_path / "b"), log=lambda s: None)
     resumed = train(_cfg(4), str(tmp_path / "b"), log=lambda s: None)
     assert resumed["start_iteration"] == 2
-    a = torch.load(tmp_path / "a" / "checkpoint.pth", weights_only=False)
-    b = torch.load(tmp_path / "b" / "checkpoint.pth", weights_only=False)
+    a = torch.load(tmp_path / "a" / "checkpoint.pth", weights_only=True)
+    b = torch.load(tmp_path / "b" / "checkpoint.pth", weights_only=True)
     assert a["iteration"] == b["iteration"] == 4
     for k, v in a["net"]["estimator"].items():
         assert torch.allclose(v.float(), b["net"]["estimator"][k].float(), atol=1e-6), k
@@ -101,7 +101,7 @@ def test_ddp_two_gloo_processes(tmp_path):
     proc = _run_script(tmp_path, out, "--world-size", "2", "--set", "train.num_iterations=3",
                        "train.checkpoint_interval=3")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    ckpt = torch.load(out / "checkpoint.pth", weights_only=False)
+    ckpt = torch.load(out / "checkpoint.pth", weights_only=True)
     assert ckpt["iteration"] == 3
     assert (out / "net.pth").is_file()
     logs = [json.loads(line) for line in open(out / "log.jsonl")]
@@ -203,7 +203,7 @@ def test_unusable_checkpoint_suggests_no_resume(tmp_path, content):
         _one_line_error(_script(tmp_path, _cfg(2), out), "checkpoint.pth", "--no-resume")
         proc = _script(tmp_path, _cfg(2), out, "--no-resume")
         assert proc.returncode == 0, proc.stderr
-        assert torch.load(ckpt, weights_only=False)["iteration"] == 2
+        assert torch.load(ckpt, weights_only=True)["iteration"] == 2
 
 
 def test_resume_with_fewer_iterations_is_an_error(tmp_path):
@@ -231,7 +231,7 @@ def test_non_finite_loss_stops_before_anything_non_finite_is_saved(tmp_path, mon
     monkeypatch.setattr(BoxEstimationActor, "forward", nan_from_the_third)
     with pytest.raises(TrainingDivergedError, match="iteration 3.*iteration 2"):
         train(_cfg(6), str(tmp_path), log=lambda s: None)
-    state = torch.load(tmp_path / "checkpoint.pth", weights_only=False)
+    state = torch.load(tmp_path / "checkpoint.pth", weights_only=True)
     assert state["iteration"] == 2
     assert all(torch.isfinite(v).all() for v in state["net"]["estimator"].values() if v.is_floating_point())
     assert not (tmp_path / "net.pth").exists()
@@ -243,7 +243,7 @@ def test_load_net_refuses_non_finite_and_foreign_files(tmp_path, tiny_net):
 
     path = tmp_path / "net.pth"
     save_net(str(path), tiny_net)
-    state = torch.load(path, weights_only=False)
+    state = torch.load(path, weights_only=True)
     key = next(k for k, v in state["estimator"].items() if v.is_floating_point())
     state["estimator"][key] = state["estimator"][key].clone().fill_(float("nan"))
     torch.save(state, path)
