@@ -1,11 +1,12 @@
 #!/usr/bin/env python
 """Choose the refinement steps and step sizes of a trained box refiner on held-out TRAINING images.
 
-No detector's output exists for training images, so the stand-in detections are the held-out images'
-ground-truth boxes moved by Gaussian noise in the relative encoding (``jittered_ground_truth``; several
-noise levels, several draws). Every setting refines the same stand-ins; the table reports COCO AP of the
-refined boxes (the stand-ins' own AP in the first row) and the per-box mean IoU gain, averaged over noise
-levels and draws, and names the best setting by AP. Never tune on the evaluation images.
+The inputs to refine are either the detector's own output on the held-out images (``--detections``, a COCO
+results file: the settings are then chosen for the errors that detector really makes), or, without one,
+stand-ins: the held-out images' ground-truth boxes moved by Gaussian noise in the relative encoding
+(``jittered_ground_truth``; several noise levels, several draws). Every setting refines the same inputs; the
+table reports COCO AP of the refined boxes (the inputs' own AP in the first row) and the per-box mean IoU gain,
+averaged over the inputs, and names the best setting by AP. Never tune on the evaluation images.
 
     python tools/tune_refinement.py --config-file configs/COCO-Refine/ebm_refiner_mobilenet_v2_fpn.yaml \\
         --weights output/ebm_refiner/model_final.pth --dataset coco128_train2017_holdout \\
@@ -37,6 +38,8 @@ def parse_args(argv):
     p.add_argument("--config-file", required=True)
     p.add_argument("--weights", required=True)
     p.add_argument("--dataset", default="coco128_train2017_holdout", help="held-out training images (registered)")
+    p.add_argument("--detections", help="the detector's COCO results file on --dataset's images (instead of "
+                   "stand-ins: --sigmas / --draws are then unused)")
     p.add_argument("--sigmas", type=float, nargs="+", default=[0.05, 0.1], help="stand-in noise levels")
     p.add_argument("--draws", type=int, default=2, help="noise draws per level")
     p.add_argument("--steps", type=int, nargs="+", default=[3, 10])
@@ -46,6 +49,25 @@ def parse_args(argv):
     p.add_argument("opts", nargs=argparse.REMAINDER)
     add_debug_argument(p)
     return p.parse_args(argv)
+
+
+def _inputs(args, cfg):
+    """The held-out records with detections attached: the detector's own (``--detections``), or one set of
+    stand-ins per noise level and draw."""
+    if args.detections:
+        records = [dict(r) for r in DatasetCatalog.get(args.dataset)]
+        load_detections_into_dataset(records, args.detections, args.dataset, min_score=cfg.MODEL.EBM.REFINER.MIN_SCORE,
+                                     max_per_image=cfg.TEST.DETECTIONS_PER_IMAGE)
+        yield records
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        for sigma in args.sigmas:
+            for draw in range(args.draws):
+                records = [dict(r) for r in DatasetCatalog.get(args.dataset)]
+                path = os.path.join(tmp, f"standins_{sigma}_{draw}.json")
+                atomic_write_text(path, json.dumps(jittered_ground_truth(records, args.dataset, sigma, seed=draw)))
+                load_detections_into_dataset(records, path, args.dataset)
+                yield records
 
 
 def main(argv=None) -> int:
@@ -61,34 +83,30 @@ def main(argv=None) -> int:
     cfg.freeze()
     model = load_refiner(cfg, args.weights)
     settings = [{"num_steps": n, "step_size_center": c, "step_size_size": z} for n in args.steps for c, z in sizes]
-    per_input = []  # per stand-in input: one result per setting
-    with tempfile.TemporaryDirectory() as tmp:
-        for sigma in args.sigmas:
-            for draw in range(args.draws):
-                records = [dict(r) for r in DatasetCatalog.get(args.dataset)]
-                path = os.path.join(tmp, f"standins_{sigma}_{draw}.json")
-                atomic_write_text(path, json.dumps(jittered_ground_truth(records, args.dataset, sigma, seed=draw)))
-                load_detections_into_dataset(records, path, args.dataset)
-                per_input.append(compare_refinement_settings(cfg, model, records, args.dataset, settings))
+    per_input = [compare_refinement_settings(cfg, model, records, args.dataset, settings)
+                 for records in _inputs(args, cfg)]  # per input: one result per setting
     rows = []
     for k, setting in enumerate(settings):
         runs = [results[k] for results in per_input]
         row = {**setting,
-               "ap_standins": float(np.mean([r["ap"]["unrefined"]["AP"] for r in runs])),
+               "ap_inputs": float(np.mean([r["ap"]["unrefined"]["AP"] for r in runs])),
                "ap_refined": float(np.mean([r["ap"]["refined"]["AP"] for r in runs])),
                "ap_refined_per_input": [r["ap"]["refined"]["AP"] for r in runs],
                "mean_iou_gain": float(np.mean([r["box_change"]["mean_iou_refined"] - r["box_change"]["mean_iou_unrefined"]
                                                for r in runs]))}
         rows.append(row)
     best = max(rows, key=lambda r: r["ap_refined"])
-    print(f"\nRefinement settings on {args.dataset} (stand-ins: ground truth jittered by sigma {args.sigmas}, "
-          f"{args.draws} draws each):")
+    inputs = (f"detections {args.detections}" if args.detections else
+              f"stand-ins: ground truth jittered by sigma {args.sigmas}, {args.draws} draws each")
+    print(f"\nRefinement settings on {args.dataset} ({inputs}):")
     for row in rows:
         mark = "  <- best" if row is best else ""
         print(f"  steps {row['num_steps']:3d}  step sizes ({row['step_size_center']:g}, {row['step_size_size']:g}):  "
-              f"AP {row['ap_standins']:.2f} -> {row['ap_refined']:.2f}  mean IoU gain {row['mean_iou_gain']:+.4f}{mark}")
+              f"AP {row['ap_inputs']:.2f} -> {row['ap_refined']:.2f}  mean IoU gain {row['mean_iou_gain']:+.4f}{mark}")
     if args.json:
-        atomic_write_text(args.json, json.dumps({"dataset": args.dataset, "sigmas": args.sigmas, "draws": args.draws,
+        atomic_write_text(args.json, json.dumps({"dataset": args.dataset, "detections": args.detections,
+                                                 "sigmas": None if args.detections else args.sigmas,
+                                                 "draws": None if args.detections else args.draws,
                                                  "weights": args.weights, "rows": rows, "best": best}, indent=2))
     return 0
 

@@ -8,6 +8,7 @@ roi_pool   RoI Align with gradients w.r.t. the boxes, FPN level assignment
 separable_pool  the same RoI Align as two matrix products with a written-out backward (few boxes, small maps)
 pyramid_pool    the same RoI Align for many boxes on a feature pyramid, prepared once, written-out box gradient
 refine     batched gradient ascent with per-element backtracking (Algorithm S1)
+residual_proposal  a detector's errors as extra proposal components (fitted Gaussian mixture, exact density)
 regressor  a generic EBM regressor for any target dimension
 robust     DeepGUM: Gaussian-uniform mixture on residuals, EM, r-weighted losses
 """
@@ -35,6 +36,7 @@ from .losses import (
 from .objectives import EBM_METHODS, SamplingOptions, ebm_loss, sampling_options
 from .proposal import BoxProposal, BoxSamples, GaussianMixtureProposal, best_samples
 from .refine import BoxRefinementResult, RefinementResult, gradient_ascent, refine_boxes
+from .residual_proposal import ResidualMixture, detection_residuals, fit_residual_mixture
 from .regressor import EBMRegressor, mlp
 from .robust import DeepGUM, GUMState, fit_gum, gum_responsibilities, weighted_mean
 from .roi_pool import MultiLevelBoxPooler, assign_boxes_to_levels, box_roi_align, boxes_to_rois

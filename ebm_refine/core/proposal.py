@@ -18,12 +18,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional, Sequence, Union
+from typing import TYPE_CHECKING, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
 
 from .boxes import decode_relative, encode_relative
+
+if TYPE_CHECKING:  # the proposal only reads a fitted mixture's tensors
+    from .residual_proposal import ResidualMixture
 
 __all__ = ["GaussianMixtureProposal", "BoxProposal", "BoxSamples", "PART_OFFSETS", "best_samples"]
 
@@ -219,6 +222,12 @@ class BoxProposal:
             (the collapse of a tracker's box onto it) is almost never corrected; part components put
             ``part_weight`` of the samples there.
         part_sigma: standard deviation of every coordinate of each part component (relative units).
+        residual_mixture: a :class:`~ebm_refine.core.residual_proposal.ResidualMixture` fitted to a detector's
+            errors (its boxes relative to the truth); its components join the mixture with ``residual_weight``
+            of the samples, so the training samples also go where a detector's boxes lie, the places refinement
+            starts from at test time. ``log_q`` stays exact.
+        residual_weight: share of the samples drawn from ``residual_mixture``; ``part_weight + residual_weight``
+            must stay below 1.
 
     Example (the paper's ML-IS detection proposal)::
 
@@ -227,7 +236,8 @@ class BoxProposal:
     """
 
     def __init__(self, sigma_center: Sequence[float], sigma_size: Optional[Sequence[float]] = None, *,
-                 part_weight: float = 0.0, part_sigma: float = 0.1):
+                 part_weight: float = 0.0, part_sigma: float = 0.1,
+                 residual_mixture: Optional["ResidualMixture"] = None, residual_weight: float = 0.0):
         sc = [float(v) for v in sigma_center]
         ss = [float(v) for v in (sigma_size if sigma_size is not None else sigma_center)]
         if len(sc) != len(ss):
@@ -236,22 +246,40 @@ class BoxProposal:
             raise ValueError(f"part_weight must be in [0, 1), got {part_weight}")
         if not part_sigma > 0:
             raise ValueError(f"part_sigma must be > 0, got {part_sigma}")
+        if residual_weight != 0.0 and residual_mixture is None:
+            raise ValueError("residual_weight needs a residual_mixture")
+        if residual_mixture is not None and not 0.0 < residual_weight < 1.0:
+            raise ValueError(f"residual_weight must be in (0, 1) with a residual_mixture, got {residual_weight}")
+        if part_weight + residual_weight >= 1.0:
+            raise ValueError(f"part_weight + residual_weight must stay below 1, got {part_weight} + {residual_weight}")
         self.sigma_center = sc
         self.sigma_size = ss
         self.part_weight = float(part_weight)
         self.part_sigma = float(part_sigma)
+        self.residual_mixture = residual_mixture
+        self.residual_weight = float(residual_weight)
         sigmas = [[c, c, z, z] for c, z in zip(sc, ss)]
-        if part_weight == 0.0:
-            self.mixture = GaussianMixtureProposal(sigmas)
-        else:
-            k, p = len(sigmas), len(PART_OFFSETS)
-            self.mixture = GaussianMixtureProposal(
-                sigmas + [[part_sigma] * 4] * p,
-                means=[[0.0] * 4] * k + [list(o) for o in PART_OFFSETS],
-                weights=[(1.0 - part_weight) / k] * k + [part_weight / p] * p)
+        if part_weight == 0.0 and residual_mixture is None:
+            self.mixture = GaussianMixtureProposal(sigmas)  # the paper's: equal weights, all on the reference
+            return
+        k, p = len(sigmas), len(PART_OFFSETS)
+        base = (1.0 - part_weight - residual_weight) / k
+        means, weights = [[0.0] * 4] * k, [base] * k
+        if part_weight > 0.0:
+            sigmas = sigmas + [[part_sigma] * 4] * p
+            means = means + [list(o) for o in PART_OFFSETS]
+            weights = weights + [part_weight / p] * p
+        if residual_mixture is not None:
+            sigmas = sigmas + residual_mixture.sigmas.tolist()
+            means = means + residual_mixture.means.tolist()
+            weights = weights + [residual_weight * float(w) for w in residual_mixture.weights]
+        self.mixture = GaussianMixtureProposal(sigmas, means=means, weights=weights)
 
     def __repr__(self) -> str:
         parts = f", part_weight={self.part_weight}, part_sigma={self.part_sigma}" if self.part_weight else ""
+        if self.residual_mixture is not None:
+            parts += (f", residual_mixture=<{self.residual_mixture.num_components} components>, "
+                      f"residual_weight={self.residual_weight}")
         return f"BoxProposal(sigma_center={self.sigma_center}, sigma_size={self.sigma_size}{parts})"
 
     def sample(

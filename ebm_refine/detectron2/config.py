@@ -66,6 +66,14 @@ def add_ebm_config(cfg: CN) -> CN:
     # peak at the ground truth; letting that reach the backbone destabilises training from scratch.
     _C.MODEL.EBM.DETACH_FEATURES = True
 
+    # Detector-aware proposal: extra mixture components fitted to a detector's own errors (its boxes on training
+    # images relative to the matched ground truth; tools/fit_detector_proposal.py writes the JSON file), so the
+    # training samples also cover where that detector's boxes lie. Empty FILE = the paper's proposal only.
+    _C.MODEL.EBM.DETECTOR_PROPOSAL = CN()
+    _C.MODEL.EBM.DETECTOR_PROPOSAL.FILE = ""
+    # Share of the NUM_SAMPLES drawn from the fitted components (the rest from PROPOSAL_SIGMAS).
+    _C.MODEL.EBM.DETECTOR_PROPOSAL.WEIGHT = 0.5
+
     # The energy network f(x, y), built from ENERGY_HEAD_REGISTRY.
     _C.MODEL.EBM.HEAD = CN()
     _C.MODEL.EBM.HEAD.NAME = "FCEnergyHead"
@@ -196,6 +204,12 @@ def validate_ebm_config(cfg: CN) -> None:
         _check(len(e.PROPOSAL_SIGMAS_SIZE) == len(e.PROPOSAL_SIGMAS), "MODEL.EBM.PROPOSAL_SIGMAS_SIZE",
                f"empty or as long as PROPOSAL_SIGMAS ({len(e.PROPOSAL_SIGMAS)})", list(e.PROPOSAL_SIGMAS_SIZE))
     positive("MODEL.EBM.NCE_BETA", e.NCE_BETA)
+    if e.DETECTOR_PROPOSAL.FILE:
+        w = e.DETECTOR_PROPOSAL.WEIGHT
+        _check(isinstance(w, (int, float)) and 0 < w < 1, "MODEL.EBM.DETECTOR_PROPOSAL.WEIGHT", "in (0, 1)", w)
+        _check(e.LOSS != "nce_plus", "MODEL.EBM.DETECTOR_PROPOSAL.FILE",
+               "empty with LOSS nce_plus (its true sample needs a proposal centred on the ground truth)",
+               e.DETECTOR_PROPOSAL.FILE)
     positive("MODEL.EBM.LABEL_SIGMA", e.LABEL_SIGMA)
     _check(e.LOSS_WEIGHT >= 0 and math.isfinite(e.LOSS_WEIGHT), "MODEL.EBM.LOSS_WEIGHT", ">= 0", e.LOSS_WEIGHT)
     _check(e.MAX_GT_PER_IMAGE >= 0, "MODEL.EBM.MAX_GT_PER_IMAGE", ">= 0 (0 = all)", e.MAX_GT_PER_IMAGE)

@@ -13,6 +13,7 @@ the EBM loss becomes a per-ground-truth loss weighted by each box's inlier respo
 from __future__ import annotations
 
 import logging
+import os
 from typing import Dict, List, Optional
 
 import torch
@@ -25,6 +26,7 @@ from ..core import (
     BoxRefinementResult,
     DeepGUM,
     MultiLevelBoxPooler,
+    ResidualMixture,
     best_samples,
     box_iou_aligned,
     ebm_loss,
@@ -38,7 +40,7 @@ from ..core import (
 from .config import ROBUST_RESIDUAL_STARTS, ConfigValueError
 from .energy_head import build_energy_head
 
-__all__ = ["EnergyMixin", "energy_from_config", "LOSSES"]
+__all__ = ["EnergyMixin", "energy_from_config", "proposal_from_config", "LOSSES"]
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +63,7 @@ def energy_from_config(cfg, input_shape: Dict[str, ShapeSpec], in_features: List
         energy_head=build_energy_head(cfg, ShapeSpec(channels=channels.pop(), height=res, width=res)),
         loss=e.LOSS,
         loss_weight=e.LOSS_WEIGHT,
-        proposal=BoxProposal(list(e.PROPOSAL_SIGMAS), list(e.PROPOSAL_SIGMAS_SIZE) or None),
+        proposal=proposal_from_config(cfg),
         num_samples=e.NUM_SAMPLES,
         nce_beta=e.NCE_BETA,
         label_sigma=e.LABEL_SIGMA,
@@ -76,6 +78,25 @@ def energy_from_config(cfg, input_shape: Dict[str, ShapeSpec], in_features: List
         robust_steps=e.ROBUST.NUM_STEPS,
         robust_start=e.ROBUST.RESIDUAL_START,
     )
+
+
+def proposal_from_config(cfg) -> BoxProposal:
+    """q(y | y_gt) from ``MODEL.EBM``: the paper's mixture, plus a detector's fitted residual components when
+    ``MODEL.EBM.DETECTOR_PROPOSAL.FILE`` names one (a one-line error naming the key for a bad file)."""
+    e = cfg.MODEL.EBM
+    residuals, weight = None, 0.0
+    if e.DETECTOR_PROPOSAL.FILE:
+        path = e.DETECTOR_PROPOSAL.FILE
+        if not os.path.isfile(path):
+            raise ConfigValueError(f"MODEL.EBM.DETECTOR_PROPOSAL.FILE {path!r} not found; write it with "
+                                   "tools/fit_detector_proposal.py, or set the key to '' for the paper's proposal")
+        try:
+            residuals = ResidualMixture.load(path)
+        except ValueError as err:
+            raise ConfigValueError(f"MODEL.EBM.DETECTOR_PROPOSAL.FILE: {err}") from None
+        weight = e.DETECTOR_PROPOSAL.WEIGHT
+    return BoxProposal(list(e.PROPOSAL_SIGMAS), list(e.PROPOSAL_SIGMAS_SIZE) or None,
+                       residual_mixture=residuals, residual_weight=weight)
 
 
 class EnergyMixin:

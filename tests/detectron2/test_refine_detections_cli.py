@@ -104,3 +104,23 @@ def test_bad_input_is_one_line_and_leaves_no_output(trained, tmp_path):
     last = proc.stderr.strip().splitlines()[-1]
     assert proc.returncode == 2 and f"{first}: cannot read image" in last, proc.stderr[-2000:]
     assert not out.exists() and not list(tmp_path.glob(".out.json*"))
+
+
+def test_tune_refinement_on_a_detectors_own_output(trained, tmp_path):
+    """tools/tune_refinement.py --detections: the settings table over the detector's own boxes (here the
+    stand-ins of 4 images), each setting's AP computed by pycocotools, the no-op setting keeping the input AP."""
+    t = trained
+    out = tmp_path / "tune.json"
+    cmd = [sys.executable, str(REPO / "tools" / "tune_refinement.py"), *cli_args(t, t["dets"], tmp_path / "unused")[:4],
+           "--dataset", "coco_tiny_train2017", "--detections", str(t["dets"]), "--steps", "0", "5",
+           "--step-sizes", "0.02,0.02", "--json", str(out), *cli_args(t, t["dets"], tmp_path / "unused")[12:]]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "EBM_DEBUG": "", **t["env"]})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = json.loads(out.read_text())
+    assert table["detections"] == str(t["dets"]) and table["sigmas"] is None
+    (zero, five) = table["rows"]
+    assert zero["num_steps"] == 0 and zero["ap_refined"] == pytest.approx(zero["ap_inputs"], abs=1e-9)
+    assert zero["mean_iou_gain"] == pytest.approx(0.0, abs=1e-6)  # boxes go to the input scale and back
+    assert five["ap_inputs"] == zero["ap_inputs"] and five["ap_refined"] != five["ap_inputs"]
+    assert f"detections {t['dets']}" in proc.stdout and "<- best" in proc.stdout
