@@ -11,12 +11,12 @@ from __future__ import annotations
 import os
 from typing import Optional, Sequence
 
-import torch
 import torchvision
 from torch import nn
 
 from ..utils.errors import UserError
 from ..utils.resources import source_checkout
+from ..utils.safe_load import read_torch_file
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "TRUNKS", "imagenet_trunk", "resolve_weights", "fold_batchnorm",
            "WeightsError"]
@@ -68,7 +68,8 @@ def imagenet_trunk(name: str, weights: Optional[str], required: Sequence[str]) -
         if not os.path.isfile(path):
             raise WeightsError(f"backbone weights {path} not found; pass a local state dict, or 'imagenet' "
                                "to download torchvision's")
-        sd = torch.load(path, map_location="cpu", weights_only=True)
+        sd = read_torch_file(path, f"a {name} state dict", "pass a local state dict, or 'imagenet' to download "
+                             "torchvision's")
         if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
             sd = sd["state_dict"]
         result = model.load_state_dict(sd, strict=False)
