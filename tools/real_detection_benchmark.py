@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 
 import numpy as np
 import torch
@@ -34,7 +33,7 @@ from ebm_refine.detectron2.multi_run import collect_runs, merge_stage_errors, si
 from ebm_refine.detectron2.refine_detections import refine_detection_file
 from ebm_refine.utils.cli import add_debug_argument, run_cli
 from ebm_refine.utils.errors import UserError
-from ebm_refine.utils.fileio import atomic_write_text
+from ebm_refine.utils.fileio import atomic_write_text, temporary_folder
 
 
 def parse_args(argv):
@@ -97,7 +96,7 @@ def main(argv=None) -> int:
             raise UserError("--iounet-runs needs --iounet-settings")
         heads["IoU-Net"] = (args.iounet_runs, best_setting(args.iounet_settings))
     results, significance = {}, {}
-    with tempfile.TemporaryDirectory() as tmp:
+    with temporary_folder() as tmp:
         for det_name, det_file in detections.items():
             results[det_name] = {}
             for head, (runs, setting) in heads.items():

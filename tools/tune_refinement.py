@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 
 import numpy as np
 import torch
@@ -30,7 +29,7 @@ from ebm_refine.detectron2 import load_detections_into_dataset
 from ebm_refine.detectron2.refine_detections import compare_refinement_settings, jittered_ground_truth, load_refiner
 from ebm_refine.utils.cli import add_debug_argument, run_cli
 from ebm_refine.utils.errors import UserError
-from ebm_refine.utils.fileio import atomic_write_text
+from ebm_refine.utils.fileio import atomic_write_text, temporary_folder
 
 
 def parse_args(argv):
@@ -60,7 +59,7 @@ def _inputs(args, cfg):
                                      max_per_image=cfg.TEST.DETECTIONS_PER_IMAGE)
         yield records
         return
-    with tempfile.TemporaryDirectory() as tmp:
+    with temporary_folder() as tmp:
         for sigma in args.sigmas:
             for draw in range(args.draws):
                 records = [dict(r) for r in DatasetCatalog.get(args.dataset)]

@@ -13,7 +13,6 @@ import contextlib
 import copy
 import logging
 import os
-import tempfile
 import time
 from typing import Dict, Iterator, List, Optional, Sequence
 
@@ -26,6 +25,7 @@ from detectron2.modeling import build_model
 
 from ..core import clip_boxes, decode_relative
 from ..utils.errors import UserError
+from ..utils.fileio import temporary_folder
 from .box_change import BoxChangeEvaluator, format_box_change
 from .checkpoint import EBMCheckpointer
 from .datasets import register_coco
@@ -166,7 +166,7 @@ def refine_detection_file(cfg, weights: str, detections: str, dataset: str, outp
     if evaluate is None:
         evaluate = any(r.get("annotations") for r in records)
     loader = build_detection_test_loader(dataset=records, mapper=DetectionsMapper(cfg, False), num_workers=0)
-    with tempfile.TemporaryDirectory() as tmp:
+    with temporary_folder() as tmp:
         evaluators = [RefinedDetectionsWriter(dataset, output, distributed=False)]
         if evaluate:
             evaluators += [RefinementCOCOEvaluator(dataset, eval_dir or tmp, distributed=False),

@@ -4,11 +4,19 @@ Expected failures (a bad path, an unreadable or malformed file, an unknown confi
 range, a checkpoint of the wrong kind) end the command with **one line** on stderr that names the file or
 key and says what to do, and exit status 2. Real bugs keep their traceback (status 1). ``--debug`` on the
 command line, or ``EBM_DEBUG=1`` in the environment, shows the traceback of expected failures too.
-Ctrl-C ends with status 130 and one line (``KeyboardInterrupt("after 44 frames; ...")`` raised by the
-script adds its message to that line).
+Command-line usage errors (argparse's: a missing option, a value the option's ``type=`` refuses, see
+:mod:`ebm_refine.utils.cli_args`) are one line and status 2 too, without the usage text. Ctrl-C ends with
+status 130 and one line saying what was kept: the output files this run finished (every writer is atomic,
+so a file being written is discarded), or the message of a ``KeyboardInterrupt("after 44 frames; ...")``
+raised by the script. SIGTERM ends the same way (status 143), so temporary folders and files are removed.
 
-Usage in a script::
+Usage in a script (``exit_on_interrupt_while_starting`` before the slow imports: Ctrl-C while torch or
+Detectron2 load is one line and 130 as well, instead of a ``KeyboardInterrupt`` traceback)::
 
+    from ebm_refine.utils.cli import exit_on_interrupt_while_starting
+    exit_on_interrupt_while_starting()
+    import torch  # noqa: E402
+    ...
     def main(argv=None): ...
     if __name__ == "__main__":
         sys.exit(run_cli(main))
@@ -16,19 +24,27 @@ Usage in a script::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import re
+import signal
 import sys
-from typing import Any, Callable, List, Optional, Sequence
+from typing import Any, Callable, Iterator, List, Optional, Sequence
 
 from .errors import BadValueError, UserError
 
 __all__ = ["run_cli", "add_debug_argument", "debug_enabled", "user_message", "log_to_stderr", "device_arg",
-           "EXIT_USER_ERROR", "EXIT_INTERRUPTED"]
+           "exit_on_interrupt_while_starting", "UsageError", "EXIT_USER_ERROR", "EXIT_INTERRUPTED",
+           "EXIT_TERMINATED"]
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
+
+
+class UsageError(BadValueError):
+    """A command-line usage error found by argparse (under :func:`run_cli`, instead of its usage text)."""
 DEBUG_ENV = "EBM_DEBUG"
 
 
@@ -119,6 +135,89 @@ def log_to_stderr(level: int = logging.INFO, name: str = "ebm_refine") -> None:
     log.setLevel(level)
 
 
+def _script_name() -> str:
+    return os.path.basename(sys.argv[0] or "ebm_refine")
+
+
+def _starting_handler(signum, frame) -> None:
+    interrupted = signum == signal.SIGINT
+    sys.stderr.write(f"{_script_name()}: {'interrupted' if interrupted else 'terminated'} while starting; "
+                     "nothing was written\n")
+    sys.stderr.flush()
+    os._exit(EXIT_INTERRUPTED if interrupted else EXIT_TERMINATED)  # not an exception: imports may swallow it
+
+
+_DEFAULTS = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL}
+
+
+def exit_on_interrupt_while_starting() -> None:
+    """Until :func:`run_cli` starts, Ctrl-C (and SIGTERM) end the process at once with one line and
+    status 130 (143): nothing has been written yet. Call it first in a script, before its slow imports.
+
+    Leaves a signal that is ignored (``nohup``, background jobs) or handled by someone else alone.
+    """
+    for sig, default in _DEFAULTS.items():
+        with contextlib.suppress(ValueError):  # not the main thread
+            if signal.getsignal(sig) is default:
+                signal.signal(sig, _starting_handler)
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that ``finally`` blocks and context managers clean up."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise _Terminated()
+
+
+@contextlib.contextmanager
+def _run_signals() -> Iterator[None]:
+    """While ``main`` runs, Ctrl-C raises KeyboardInterrupt and SIGTERM :class:`_Terminated` (a signal
+    that is ignored, or handled by someone else, is left alone); afterwards the defaults are back."""
+    previous = {}
+    for sig, handler in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, _raise_terminated)):
+        with contextlib.suppress(ValueError):  # not the main thread
+            current = signal.getsignal(sig)
+            if current in (_DEFAULTS[sig], _starting_handler):
+                previous[sig] = _DEFAULTS[sig]
+                signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+@contextlib.contextmanager
+def _one_line_usage_errors() -> Iterator[None]:
+    """argparse's ``error`` raises :class:`UsageError` instead of printing the usage text and exiting."""
+    original = argparse.ArgumentParser.error
+
+    def error(self, message):
+        raise UsageError(f"{' '.join(str(message).split())} (see {self.prog} --help)")
+
+    argparse.ArgumentParser.error = error
+    try:
+        yield
+    finally:
+        argparse.ArgumentParser.error = original
+
+
+def _interrupted_line(prog: str, error: KeyboardInterrupt) -> str:
+    """``<prog>: interrupted ...`` saying what was kept: the script's own account (the message of the
+    KeyboardInterrupt it raised), else the output files this process finished (atomic writes)."""
+    what = "terminated" if isinstance(error, _Terminated) else "interrupted"
+    if str(error):
+        return f"{prog}: {what} {error}"
+    from .fileio import finished_writes
+
+    count, last = finished_writes()
+    if not count:
+        return f"{prog}: {what} before any output file was written; nothing was kept"
+    return (f"{prog}: {what}; kept the {count} output file(s) finished before it (last: {last}); the file being "
+            "written, if any, was discarded, so no output is partial")
+
+
 def run_cli(main: Callable[[Optional[List[str]]], Any], argv: Optional[Sequence[str]] = None,
             prog: Optional[str] = None) -> int:
     """Call ``main(argv)`` under the error convention; returns the exit status for ``sys.exit``.
@@ -126,12 +225,13 @@ def run_cli(main: Callable[[Optional[List[str]]], Any], argv: Optional[Sequence[
     ``main`` returning an int uses it as the status; anything else means 0.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
-    prog = prog or os.path.basename(sys.argv[0] or "ebm_refine")
+    prog = prog or _script_name()
     try:
-        status = main(argv)
-    except KeyboardInterrupt as e:  # a KeyboardInterrupt raised with a message says what was kept
-        print(f"{prog}: interrupted" + (f" {e}" if str(e) else ""), file=sys.stderr)
-        return EXIT_INTERRUPTED
+        with _run_signals(), _one_line_usage_errors():
+            status = main(argv)
+    except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: one line saying what was kept
+        print(_interrupted_line(prog, e), file=sys.stderr)
+        return EXIT_TERMINATED if isinstance(e, _Terminated) else EXIT_INTERRUPTED
     except Exception as e:  # noqa: BLE001 - sorted into expected failures and bugs below
         message = user_message(e)
         if message is None or debug_enabled(argv):

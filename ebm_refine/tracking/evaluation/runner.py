@@ -32,7 +32,7 @@ from typing import Any, Callable, List, Optional, Sequence as _Seq, Tuple
 import numpy as np
 
 from ...utils import UserError
-from ...utils.fileio import file_lock
+from ...utils.fileio import file_lock, remove_stale_locks, remove_stale_temp_files
 from ..datasets.sequence import Sequence, load_frame
 from .results import is_finished, result_path, time_path, write_boxes, write_times
 
@@ -150,7 +150,6 @@ def _worker(args) -> SequenceRun:
         # Another runner may have finished it between our first check and the lock.
         if not overwrite and is_finished(results_dir, seq.name, len(seq)):
             return SequenceRun(seq.name, "skipped", len(seq))
-        _remove_stale_temp_files(results_dir, seq.name)
         try:
             return run_sequence(tracker_factory, seq, results_dir)
         except UserError as exc:  # a bad frame or annotation: one line, no traceback
@@ -167,19 +166,6 @@ def _init_worker() -> None:
         cv2.setNumThreads(1)
     except ImportError:  # pragma: no cover - cv2 is a dependency
         pass
-
-
-def _remove_stale_temp_files(results_dir: str, name: str) -> None:
-    """Delete temporary files left by a run that was killed while writing ``name``'s results.
-
-    Called with the sequence's lock held: no other runner is writing them.
-    """
-    if not os.path.isdir(results_dir):
-        return
-    prefixes = tuple(f".{name}{suffix}." for suffix in (".txt", "_time.txt"))
-    for fname in os.listdir(results_dir):
-        if fname.endswith(".tmp") and fname.startswith(prefixes):
-            os.unlink(os.path.join(results_dir, fname))
 
 
 def run_dataset(sequences: _Seq[Sequence], tracker_factory: TrackerFactoryType, results_dir: str,
@@ -213,6 +199,10 @@ def run_dataset(sequences: _Seq[Sequence], tracker_factory: TrackerFactoryType, 
         else:
             pending.append(seq)
     os.makedirs(results_dir, exist_ok=True)
+    # Killed runs (SIGKILL) leave their sequences' lock files and half-written temporary files: nobody
+    # holds their locks any more, so they are removed here (a live runner's are left alone).
+    remove_stale_locks(results_dir)
+    remove_stale_temp_files(results_dir)
     bar = tqdm(total=len(pending), desc="tracking", unit="seq", disable=not progress)
     try:
         if num_workers <= 1 or len(pending) <= 1:

@@ -138,7 +138,7 @@ def test_tracker_registry():
 def test_stale_temp_files_of_a_killed_writer_are_removed(seqs, tmp_path):
     out = tmp_path / "r"
     out.mkdir()
-    stale = out / ".a.txt.k3j2.tmp"
+    stale = out / ".a.txt.k3j2x9_q.tmp"  # mkstemp: 8 random characters
     stale.write_text("1,2,3,4\n")
     other = out / ".notes.txt.tmp"
     other.write_text("keep")
