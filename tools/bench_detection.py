@@ -35,10 +35,13 @@ import sys
 import time
 from typing import Callable, Dict, List
 
-import torch
+from ebm_refine.utils.cli import exit_on_interrupt_while_starting  # noqa: E402
+exit_on_interrupt_while_starting()  # Ctrl-C while the imports below load: one line, exit 130
 
-from ebm_refine.utils import UserError, atomic_write_text
-from ebm_refine.utils.cli import add_debug_argument, run_cli
+import torch  # noqa: E402
+
+from ebm_refine.utils import UserError, atomic_write_text  # noqa: E402
+from ebm_refine.utils.cli import add_debug_argument, run_cli  # noqa: E402
 
 CONFIG = "COCO-Detection/ebm_faster_rcnn_R_50_FPN_1x.yaml"
 

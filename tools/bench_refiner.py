@@ -22,6 +22,9 @@ from typing import Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from ebm_refine.utils.cli import exit_on_interrupt_while_starting  # noqa: E402
+exit_on_interrupt_while_starting()  # Ctrl-C while the imports below load: one line, exit 130
+
 import torch  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 
@@ -59,30 +62,21 @@ def random_boxes(n: int, image_size: float, device: torch.device, seed: int) -> 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    ap.add_argument("--sizes", type=int, nargs="+", default=[10, 100, 1000], help="numbers of boxes N")
-    ap.add_argument("--steps", type=int, default=10, help="T gradient-ascent steps")
-    ap.add_argument("--channels", type=int, default=64, help="feature channels C")
-    ap.add_argument("--image-size", type=int, default=512, help="square image side in pixels")
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--warmup", type=int, default=1)
-    ap.add_argument("--threads", type=int, default=1,
+    ap.add_argument("--sizes", type=non_negative_int, nargs="+", default=[10, 100, 1000], help="numbers of boxes N")
+    ap.add_argument("--steps", type=non_negative_int, default=10, help="T gradient-ascent steps")
+    ap.add_argument("--channels", type=positive_int, default=64, help="feature channels C")
+    ap.add_argument("--image-size", type=int_in_range(16), default=512, help="square image side in pixels")
+    ap.add_argument("--repeats", type=positive_int, default=5)
+    ap.add_argument("--warmup", type=non_negative_int, default=1)
+    ap.add_argument("--threads", type=non_negative_int, default=1,
                     help="torch intra-op CPU threads; 0 keeps torch's default. Default 1 because on a shared "
                          "2-core machine two threads made these calls >10x slower whenever other processes "
                          "competed for the cores, which swamps what is being measured")
-    ap.add_argument("--json", type=Path, help="write the numbers here")
+    ap.add_argument("--json", type=output_file, help="write the numbers here")
     add_debug_argument(ap)
     args = ap.parse_args(argv)
-    if min(args.sizes) < 0 or args.steps < 0:
-        ap.error("--sizes and --steps must be >= 0")
-    for name in ("channels", "repeats"):
-        if getattr(args, name) < 1:
-            ap.error(f"--{name} must be >= 1")
-    if args.image_size < 16 or args.warmup < 0 or args.threads < 0:
-        ap.error("--image-size must be >= 16, --warmup and --threads >= 0")
 
     device = device_arg(args.device)
-    if args.json:
-        check_writable(str(args.json.parent))
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)

@@ -23,6 +23,9 @@ from typing import Callable, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from ebm_refine.utils.cli import exit_on_interrupt_while_starting  # noqa: E402
+exit_on_interrupt_while_starting()  # Ctrl-C while the imports below load: one line, exit 130
+
 import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 
@@ -93,27 +96,20 @@ def time_fn(fn: Callable[[], object], device: torch.device, repeats: int, warmup
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    ap.add_argument("--num-boxes", type=int, default=512, help="N reference boxes")
-    ap.add_argument("--num-samples", type=int, default=128, help="M samples per reference")
-    ap.add_argument("--repeats", type=int, default=20, help="timed repeats of the vectorised sampler")
-    ap.add_argument("--loop-repeats", type=int, default=5, help="timed repeats of the (slow) loop")
-    ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--threads", type=int, default=1,
+    ap.add_argument("--num-boxes", type=positive_int, default=512, help="N reference boxes")
+    ap.add_argument("--num-samples", type=positive_int, default=128, help="M samples per reference")
+    ap.add_argument("--repeats", type=positive_int, default=20, help="timed repeats of the vectorised sampler")
+    ap.add_argument("--loop-repeats", type=positive_int, default=5, help="timed repeats of the (slow) loop")
+    ap.add_argument("--warmup", type=non_negative_int, default=2)
+    ap.add_argument("--threads", type=non_negative_int, default=1,
                     help="torch intra-op CPU threads; 0 keeps torch's default. Default 1 because on a shared "
                          "2-core machine two threads made these calls >10x slower whenever other processes "
                          "competed for the cores, which swamps what is being measured")
-    ap.add_argument("--json", type=Path, help="write the numbers here")
+    ap.add_argument("--json", type=output_file, help="write the numbers here")
     add_debug_argument(ap)
     args = ap.parse_args(argv)
-    for name in ("num_boxes", "num_samples", "repeats", "loop_repeats"):
-        if getattr(args, name) < 1:
-            ap.error(f"--{name.replace('_', '-')} must be >= 1")
-    if args.warmup < 0 or args.threads < 0:
-        ap.error("--warmup and --threads must be >= 0")
 
     device = device_arg(args.device)
-    if args.json:
-        check_writable(str(args.json.parent))
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)

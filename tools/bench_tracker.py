@@ -22,10 +22,13 @@ import platform
 import sys
 import time
 
-import numpy as np
-import torch
-
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from ebm_refine.utils.cli import exit_on_interrupt_while_starting  # noqa: E402
+exit_on_interrupt_while_starting()  # Ctrl-C while the imports below load: one line, exit 130
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 from ebm_refine.tracking.tracker import EBMAtomTracker, load_tracker_params  # noqa: E402
 from ebm_refine.utils.config import apply_dotted_overrides, merge_params  # noqa: E402

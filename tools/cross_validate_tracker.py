@@ -35,6 +35,9 @@ from typing import Dict, List, Optional, Tuple
 
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
 
+from ebm_refine.utils.cli import exit_on_interrupt_while_starting  # noqa: E402
+exit_on_interrupt_while_starting()  # Ctrl-C while the imports below load: one line, exit 130
+
 from ebm_refine.tracking.datasets import dataset_names, load_dataset  # noqa: E402
 from ebm_refine.tracking.evaluation import PROTOCOLS, RunError, get_tracker_factory, run_dataset  # noqa: E402
 from ebm_refine.tracking.evaluation.crossval import (fold_training_config, load_plan, make_folds,  # noqa: E402

@@ -15,11 +15,14 @@ import argparse
 import json
 import sys
 
-from ebm_refine.detectron2.detector_proposal import fit_detector_proposal
-from ebm_refine.detectron2.refine_detections import dataset_from_files
-from ebm_refine.utils.cli import add_debug_argument, run_cli
-from ebm_refine.utils.errors import UserError
-from ebm_refine.utils.fileio import atomic_write_text
+from ebm_refine.utils.cli import exit_on_interrupt_while_starting  # noqa: E402
+exit_on_interrupt_while_starting()  # Ctrl-C while the imports below load: one line, exit 130
+
+from ebm_refine.detectron2.detector_proposal import fit_detector_proposal  # noqa: E402
+from ebm_refine.detectron2.refine_detections import dataset_from_files  # noqa: E402
+from ebm_refine.utils.cli import add_debug_argument, run_cli  # noqa: E402
+from ebm_refine.utils.errors import UserError  # noqa: E402
+from ebm_refine.utils.fileio import atomic_write_text  # noqa: E402
 
 
 def parse_args(argv):

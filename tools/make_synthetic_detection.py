@@ -21,6 +21,9 @@ try:
 except ImportError:  # running from a source checkout without installing
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from ebm_refine.utils.cli import exit_on_interrupt_while_starting  # noqa: E402
+exit_on_interrupt_while_starting()  # Ctrl-C while the imports below load: one line, exit 130
+
 from ebm_refine.data import SyntheticDetectionConfig, generate_synthetic_coco  # noqa: E402
 from ebm_refine.utils import check_writable  # noqa: E402
 from ebm_refine.utils.cli import add_debug_argument, run_cli  # noqa: E402

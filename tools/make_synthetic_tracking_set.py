@@ -18,6 +18,9 @@ from typing import List, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from ebm_refine.utils.cli import exit_on_interrupt_while_starting  # noqa: E402
+exit_on_interrupt_while_starting()  # Ctrl-C while the imports below load: one line, exit 130
+
 from ebm_refine.data.synthetic_tracking import SyntheticConfig, SyntheticSequence, write_sequence  # noqa: E402
 from ebm_refine.utils import BadValueError, MissingFileError, check_writable  # noqa: E402
 from ebm_refine.utils.cli import add_debug_argument, run_cli  # noqa: E402

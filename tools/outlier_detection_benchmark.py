@@ -26,15 +26,18 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-from detectron2.utils.logger import setup_logger
+from ebm_refine.utils.cli import exit_on_interrupt_while_starting  # noqa: E402
+exit_on_interrupt_while_starting()  # Ctrl-C while the imports below load: one line, exit 130
 
-from ebm_refine.detectron2.annotation_noise import NOISE_KINDS
-from ebm_refine.detectron2.outlier_benchmark import (METHODS, format_summary, merge_results, plot_outlier_benchmark,
+import torch  # noqa: E402
+from detectron2.utils.logger import setup_logger  # noqa: E402
+
+from ebm_refine.detectron2.annotation_noise import NOISE_KINDS  # noqa: E402
+from ebm_refine.detectron2.outlier_benchmark import (METHODS, format_summary, merge_results, plot_outlier_benchmark,  # noqa: E402
                                                      run_outlier_benchmark)
-from ebm_refine.utils import UserError
-from ebm_refine.utils.cli import add_debug_argument, run_cli
-from ebm_refine.utils.fileio import atomic_write_text
+from ebm_refine.utils import UserError  # noqa: E402
+from ebm_refine.utils.cli import add_debug_argument, run_cli  # noqa: E402
+from ebm_refine.utils.fileio import atomic_write_text  # noqa: E402
 
 QUICK = {"fractions": [0.0, 0.4], "kinds": ["shift_scale"], "seeds": [0]}
 

@@ -25,6 +25,9 @@ from typing import List, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from ebm_refine.utils.cli import exit_on_interrupt_while_starting  # noqa: E402
+exit_on_interrupt_while_starting()  # Ctrl-C while the imports below load: one line, exit 130
+
 from ebm_refine.data.annotation_noise import NOISE_KINDS  # noqa: E402
 from ebm_refine.tracking.datasets import load_dataset  # noqa: E402
 from ebm_refine.tracking.train.config import load_train_config  # noqa: E402

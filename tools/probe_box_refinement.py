@@ -23,9 +23,12 @@ import sys
 import time
 from typing import List, Optional
 
-import torch
-
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from ebm_refine.utils.cli import exit_on_interrupt_while_starting  # noqa: E402
+exit_on_interrupt_while_starting()  # Ctrl-C while the imports below load: one line, exit 130
+
+import torch  # noqa: E402
 
 from ebm_refine.tracking.datasets import load_dataset  # noqa: E402
 from ebm_refine.tracking.tracker import EBMAtomTracker  # noqa: E402

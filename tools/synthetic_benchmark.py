@@ -17,11 +17,14 @@ import argparse
 import sys
 import time
 
-import torch
-from detectron2.utils.logger import setup_logger
+from ebm_refine.utils.cli import exit_on_interrupt_while_starting  # noqa: E402
+exit_on_interrupt_while_starting()  # Ctrl-C while the imports below load: one line, exit 130
 
-from ebm_refine.detectron2.benchmark import run_synthetic_benchmark
-from ebm_refine.utils.cli import add_debug_argument, run_cli
+import torch  # noqa: E402
+from detectron2.utils.logger import setup_logger  # noqa: E402
+
+from ebm_refine.detectron2.benchmark import run_synthetic_benchmark  # noqa: E402
+from ebm_refine.utils.cli import add_debug_argument, run_cli  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:

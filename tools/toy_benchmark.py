@@ -24,6 +24,9 @@ from typing import List, Sequence
 # Runnable from a source checkout without installation.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from ebm_refine.utils.cli import exit_on_interrupt_while_starting  # noqa: E402
+exit_on_interrupt_while_starting()  # Ctrl-C while the imports below load: one line, exit 130
+
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
@@ -112,23 +115,18 @@ def save_figure(path: Path, runs: List[RunResult], config: BenchmarkConfig, prob
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--json", type=Path, help="write the table (and config, per-seed values, timings) here")
-    ap.add_argument("--png", type=Path, help="write a figure of true vs learned densities here")
-    ap.add_argument("--seeds", type=int, default=None, help="number of seeds, 0..N-1 (default 5; 2 with --quick)")
-    ap.add_argument("--iters", type=int, default=None, help="training steps per model")
-    ap.add_argument("--num-samples", type=int, default=None, help="M proposal samples per target")
+    ap.add_argument("--json", type=output_file, help="write the table (and config, per-seed values, timings) here")
+    ap.add_argument("--png", type=output_file, help="write a figure of true vs learned densities here")
+    ap.add_argument("--seeds", type=positive_int, default=None, help="number of seeds, 0..N-1 (default 5; 2 with --quick)")
+    ap.add_argument("--iters", type=positive_int, default=None, help="training steps per model")
+    ap.add_argument("--num-samples", type=positive_int, default=None, help="M proposal samples per target")
     ap.add_argument("--quick", action="store_true", help="reduced configuration (fewer steps and samples)")
     ap.add_argument("--problems", nargs="+", default=list(PROBLEMS), choices=list(PROBLEMS))
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
-    ap.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
+    ap.add_argument("--workers", type=positive_int, default=min(2, os.cpu_count() or 1),
                     help="parallel processes (each single-threaded); default min(2, #cpus)")
     add_debug_argument(ap)
     args = ap.parse_args(argv)
-    for name in ("seeds", "iters", "num_samples"):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            ap.error(f"--{name.replace('_', '-')} must be >= 1")
-    if args.workers < 1:
-        ap.error("--workers must be >= 1")
     # A bad output path must fail now, not after minutes of training.
     for out in (args.json, args.png):
         if out is not None:

@@ -29,6 +29,9 @@ from typing import List, Optional, Sequence
 # Runnable from a source checkout without installation.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from ebm_refine.utils.cli import exit_on_interrupt_while_starting  # noqa: E402
+exit_on_interrupt_while_starting()  # Ctrl-C while the imports below load: one line, exit 130
+
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
@@ -132,26 +135,22 @@ def _init_worker(threads: int) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--json", type=Path, help="write the table (config, per-seed values, timings) here")
-    ap.add_argument("--png", type=Path, help="write the figure here (KL vs share; responsibilities vs flags)")
-    ap.add_argument("--seeds", type=int, default=3, help="number of seeds, 0..N-1 (default 3)")
-    ap.add_argument("--iters", type=int, default=None, help="training steps per model")
+    ap.add_argument("--json", type=output_file, help="write the table (config, per-seed values, timings) here")
+    ap.add_argument("--png", type=output_file, help="write the figure here (KL vs share; responsibilities vs flags)")
+    ap.add_argument("--seeds", type=positive_int, default=3, help="number of seeds, 0..N-1 (default 3)")
+    ap.add_argument("--iters", type=positive_int, default=None, help="training steps per model")
     ap.add_argument("--quick", action="store_true", help="reduced configuration (fewer samples and steps)")
     ap.add_argument("--problems", nargs="+", default=["problem2"], choices=list(PROBLEMS),
                     help="default problem2 (unimodal noise, DeepGUM's assumption); problem1 is multimodal")
     ap.add_argument("--kinds", nargs="+", default=["random", "shift"], choices=list(OUTLIER_KINDS))
-    ap.add_argument("--shares", nargs="+", type=float, default=[0.0, 0.2, 0.4])
+    ap.add_argument("--shares", nargs="+", type=finite_float(0.0, 1.0, open_high=True), default=[0.0, 0.2, 0.4])
     ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     ap.add_argument("--raw-residuals", action="store_true",
                     help="DeepGUM on raw residuals (the paper's choice) instead of residuals divided by the "
                          "model's own spread at x (the default; the toy's noise is heteroscedastic)")
-    ap.add_argument("--workers", type=int, default=1, help="parallel processes, each single-threaded")
+    ap.add_argument("--workers", type=positive_int, default=1, help="parallel processes, each single-threaded")
     add_debug_argument(ap)
     args = ap.parse_args(argv)
-    if args.seeds < 1 or (args.iters is not None and args.iters < 1) or args.workers < 1:
-        ap.error("--seeds, --iters and --workers must be >= 1")
-    if any(not 0.0 <= s < 1.0 for s in args.shares):
-        ap.error("--shares must be in [0, 1)")
     for out in (args.json, args.png):  # a bad output path must fail now, not after minutes of training
         if out is not None:
             check_writable(str(out.parent))

@@ -28,6 +28,9 @@ from typing import List, Optional
 
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
 
+from ebm_refine.utils.cli import exit_on_interrupt_while_starting  # noqa: E402
+exit_on_interrupt_while_starting()  # Ctrl-C while the imports below load: one line, exit 130
+
 from ebm_refine.evaluation import summary_rows  # noqa: E402
 from ebm_refine.tracking.datasets import dataset_names, load_dataset  # noqa: E402
 from ebm_refine.tracking.evaluation.per_frame import (  # noqa: E402

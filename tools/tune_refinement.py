@@ -19,17 +19,20 @@ import json
 import os
 import sys
 
-import numpy as np
-import torch
-from detectron2.data import DatasetCatalog
-from detectron2.utils.logger import setup_logger
+from ebm_refine.utils.cli import exit_on_interrupt_while_starting  # noqa: E402
+exit_on_interrupt_while_starting()  # Ctrl-C while the imports below load: one line, exit 130
 
-from ebm_refine.detectron2 import load_config
-from ebm_refine.detectron2 import load_detections_into_dataset
-from ebm_refine.detectron2.refine_detections import compare_refinement_settings, jittered_ground_truth, load_refiner
-from ebm_refine.utils.cli import add_debug_argument, run_cli
-from ebm_refine.utils.errors import UserError
-from ebm_refine.utils.fileio import atomic_write_text, temporary_folder
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from detectron2.data import DatasetCatalog  # noqa: E402
+from detectron2.utils.logger import setup_logger  # noqa: E402
+
+from ebm_refine.detectron2 import load_config  # noqa: E402
+from ebm_refine.detectron2 import load_detections_into_dataset  # noqa: E402
+from ebm_refine.detectron2.refine_detections import compare_refinement_settings, jittered_ground_truth, load_refiner  # noqa: E402
+from ebm_refine.utils.cli import add_debug_argument, run_cli  # noqa: E402
+from ebm_refine.utils.errors import UserError  # noqa: E402
+from ebm_refine.utils.fileio import atomic_write_text, temporary_folder  # noqa: E402
 
 
 def parse_args(argv):

@@ -40,7 +40,7 @@ from .box_estimation import estimate_box
 from .classifier import OnlineClassifier
 from ..processing import CropTransform, as_rgb_image, image_to_tensor, sample_patch, search_region_side
 from ...utils.config import merge_params
-from .params import RENAMED_KEYS, load_tracker_params
+from .params import RENAMED_KEYS, check_tracker_params, load_tracker_params
 
 __all__ = ["EBMAtomTracker", "validate_init_box"]
 
@@ -82,8 +82,9 @@ class EBMAtomTracker:
                  overrides: Optional[Dict[str, Any]] = None):
         if params is None or isinstance(params, str):
             params = load_tracker_params(params, overrides)
-        elif overrides:
-            params = merge_params(params, overrides, renamed=RENAMED_KEYS)
+        else:  # a dict built by the caller: the same range checks as a parameter file's
+            params = check_tracker_params(merge_params(params, overrides, renamed=RENAMED_KEYS) if overrides
+                                          else params)
         self.params = params
         self.mode = params["box_refinement"]["mode"]
         if self.mode not in REFINEMENT_MODES:

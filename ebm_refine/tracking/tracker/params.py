@@ -15,14 +15,15 @@ shipped file has that name, a file next to the parameter file. Paths given as ov
 from __future__ import annotations
 
 import copy
+import math
 import os
 from typing import Any, Dict, Optional, Tuple
 
 from ...utils.config import UnknownKeyError, load_yaml, merge_params
-from ...utils.errors import UserError
+from ...utils.errors import BadValueError, UserError
 from ...utils.resources import data_root, resource_path
 
-__all__ = ["DEFAULT_TRACKER_PARAMS", "CONFIG_DIR", "RENAMED_KEYS", "load_tracker_params"]
+__all__ = ["DEFAULT_TRACKER_PARAMS", "CONFIG_DIR", "RENAMED_KEYS", "load_tracker_params", "check_tracker_params"]
 
 
 CONFIG_DIR = str(resource_path("configs/tracking"))
@@ -123,6 +124,103 @@ DEFAULT_TRACKER_PARAMS: Dict[str, Any] = {
 }
 
 
+# Range of every numeric or enumerated parameter, checked on the merged parameters (file + overrides), so
+# a parameter file, ``--set``, the demo and the tools share one check. (kind, low, high): kind "int" or
+# "float" (finite; bool is not a number here), bounds inclusive unless given as ("open", x); None: no bound.
+# A key whose default is None, or one in NULLABLE_PARAMS, may also be None.
+_OPEN = "open"
+PARAM_RANGES: Dict[str, Tuple[str, Any, Any]] = {
+    "seed": ("int", 0, None),
+    "search_area_factor": ("float", (_OPEN, 0.0), None),
+    "image_sample_size": ("int", 16, None),
+    "classifier.compressed_dim": ("int", 1, None),
+    "classifier.filter_size": ("int", 1, None),
+    "classifier.filter_reg": ("float", 0.0, None),
+    "classifier.output_sigma_factor": ("float", (_OPEN, 0.0), None),
+    "classifier.learning_rate": ("float", 0.0, 1.0),
+    "classifier.hard_negative_learning_rate": ("float", 0.0, 1.0),
+    "classifier.cg_iterations_init": ("int", 0, None),
+    "classifier.cg_iterations_update": ("int", 0, None),
+    "classifier.train_skipping": ("int", 1, None),
+    "classifier.target_not_found_threshold": ("float", None, None),
+    "classifier.distractor_threshold": ("float", None, None),
+    "classifier.hard_negative_threshold": ("float", None, None),
+    "classifier.target_neighborhood_scale": ("float", (_OPEN, 0.0), None),
+    "box_refinement.num_init_boxes": ("int", 1, None),
+    "box_refinement.box_jitter_pos": ("float", 0.0, None),
+    "box_refinement.box_jitter_size": ("float", 0.0, None),
+    "box_refinement.num_steps": ("int", 0, None),
+    "box_refinement.step_size_center": ("float", 0.0, None),
+    "box_refinement.step_size_size": ("float", 0.0, None),
+    "box_refinement.decay": ("float", (_OPEN, 0.0), 1.0),
+    "box_refinement.min_energy_gain": ("float", None, None),
+    "box_refinement.scale_prior_sigma": ("float", (_OPEN, 0.0), None),
+    "box_refinement.adaptation.steps": ("int", 0, None),
+    "box_refinement.adaptation.lr": ("float", 0.0, None),
+    "box_refinement.adaptation.anchor": ("float", 0.0, None),
+    "box_refinement.adaptation.num_samples": ("int", 1, None),
+    "box_refinement.top_k": ("int", 1, None),
+    "box_refinement.max_aspect_ratio": ("float", 1.0, None),
+    "box_refinement.feature_window": ("float", 0.0, None),
+    "scale.min_scale_factor": ("float", (_OPEN, 0.0), None),
+    "scale.max_scale_factor": ("float", (_OPEN, 0.0), None),
+    "scale.max_change_per_frame": ("float", 1.0, None),
+    "scale.min_size": ("float", (_OPEN, 0.0), None),
+    "scale.inside_ratio": ("float", 0.0, 1.0),
+    "scale.max_image_ratio": ("float", (_OPEN, 0.0), None),
+}
+NULLABLE_PARAMS = ("box_refinement.feature_window",)  # null: the whole search region
+_ABSENT = object()
+
+
+def _dotted(params: Dict[str, Any], key: str) -> Any:
+    value: Any = params
+    for part in key.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return _ABSENT
+        value = value[part]
+    return value
+
+
+def _range_problem(value: Any, kind: str, low: Any, high: Any) -> Optional[str]:
+    """Why ``value`` is outside the parameter's range (text), or None."""
+    def bound(b: Any, below: bool) -> Tuple[Optional[float], bool, str]:
+        if b is None:
+            return None, False, ""
+        is_open = isinstance(b, tuple)
+        x = b[1] if is_open else b
+        return x, is_open, f"{('>' if below else '<') + ('' if is_open else '=')} {x:g}"
+
+    lo, lo_open, lo_text = bound(low, True)
+    hi, hi_open, hi_text = bound(high, False)
+    want = f"{'an integer' if kind == 'int' else 'a finite number'}{' ' + lo_text if lo_text else ''}" \
+           f"{' and ' if lo_text and hi_text else (' ' if hi_text else '')}{hi_text}"
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind == "int" and not isinstance(value, int)):
+        return f"must be {want}"
+    if not math.isfinite(value) or (lo is not None and (value <= lo if lo_open else value < lo)) \
+            or (hi is not None and (value >= hi if hi_open else value > hi)):
+        return f"must be {want}"
+    return None
+
+
+def check_tracker_params(params: Dict[str, Any], source: str = "tracker parameters") -> Dict[str, Any]:
+    """Check the range of every numeric parameter (:data:`PARAM_RANGES`) that ``params`` holds.
+
+    Raises:
+        BadValueError naming ``source`` (the parameter file, or the overrides) and the dotted key.
+    Returns ``params``.
+    """
+    for key, (kind, low, high) in PARAM_RANGES.items():
+        value = _dotted(params, key)
+        if value is _ABSENT or (value is None and (key in NULLABLE_PARAMS or _dotted(DEFAULT_TRACKER_PARAMS, key) is None)):
+            continue
+        problem = _range_problem(value, kind, low, high)
+        if problem:
+            raise BadValueError(f"{source}: tracker parameter {key} = {value!r}: {problem}; fix it in the "
+                                "parameter file or the override (--set)")
+    return params
+
+
 def _resolve_file_paths(data: Dict[str, Any], yaml_path: str) -> None:
     """Make the relative ``PATH_KEYS`` values of one parameter file absolute (shipped file, else next to it)."""
     for key in PATH_KEYS:
@@ -172,10 +270,12 @@ def load_tracker_params(name_or_path: Optional[str] = None, overrides: Optional[
     ``overrides`` stays as given.
     """
     params = copy.deepcopy(DEFAULT_TRACKER_PARAMS)
+    source = "tracker parameters"
     if name_or_path is not None:
         path = _resolve(name_or_path)
+        source = path + (" with its overrides" if overrides else "")
         try:
             params = merge_params(params, load_yaml(path, _resolve_file_paths), renamed=RENAMED_KEYS)
         except UnknownKeyError as exc:
             raise UnknownKeyError(f"{path}: {exc}") from None
-    return merge_params(params, overrides, renamed=RENAMED_KEYS)
+    return check_tracker_params(merge_params(params, overrides, renamed=RENAMED_KEYS), source)
