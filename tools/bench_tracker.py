@@ -32,8 +32,9 @@ import torch  # noqa: E402
 
 from ebm_refine.tracking.tracker import EBMAtomTracker, load_tracker_params  # noqa: E402
 from ebm_refine.utils.config import apply_dotted_overrides, merge_params  # noqa: E402
-from ebm_refine.utils import UserError, atomic_write_text, shared_data_dir  # noqa: E402
+from ebm_refine.utils import atomic_write_text, shared_data_dir  # noqa: E402
 from ebm_refine.utils.cli import add_debug_argument, run_cli  # noqa: E402
+from ebm_refine.utils.cli_args import int_in_range, non_negative_int, output_file, positive_int  # noqa: E402
 
 
 def _video(frames: int):
@@ -54,27 +55,26 @@ def _video(frames: int):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--params", nargs="+", default=["ebm", "ebm_fast", "iounet", "norefine"])
-    ap.add_argument("--frames", type=int, default=60)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--num-steps", type=int, help="override box_refinement.num_steps")
-    ap.add_argument("--num-init-boxes", type=int, help="override box_refinement.num_init_boxes")
+    ap.add_argument("--frames", type=int_in_range(2), default=60,
+                    help="frames to decode (the first initialises the tracker)")
+    ap.add_argument("--threads", type=positive_int, default=1)
+    ap.add_argument("--num-steps", type=non_negative_int, help="override box_refinement.num_steps")
+    ap.add_argument("--num-init-boxes", type=positive_int, help="override box_refinement.num_init_boxes")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                     help="tracker parameter overrides for every --params entry (e.g. checkpoint=out/net.pth)")
-    ap.add_argument("--json", help="write results here")
+    ap.add_argument("--json", type=output_file, help="write results here")
     add_debug_argument(ap)
     args = ap.parse_args(argv)
-    if args.frames < 2:
-        raise UserError(f"--frames {args.frames}: need at least 2 (the first frame initialises the tracker)")
     torch.set_num_threads(args.threads)
+    overrides = apply_dotted_overrides({}, args.set)
+    variants = {p: load_tracker_params(p, merge_params({"box_refinement": {k: v for k, v in (
+        ("num_steps", args.num_steps), ("num_init_boxes", args.num_init_boxes)) if v is not None}}, overrides,
+        strict=False)) for p in args.params}  # every parameter set checked before the video is decoded
     name, frames, init = _video(args.frames)
     h, w = frames[0].shape[:2]
     out = {"video": name, "resolution": [w, h], "frames_timed": len(frames) - 1, "threads": args.threads,
            "cpu": platform.processor() or platform.machine(), "torch": torch.__version__, "variants": {}}
-    for p in args.params:
-        over = {k: v for k, v in (("num_steps", args.num_steps), ("num_init_boxes", args.num_init_boxes))
-                if v is not None}
-        params = load_tracker_params(p, merge_params({"box_refinement": over}, apply_dotted_overrides({}, args.set),
-                                                     strict=False))
+    for p, params in variants.items():
         tr = EBMAtomTracker(params)
         t0 = time.perf_counter()
         init_out = tr.initialize(frames[0], {"init_bbox": [float(v) for v in init]})

@@ -26,6 +26,7 @@ exit_on_interrupt_while_starting()  # Ctrl-C while the imports below load: one l
 
 from ebm_refine.evaluation import (  # noqa: E402
     CI_METHODS,
+    check_distinct_runs,
     PerSampleErrors,
     compare_methods,
     compare_runs,
@@ -35,21 +36,22 @@ from ebm_refine.evaluation import (  # noqa: E402
 )
 from ebm_refine.utils import UserError, atomic_write_text  # noqa: E402
 from ebm_refine.utils.cli import add_debug_argument, run_cli  # noqa: E402
+from ebm_refine.utils.cli_args import existing_file, finite_float, output_file  # noqa: E402
 
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("errors", nargs="?", help="per-sample error file (JSON) with one or more runs")
+    ap.add_argument("errors", nargs="?", type=existing_file, help="per-sample error file (JSON) with one or more runs")
     ap.add_argument("--a", help="method A (a name in the file); with --b: compare only this pair")
     ap.add_argument("--b", help="method B")
-    ap.add_argument("--a-files", nargs="+", metavar="FILE", help="method A: one error file per run (text or .npy)")
-    ap.add_argument("--b-files", nargs="+", metavar="FILE", help="method B: the same runs, in the same order")
+    ap.add_argument("--a-files", nargs="+", metavar="FILE", type=existing_file, help="method A: one error file per run (text or .npy)")
+    ap.add_argument("--b-files", nargs="+", metavar="FILE", type=existing_file, help="method B: the same runs, in the same order")
     ap.add_argument("--names", nargs=2, default=("A", "B"), metavar=("A", "B"), help="names for --a-files/--b-files")
     ap.add_argument("--metric", default=None, help="what the errors are, for the table (default: from the file)")
-    ap.add_argument("--confidence", type=float, default=0.95, help="level of the median-difference interval")
-    ap.add_argument("--alpha", type=float, default=0.05, help="significance level for naming a winner")
+    ap.add_argument("--confidence", type=finite_float(0.0, 1.0, True, True), default=0.95, help="level of the median-difference interval")
+    ap.add_argument("--alpha", type=finite_float(0.0, 1.0, True, True), default=0.05, help="significance level for naming a winner")
     ap.add_argument("--ci", choices=CI_METHODS, default="order", help="median interval: order statistics or bootstrap")
-    ap.add_argument("--json", help="also write the comparison(s) here")
+    ap.add_argument("--json", type=output_file, help="also write the comparison(s) here")
     add_debug_argument(ap)
     return ap.parse_args(argv)
 
@@ -73,13 +75,12 @@ def _load(args: argparse.Namespace) -> PerSampleErrors:
         if a.size != b.size:
             raise UserError(f"{fb}: {b.size} errors but {fa} has {a.size}; paired runs need the same samples")
         data.add_run(str(r), {name_a: a, name_b: b})
+    check_distinct_runs(data, "--a-files/--b-files")
     return data
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
-    if not 0.0 < args.confidence < 1.0 or not 0.0 < args.alpha < 1.0:
-        raise UserError("--confidence and --alpha must lie strictly between 0 and 1")
     data = _load(args)
     source = args.errors or "--a-files/--b-files"
     kw = dict(ids=data.ids(), run_names=[r.name for r in data.runs], metric=args.metric or data.metric,

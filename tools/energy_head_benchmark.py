@@ -33,18 +33,19 @@ from detectron2.utils.logger import setup_logger  # noqa: E402
 from ebm_refine.detectron2.head_benchmark import HEADS, run_head_benchmark  # noqa: E402
 from ebm_refine.utils import UserError  # noqa: E402
 from ebm_refine.utils.cli import add_debug_argument, run_cli  # noqa: E402
+from ebm_refine.utils.cli_args import non_negative_int, output_folder, positive_int  # noqa: E402
 
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--output", default="output/energy_heads", help="output folder")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds (config SEED)")
+    p.add_argument("--output", default="output/energy_heads", type=output_folder, help="output folder")
+    p.add_argument("--seeds", type=non_negative_int, nargs="+", default=[0, 1, 2], help="training seeds (config SEED)")
     p.add_argument("--heads", nargs="+", default=list(HEADS), choices=list(HEADS), help="heads to compare")
-    p.add_argument("--iters", type=int, default=None, help="joint training iterations (default 500; 30 quick)")
+    p.add_argument("--iters", type=positive_int, default=None, help="joint training iterations (default 500; 30 quick)")
     p.add_argument("--quick", action="store_true", help="the benchmark's small smoke configuration")
-    p.add_argument("--timing-images", type=int, default=50, help="validation images for the refinement timing")
+    p.add_argument("--timing-images", type=positive_int, default=50, help="validation images for the refinement timing")
     p.add_argument("--overwrite", action="store_true", help="re-run finished runs")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: all cores)")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="extra config options (KEY VALUE ...) for every head")
     add_debug_argument(p)
     return p.parse_args(argv)
@@ -52,8 +53,6 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
-    if args.timing_images < 1:
-        raise UserError(f"--timing-images must be >= 1, got {args.timing_images}")
     if len(args.opts) % 2:
         raise UserError(f"config options must be KEY VALUE pairs, got an odd number: {' '.join(args.opts)}")
     if args.threads:

@@ -37,6 +37,7 @@ from ebm_refine.tracking.tracker.params import load_tracker_params  # noqa: E402
 from ebm_refine.utils.config import apply_dotted_overrides  # noqa: E402
 from ebm_refine.utils import UserError, atomic_write_text, shared_data_dir  # noqa: E402
 from ebm_refine.utils.cli import add_debug_argument, run_cli  # noqa: E402
+from ebm_refine.utils.cli_args import non_negative_int, number_list, output_file, positive_int  # noqa: E402
 
 VALIDATION = "Biker,Woman,S1301,wakeboard4,MotorRolling,group2_2"
 
@@ -49,11 +50,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--root", help="sequences in OTB layout (default: <shared data>/tracking_train)")
     ap.add_argument("--sequences", default=VALIDATION, help=f"comma-separated names (default: {VALIDATION})")
     ap.add_argument("--probe", choices=("pairs", "track", "both"), default="both")
-    ap.add_argument("--pairs", type=int, default=200)
-    ap.add_argument("--seed", type=int, default=0, help="pair sampling and candidate boxes")
-    ap.add_argument("--size-errors", default="1,0.7,1.4", help="search-region size factors")
-    ap.add_argument("--init-scales", default="0.7,1,1.4", help="box estimation starts from the truth scaled by these")
-    ap.add_argument("--json", help="write the summary here")
+    ap.add_argument("--pairs", type=positive_int, default=200)
+    ap.add_argument("--seed", type=non_negative_int, default=0, help="pair sampling and candidate boxes")
+    ap.add_argument("--size-errors", type=number_list(low=0.0, open_low=True), default="1,0.7,1.4",
+                    help="search-region size factors (> 0)")
+    ap.add_argument("--init-scales", type=number_list(low=0.0, open_low=True), default="0.7,1,1.4",
+                    help="box estimation starts from the truth scaled by these (> 0)")
+    ap.add_argument("--json", type=output_file, help="write the summary here")
     add_debug_argument(ap)
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -70,8 +73,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     t0 = time.time()
     if args.probe in ("pairs", "both"):
         records = probe_pairs(tracker.net, sequences, params, num_pairs=args.pairs, seed=args.seed,
-                              size_errors=[float(v) for v in args.size_errors.split(",")],
-                              init_scales=[float(v) for v in args.init_scales.split(",")])
+                              size_errors=args.size_errors, init_scales=args.init_scales)
         summary["pairs"] = summarize_pairs(records)
     if args.probe in ("track", "both"):
         summary["track"] = probe_tracking(tracker, sequences)

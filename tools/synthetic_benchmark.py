@@ -25,15 +25,16 @@ from detectron2.utils.logger import setup_logger  # noqa: E402
 
 from ebm_refine.detectron2.benchmark import run_synthetic_benchmark  # noqa: E402
 from ebm_refine.utils.cli import add_debug_argument, run_cli  # noqa: E402
+from ebm_refine.utils.cli_args import non_negative_int, output_folder, positive_int  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--output", default="output/quickstart/detection", help="output folder")
-    p.add_argument("--iters", type=int, default=None, help="joint detector + EBM training iterations")
-    p.add_argument("--baseline-iters", type=int, default=None, help="IoU-Net head iterations (0 = skip)")
+    p.add_argument("--output", default="output/quickstart/detection", type=output_folder, help="output folder")
+    p.add_argument("--iters", type=positive_int, default=None, help="joint detector + EBM training iterations")
+    p.add_argument("--baseline-iters", type=non_negative_int, default=None, help="IoU-Net head iterations (0 = skip)")
     p.add_argument("--quick", action="store_true", help="small smoke configuration")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: all cores)")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="extra config options (KEY VALUE ...)")
     add_debug_argument(p)
     return p.parse_args(argv)

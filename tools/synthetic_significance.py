@@ -36,19 +36,20 @@ from ebm_refine.detectron2.box_change import PER_BOX_FILE  # noqa: E402
 from ebm_refine.detectron2.multi_run import collect_runs, run_seeds, significance_tables  # noqa: E402
 from ebm_refine.utils import UserError, atomic_write_text  # noqa: E402
 from ebm_refine.utils.cli import add_debug_argument, run_cli  # noqa: E402
+from ebm_refine.utils.cli_args import non_negative_int, output_folder, positive_int  # noqa: E402
 
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--output", default="output/significance/synthetic", help="output folder (one seed<s>/ per run)")
-    p.add_argument("--runs", type=int, default=5, help="number of training seeds R (SEED = 0..R-1)")
-    p.add_argument("--first-seed", type=int, default=0, help="SEED of the first run")
+    p.add_argument("--output", default="output/significance/synthetic", type=output_folder, help="output folder (one seed<s>/ per run)")
+    p.add_argument("--runs", type=positive_int, default=5, help="number of training seeds R (SEED = 0..R-1)")
+    p.add_argument("--first-seed", type=non_negative_int, default=0, help="SEED of the first run")
     p.add_argument("--quick", action="store_true", help="the benchmark's small smoke configuration")
-    p.add_argument("--iters", type=int, default=None, help="joint detector + EBM iterations per run")
-    p.add_argument("--baseline-iters", type=int, default=None, help="IoU-Net head iterations per run (0 = skip)")
+    p.add_argument("--iters", type=positive_int, default=None, help="joint detector + EBM iterations per run")
+    p.add_argument("--baseline-iters", type=non_negative_int, default=None, help="IoU-Net head iterations per run (0 = skip)")
     p.add_argument("--overwrite", action="store_true", help="re-run seeds that already finished")
     p.add_argument("--collect-only", action="store_true", help="do not train: gather the finished runs in --output")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: all cores)")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="extra config options (KEY VALUE ...) for every run")
     add_debug_argument(p)
     return p.parse_args(argv)
@@ -56,8 +57,6 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
-    if args.runs < 1:
-        raise UserError(f"--runs must be >= 1, got {args.runs}")
     if args.threads:
         torch.set_num_threads(args.threads)
     setup_logger(args.output, name="ebm_refine")

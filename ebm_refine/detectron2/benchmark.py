@@ -84,7 +84,9 @@ def run_synthetic_benchmark(output: os.PathLike, iters: Optional[int] = None, ba
     t0 = time.perf_counter()
 
     # Stage 1: detector and energy head trained jointly.
-    steps = f"({int(iters * 0.75)}, {int(iters * 0.92)})"
+    # Learning-rate drops at 75 % and 92 % of training; for very short runs only those that fall inside it,
+    # once each (Detectron2 wants strictly increasing milestones after iteration 0).
+    steps = "(" + "".join(f"{s}," for s in sorted({int(iters * 0.75), int(iters * 0.92)} - {0})) + ")"
     ebm_cfg = stage_cfg(out / "ebm", ["SOLVER.MAX_ITER", str(iters), "SOLVER.STEPS", steps,
                                       "SOLVER.WARMUP_ITERS", str(min(100, iters // 5)), *common])
     ebm = train_and_test(ebm_cfg)

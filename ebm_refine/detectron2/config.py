@@ -11,7 +11,7 @@ from detectron2.config import CfgNode as CN
 
 from ..utils.errors import UserError
 
-__all__ = ["add_ebm_config", "validate_ebm_config", "ConfigValueError", "RENAMED_KEYS", "renamed_key_hint",
+__all__ = ["add_ebm_config", "validate_ebm_config", "validate_solver_config", "ConfigValueError", "RENAMED_KEYS", "renamed_key_hint",
            "ROBUST_RESIDUALS", "ROBUST_RESIDUAL_STARTS"]
 
 # What DeepGUM's residual of a ground-truth box is (MODEL.EBM.ROBUST.RESIDUAL).
@@ -186,6 +186,28 @@ def renamed_key_hint(message: str):
 def _check(ok: bool, key: str, rule: str, value) -> None:
     if not ok:
         raise ConfigValueError(f"{key} must be {rule}, got {value!r}")
+
+
+def _whole(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def validate_solver_config(cfg: CN) -> None:
+    """Raise :class:`ConfigValueError` naming the first ``SOLVER`` value Detectron2's schedule cannot use
+    (it would fail with a traceback when training starts, or train on a silently broken schedule)."""
+    s = cfg.SOLVER
+    _check(_whole(s.MAX_ITER) and s.MAX_ITER >= 1, "SOLVER.MAX_ITER", "a whole number >= 1", s.MAX_ITER)
+    _check(all(_whole(v) and v >= 1 for v in s.STEPS) and list(s.STEPS) == sorted(set(s.STEPS)), "SOLVER.STEPS",
+           "strictly increasing whole numbers >= 1 (the iterations where the learning rate drops)", tuple(s.STEPS))
+    _check(_whole(s.WARMUP_ITERS) and s.WARMUP_ITERS >= 0, "SOLVER.WARMUP_ITERS", "a whole number >= 0", s.WARMUP_ITERS)
+    _check(_whole(s.IMS_PER_BATCH) and s.IMS_PER_BATCH >= 1, "SOLVER.IMS_PER_BATCH", "a whole number >= 1",
+           s.IMS_PER_BATCH)
+    _check(_whole(s.CHECKPOINT_PERIOD) and s.CHECKPOINT_PERIOD >= 1, "SOLVER.CHECKPOINT_PERIOD", "a whole number >= 1",
+           s.CHECKPOINT_PERIOD)
+    for key in ("BASE_LR", "GAMMA", "MOMENTUM", "WEIGHT_DECAY"):
+        value = getattr(s, key)
+        _check(isinstance(value, (int, float)) and math.isfinite(value) and value >= 0, f"SOLVER.{key}",
+               "a finite number >= 0", value)
 
 
 def validate_ebm_config(cfg: CN) -> None:

@@ -30,7 +30,7 @@ from detectron2.evaluation import COCOEvaluator, DatasetEvaluators
 
 from ..utils.errors import UserError
 from .checkpoint import EBMCheckpointer
-from .config import add_ebm_config, renamed_key_hint
+from .config import ConfigValueError, add_ebm_config, renamed_key_hint, validate_solver_config
 from .box_change import PER_BOX_FILE, BoxChangeEvaluator
 from .data import CheckedDatasetMapper, DatasetError, load_dataset_dicts
 from .detections import DetectionsMapper, RefinedDetectionsWriter, load_detections_into_dataset
@@ -77,6 +77,10 @@ def load_config(config_file: Optional[str] = None, opts: Optional[List[str]] = N
             cfg.merge_from_list(list(opts))
         except (KeyError, AssertionError, ValueError, TypeError) as e:
             raise ConfigError(f"command-line option: {_config_message(e)}") from None
+    try:
+        validate_solver_config(cfg)
+    except ConfigValueError as e:
+        raise ConfigError(f"{config_file or 'the config'}{' with its options' if opts else ''}: {e}") from None
     return cfg
 
 
@@ -114,6 +118,7 @@ class EBMTrainer(DefaultTrainer):
     """``DefaultTrainer`` + refined/unrefined evaluation, checked data and :class:`EBMCheckpointer`."""
 
     def __init__(self, cfg: CfgNode):
+        validate_solver_config(cfg)  # also for a config built without load_config
         with _ddp_without_device_ids_for_cpu_models():
             super().__init__(cfg)
 

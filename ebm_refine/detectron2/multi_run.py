@@ -20,7 +20,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..evaluation import PerSampleErrors, compare_methods, load_per_sample_errors, summary_rows
+from ..evaluation import PerSampleErrors, check_distinct_runs, compare_methods, load_per_sample_errors, summary_rows
 from ..utils.errors import UserError
 from .box_change import PER_BOX_FILE
 
@@ -74,13 +74,21 @@ def collect_runs(files: Sequence[str]) -> Tuple[PerSampleErrors, PerSampleErrors
     """
     if not files:
         raise UserError("no per-box error files to collect; run the benchmark first")
-    runs = [r for f in files for r in load_per_sample_errors(f).runs]
-    names = [r.name for r in runs]
-    if len(set(names)) != len(names):
-        raise UserError(f"runs with the same name in {', '.join(files)}: {names}; each run needs its own SEED")
+    sourced = [(f, r) for f in files for r in load_per_sample_errors(f).runs]  # (file, run): errors name the file
+    runs = [r for _, r in sourced]
+    first: Dict[str, str] = {}
+    for f, r in sourced:
+        if r.name in first:
+            raise UserError(f"{f}: run {r.name!r} is also in {first[r.name]}; each run needs its own SEED (the same "
+                            "run given twice would be counted as two independent runs)")
+        first[r.name] = f
     methods = [m for m in runs[0].errors if all(m in r.errors for r in runs)]
     if len(methods) < 2:
-        raise UserError(f"{files[0]}: fewer than two methods in every run ({methods})")
+        # Name the file that lacks a method the others have (not simply the first file).
+        every = set().union(*(r.errors for r in runs))
+        f, r = next(((f, r) for f, r in sourced if set(r.errors) != every), sourced[0])
+        raise UserError(f"{f}: run {r.name!r} has the methods {sorted(r.errors)}, the other runs "
+                        f"{sorted(every)}; fewer than two methods are in every run; re-run that seed")
     full, common = PerSampleErrors("1 - IoU", "box"), PerSampleErrors("1 - IoU", "box")
     if any(r.ids is None for r in runs):
         raise UserError("every run needs sample ids (ground-truth box ids) to be paired across runs; "
@@ -94,6 +102,7 @@ def collect_runs(files: Sequence[str]) -> Tuple[PerSampleErrors, PerSampleErrors
         pos = {i: k for k, i in enumerate(r.ids)}
         idx = np.array([pos[i] for i in shared], dtype=np.int64)
         common.add_run(r.name, {m: r.errors[m][idx] for m in methods}, shared)
+    check_distinct_runs(full, ", ".join(files))
     dropped = sum(len(r.ids) for r in runs) - len(runs) * len(shared)
     return full, common, {"runs": len(runs), "common": len(shared), "dropped": dropped}
 

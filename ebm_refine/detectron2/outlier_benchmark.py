@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import statistics
 import time
 from pathlib import Path
@@ -179,6 +180,61 @@ def _write(out: Path, runs: List[dict], iters: int, fractions, kinds, seeds, opt
     return result
 
 
+def _is_number(value, finite: bool = True) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and (not finite or math.isfinite(value))
+
+
+def _field(data, path: Sequence[str]):
+    """``data[path[0]][path[1]]...``, or the string "missing" when a level is absent or not an object."""
+    for key in path:
+        if not isinstance(data, dict) or key not in data:
+            return "missing"
+        data = data[key]
+    return data
+
+
+def check_result(result, source: str) -> dict:
+    """Check that ``result`` (a loaded ``outlier_benchmark.json``) has the shape :func:`run_outlier_benchmark`
+    writes: every field :func:`merge_results` and :func:`summarize` read, with finite numbers.
+
+    Raises:
+        ValueError naming ``source`` and the first bad field.
+    """
+    def bad(what: str) -> ValueError:
+        return ValueError(f"{source}: not an outlier_benchmark.json written by this tool ({what}); pass the "
+                          "outlier_benchmark.json of an earlier run, unedited")
+
+    if not isinstance(result, dict):
+        raise bad(f"it holds a {type(result).__name__}, not an object")
+    iters = result.get("iterations")
+    if not isinstance(iters, int) or isinstance(iters, bool) or iters < 0:
+        raise bad(f"'iterations' is {iters!r}, not a non-negative integer")
+    for key, ok in (("fractions", _is_number), ("kinds", lambda v: isinstance(v, str)),
+                    ("seeds", lambda v: isinstance(v, int) and not isinstance(v, bool)),
+                    ("opts", lambda v: isinstance(v, (str, int, float)))):
+        values = result.get(key, [] if key == "opts" else None)
+        if not isinstance(values, list) or not all(ok(v) for v in values):
+            raise bad(f"'{key}' is {values!r}")
+    runs = result.get("runs")
+    if not isinstance(runs, list):
+        raise bad(f"'runs' is {runs!r}, not a list")
+    for i, run in enumerate(runs):
+        where = f"runs[{i}]"
+        if not isinstance(run, dict):
+            raise bad(f"{where} is not an object")
+        for key, ok in (("kind", lambda v: isinstance(v, str)), ("method", lambda v: isinstance(v, str)),
+                        ("fraction", lambda v: _is_number(v) and 0.0 <= v <= 1.0),
+                        ("seed", lambda v: isinstance(v, int) and not isinstance(v, bool))):
+            if key not in run or not ok(run[key]):
+                raise bad(f"{where}.{key} is {run.get(key, 'missing')!r}")
+        fields = [("box_ap", boxes, metric) for boxes in ("unrefined", "refined") for metric in ("AP", "AP75")]
+        for field in fields + [("outlier_detection", "precision"), ("outlier_detection", "recall")]:
+            value = _field(run, field)
+            if value is not None and not _is_number(value):
+                raise bad(f"{where}.{'.'.join(field)} is {value!r}, not a finite number or null")
+    return result
+
+
 def merge_results(results: Sequence[dict], sources: Optional[Sequence[str]] = None) -> dict:
     """Several ``outlier_benchmark.json`` results (e.g. one process per seed, or one per setting) as one.
 
@@ -186,12 +242,14 @@ def merge_results(results: Sequence[dict], sources: Optional[Sequence[str]] = No
     (``"deepgum (MODEL.EBM.ROBUST.RESIDUAL_START best_sample)"``), so that settings are not averaged together.
 
     Raises:
-        ValueError (naming ``sources[i]``) when the results used different iteration counts, or when two of
-        them hold the same (kind, share, seed, method) run.
+        ValueError (naming ``sources[i]``) when a result is malformed (:func:`check_result`), the results used
+        different iteration counts, or two of them hold the same (kind, share, seed, method) run.
     """
     sources = list(sources) if sources is not None else [f"result {i}" for i in range(len(results))]
     if not results:
         raise ValueError("nothing to merge")
+    for src, res in zip(sources, results):
+        check_result(res, src)
     iters = {r["iterations"] for r in results}
     if len(iters) > 1:
         raise ValueError(f"{', '.join(sources)}: trained for different iteration counts {sorted(iters)}; "

@@ -7,7 +7,7 @@ per_sample    the per-sample error file that benchmarks write and ``tools/compar
 (Detection AP lives in ``ebm_refine.detectron2.evaluation``, tracking metrics in
 ``ebm_refine.tracking.evaluation``; this package is what they share.)
 """
-from .per_sample import FORMAT, ErrorRun, PerSampleErrors, load_per_sample_errors, read_error_column
+from .per_sample import FORMAT, ErrorRun, PerSampleErrors, check_distinct_runs, load_per_sample_errors, read_error_column
 from .significance import (
     CI_METHODS,
     Comparison,

@@ -28,7 +28,8 @@ import numpy as np
 from ..utils.errors import UserError
 from ..utils.fileio import atomic_write_text
 
-__all__ = ["FORMAT", "ErrorRun", "PerSampleErrors", "load_per_sample_errors", "read_error_column"]
+__all__ = ["FORMAT", "ErrorRun", "PerSampleErrors", "load_per_sample_errors", "read_error_column",
+           "check_distinct_runs"]
 
 FORMAT = "ebm_refine.per_sample_errors/1"
 
@@ -113,16 +114,35 @@ def load_per_sample_errors(path: str) -> PerSampleErrors:
             errors = {m: np.asarray(e, dtype=np.float64) for m, e in run["errors"].items()}
         except (TypeError, ValueError):
             raise UserError(f"{path}: runs[{i}].errors must hold lists of numbers") from None
-        bad = [m for m, e in errors.items() if e.ndim != 1 or not np.isfinite(e).all()]
+        bad = [m for m, e in errors.items() if e.ndim != 1 or e.size == 0 or not np.isfinite(e).all()]
         if bad:
-            raise UserError(f"{path}: runs[{i}].errors[{bad[0]!r}] must be a flat list of finite numbers")
+            raise UserError(f"{path}: runs[{i}].errors[{bad[0]!r}] must be a non-empty flat list of finite numbers")
         try:
             out.add_run(run.get("name", str(i)), errors, run.get("ids"))
         except ValueError as e:
             raise UserError(f"{path}: {e}") from None
     if not out.methods:
         raise UserError(f"{path}: no method appears in every run")
+    check_distinct_runs(out, path)
     return out
+
+
+def check_distinct_runs(data: PerSampleErrors, source: str) -> None:
+    """Refuse two runs with the same name, or with identical errors for every method: the same run given
+    twice would be pooled as if it were an independent repetition (a smaller p-value for nothing).
+
+    Raises:
+        UserError naming ``source`` and both runs.
+    """
+    seen: Dict[str, str] = {}
+    for run in data.runs:
+        if run.name in seen.values():
+            raise UserError(f"{source}: two runs are named {run.name!r}; each run needs its own name (seed)")
+        key = repr(sorted((m, e.tobytes()) for m, e in run.errors.items()))
+        if key in seen:
+            raise UserError(f"{source}: runs {seen[key]!r} and {run.name!r} hold identical errors: the same run "
+                            "given twice, which would be counted as two independent runs; give each run once")
+        seen[key] = run.name
 
 
 def read_error_column(path: str) -> np.ndarray:
@@ -137,16 +157,20 @@ def read_error_column(path: str) -> np.ndarray:
             raise UserError(f"{path}: not a numeric .npy array ({e})") from None
     else:
         values = []
-        with open(path, "r", encoding="utf-8") as fh:
-            for k, line in enumerate(fh, 1):
-                line = line.split("#", 1)[0].strip()
-                if not line:
-                    continue
-                field = line.replace("\t", ",").split(",")[-1].strip()
-                try:
-                    values.append(float(field))
-                except ValueError:
-                    raise UserError(f"{path}:{k}: {field!r} is not a number; one error per line") from None
+        try:
+            with open(path, "r", encoding="utf-8") as fh:
+                for k, line in enumerate(fh, 1):
+                    line = line.split("#", 1)[0].strip()
+                    if not line:
+                        continue
+                    field = line.replace("\t", ",").split(",")[-1].strip()
+                    try:
+                        values.append(float(field))
+                    except ValueError:
+                        raise UserError(f"{path}:{k}: {field!r} is not a number; one error per line") from None
+        except UnicodeDecodeError:
+            raise UserError(f"{path}: not a text file (binary content); give one error per line, or a .npy "
+                            "array named *.npy") from None
         values = np.asarray(values, dtype=np.float64)
     if values.size == 0 or not all(math.isfinite(v) for v in values):
         raise UserError(f"{path}: needs at least one error and only finite values")

@@ -109,7 +109,7 @@ def test_runs_pool_over_the_boxes_every_run_matched(tmp_path):
 def test_collect_runs_bad_input(tmp_path):
     rng = np.random.default_rng(1)
     a = _run_file(tmp_path / "a.json", "seed0", ["1/1", "1/2"], rng, 0.1)
-    with pytest.raises(UserError, match="runs with the same name"):
+    with pytest.raises(UserError, match=r"a.json: run .seed0. is also in .*a.json; each run needs its own SEED"):
         collect_runs([a, a])
     b = _run_file(tmp_path / "b.json", "seed1", ["3/3"], rng, 0.1)
     with pytest.raises(UserError, match="no ground-truth box is matched in every run"):

@@ -157,3 +157,20 @@ def test_merge_combines_processes_and_keeps_settings_apart(tmp_path, one_line_er
                          capture_output=True, text=True)
     assert res.returncode != 0
     one_line_error(res.stderr, "outlier_detection_benchmark.py", "bad.json", "not JSON")
+
+
+@pytest.mark.parametrize("damage, field", [
+    (lambda r: r["runs"][0].pop("kind"), "runs[0].kind is 'missing'"),
+    (lambda r: r.update(runs="abc"), "'runs' is 'abc'"),
+    (lambda r: r.update(iterations=[500]), "'iterations' is [500]"),
+    (lambda r: r["runs"][0]["box_ap"]["refined"].update(AP=float("nan")), "runs[0].box_ap.refined.AP is nan"),
+    (lambda r: r["runs"][0].update(fraction=1.5), "runs[0].fraction is 1.5"),
+])
+def test_merge_refuses_a_malformed_result_naming_the_field(damage, field):
+    from ebm_refine.detectron2.outlier_benchmark import merge_results
+
+    good, bad = _result([(0, 14.0)]), _result([(1, 16.0)])
+    damage(bad)
+    with pytest.raises(ValueError) as info:
+        merge_results([good, bad], ["good.json", "bad.json"])
+    assert str(info.value).startswith(f"bad.json: not an outlier_benchmark.json written by this tool ({field}")

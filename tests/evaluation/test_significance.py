@@ -182,3 +182,24 @@ def test_compare_runs_tool(tmp_path, capsys):
     assert err.count("\n") == 1 and "nope" in err and "errors.json" in err
     assert run_cli(tool.main, [str(tmp_path / "missing.json")], prog="compare_runs.py") == 2
     assert "missing.json" in capsys.readouterr().err
+
+
+def test_error_files_that_are_binary_empty_or_the_same_run_twice_are_refused(tmp_path):
+    from ebm_refine.evaluation import PerSampleErrors, check_distinct_runs, load_per_sample_errors, read_error_column
+    from ebm_refine.utils import UserError
+
+    binary = tmp_path / "a.txt"
+    binary.write_bytes(bytes(range(256)))
+    with pytest.raises(UserError, match="a.txt: not a text file"):
+        read_error_column(str(binary))
+    empty = tmp_path / "empty.json"
+    empty.write_text('{"format": "ebm_refine.per_sample_errors/1", "runs": [{"name": "0", "errors": {"A": [], "B": []}}]}')
+    with pytest.raises(UserError, match=r"empty.json: runs\[0\].errors\['A'\] must be a non-empty"):
+        load_per_sample_errors(str(empty))
+    twice = PerSampleErrors()
+    twice.add_run("seed0", {"A": [0.1, 0.2], "B": [0.3, 0.1]})
+    twice.add_run("seed1", {"A": [0.1, 0.2], "B": [0.3, 0.1]})
+    with pytest.raises(UserError, match="runs 'seed0' and 'seed1' hold identical errors"):
+        check_distinct_runs(twice, "x.json")
+    twice.runs[1].errors["B"] = twice.runs[1].errors["B"] + 0.01  # a real second run: accepted
+    check_distinct_runs(twice, "x.json")
