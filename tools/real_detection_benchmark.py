@@ -33,35 +33,50 @@ from detectron2.utils.logger import setup_logger  # noqa: E402
 from ebm_refine.detectron2 import load_config  # noqa: E402
 from ebm_refine.detectron2.evaluation import METRICS  # noqa: E402
 from ebm_refine.detectron2.multi_run import collect_runs, merge_stage_errors, significance_tables  # noqa: E402
-from ebm_refine.detectron2.refine_detections import refine_detection_file  # noqa: E402
+from ebm_refine.detectron2.refine_detections import read_best_setting, refine_detection_file, refiner_kind  # noqa: E402
 from ebm_refine.utils.cli import add_debug_argument, run_cli  # noqa: E402
+from ebm_refine.utils.cli_args import (check_dataset_name, check_existing_file, existing_file, existing_folder,  # noqa: E402
+                                       output_file, output_folder, positive_int)
 from ebm_refine.utils.errors import UserError  # noqa: E402
 from ebm_refine.utils.fileio import atomic_write_text, temporary_folder  # noqa: E402
 
 
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ebm-runs", nargs="+", required=True)
-    p.add_argument("--ebm-settings", required=True, help="tools/tune_refinement.py JSON of an EBM run")
-    p.add_argument("--iounet-runs", nargs="*", default=[])
-    p.add_argument("--iounet-settings")
+    p.add_argument("--ebm-runs", nargs="+", required=True, type=existing_folder,
+                   help="tools/train_net.py output folders of EBM refiners (config.yaml + model_final.pth)")
+    p.add_argument("--ebm-settings", required=True, type=existing_file, help="tools/tune_refinement.py JSON of an EBM run")
+    p.add_argument("--iounet-runs", nargs="*", default=[], type=existing_folder,
+                   help="output folders of IoU-Net refiners (MODEL.EBM.LOSS iou_confidence)")
+    p.add_argument("--iounet-settings", type=existing_file)
     p.add_argument("--detections", nargs="+", required=True, metavar="NAME=FILE")
     p.add_argument("--dataset", default="coco_val2017_first128")
-    p.add_argument("--json", help="write every figure as JSON")
-    p.add_argument("--per-box-errors", metavar="DIR", help="keep the per-box errors here: <detector>.json per "
-                   "detector (all runs; the per-sample error format of tools/compare_runs.py)")
-    p.add_argument("--threads", type=int)
+    p.add_argument("--json", type=output_file, help="write every figure as JSON")
+    p.add_argument("--per-box-errors", metavar="DIR", type=output_folder,
+                   help="keep the per-box errors here: <detector>.json per detector (all runs; the per-sample "
+                        "error format of tools/compare_runs.py)")
+    p.add_argument("--threads", type=positive_int)
     add_debug_argument(p)
     return p.parse_args(argv)
 
 
 def best_setting(path: str) -> list:
-    try:
-        best = json.loads(open(path).read())["best"]
-    except (OSError, ValueError, KeyError) as e:
-        raise UserError(f"{path}: not a tools/tune_refinement.py JSON ({e})") from None
+    best = read_best_setting(path)
     return ["MODEL.EBM.REFINE.NUM_STEPS", str(best["num_steps"]), "MODEL.EBM.REFINE.STEP_SIZE_CENTER",
             str(best["step_size_center"]), "MODEL.EBM.REFINE.STEP_SIZE_SIZE", str(best["step_size_size"])]
+
+
+def check_runs(head: str, runs, setting: list, option: str) -> None:
+    """Every run folder holds a config and weights, of a refiner of the kind its option says (before any work)."""
+    for run in runs:
+        for name in ("config.yaml", "model_final.pth"):
+            if not os.path.isfile(os.path.join(run, name)):
+                raise UserError(f"{os.path.join(run, name)}: not found; {option} takes tools/train_net.py output "
+                                "folders of finished refiner trainings")
+        kind = refiner_kind(load_config(os.path.join(run, "config.yaml"), setting))
+        if kind != head:
+            raise UserError(f"{run}: a refiner trained as {kind} (MODEL.EBM.LOSS in its config.yaml), given as "
+                            f"{option}; pass it under {'--iounet-runs' if kind == 'IoU-Net' else '--ebm-runs'}")
 
 
 def spread(values) -> str:
@@ -93,11 +108,16 @@ def main(argv=None) -> int:
     detections = dict(d.split("=", 1) for d in args.detections if "=" in d)
     if len(detections) != len(args.detections):
         raise UserError(f"--detections takes NAME=FILE items, got {args.detections}")
+    for det_file in detections.values():
+        check_existing_file(det_file, "--detections")
+    check_dataset_name(args.dataset)
     heads = {"EBM": (args.ebm_runs, best_setting(args.ebm_settings))}
     if args.iounet_runs:
         if not args.iounet_settings:
             raise UserError("--iounet-runs needs --iounet-settings")
         heads["IoU-Net"] = (args.iounet_runs, best_setting(args.iounet_settings))
+    for head, (runs, setting) in heads.items():
+        check_runs(head, runs, setting, "--ebm-runs" if head == "EBM" else "--iounet-runs")
     results, significance = {}, {}
     with temporary_folder() as tmp:
         for det_name, det_file in detections.items():

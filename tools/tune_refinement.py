@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 
@@ -31,23 +32,27 @@ from ebm_refine.detectron2 import load_config  # noqa: E402
 from ebm_refine.detectron2 import load_detections_into_dataset  # noqa: E402
 from ebm_refine.detectron2.refine_detections import compare_refinement_settings, jittered_ground_truth, load_refiner  # noqa: E402
 from ebm_refine.utils.cli import add_debug_argument, run_cli  # noqa: E402
+from ebm_refine.utils.cli_args import (check_dataset_name, existing_file, finite_float, non_negative_int,  # noqa: E402
+                                       number_list, output_file, positive_int)
 from ebm_refine.utils.errors import UserError  # noqa: E402
-from ebm_refine.utils.fileio import atomic_write_text, temporary_folder  # noqa: E402
+from ebm_refine.utils.fileio import atomic_write_json, atomic_write_text, temporary_folder  # noqa: E402
 
 
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config-file", required=True)
-    p.add_argument("--weights", required=True)
+    p.add_argument("--config-file", required=True, type=existing_file)
+    p.add_argument("--weights", required=True, type=existing_file)
     p.add_argument("--dataset", default="coco128_train2017_holdout", help="held-out training images (registered)")
-    p.add_argument("--detections", help="the detector's COCO results file on --dataset's images (instead of "
+    p.add_argument("--detections", type=existing_file, help="the detector's COCO results file on --dataset's images (instead of "
                    "stand-ins: --sigmas / --draws are then unused)")
-    p.add_argument("--sigmas", type=float, nargs="+", default=[0.05, 0.1], help="stand-in noise levels")
-    p.add_argument("--draws", type=int, default=2, help="noise draws per level")
-    p.add_argument("--steps", type=int, nargs="+", default=[3, 10])
-    p.add_argument("--step-sizes", nargs="+", required=True, metavar="CENTER,SIZE")
-    p.add_argument("--json", help="write the table as JSON")
-    p.add_argument("--threads", type=int)
+    p.add_argument("--sigmas", type=finite_float(0.0, open_low=True), nargs="+", default=[0.05, 0.1],
+                   help="stand-in noise levels (> 0)")
+    p.add_argument("--draws", type=positive_int, default=2, help="noise draws per level")
+    p.add_argument("--steps", type=non_negative_int, nargs="+", default=[3, 10])
+    p.add_argument("--step-sizes", nargs="+", required=True, metavar="CENTER,SIZE",
+                   type=number_list(2, low=0.0, open_low=True), help="step-size pairs, each > 0")
+    p.add_argument("--json", type=output_file, help="write the table as JSON")
+    p.add_argument("--threads", type=positive_int)
     p.add_argument("opts", nargs=argparse.REMAINDER)
     add_debug_argument(p)
     return p.parse_args(argv)
@@ -77,10 +82,8 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     setup_logger(name="ebm_refine")
-    try:
-        sizes = [tuple(float(v) for v in s.split(",")) for s in args.step_sizes]
-    except ValueError:
-        raise UserError(f"--step-sizes takes CENTER,SIZE pairs, got {args.step_sizes}") from None
+    sizes = args.step_sizes
+    check_dataset_name(args.dataset, hint="pass held-out training images registered with Detectron2")
     cfg = load_config(args.config_file, list(args.opts))
     cfg.freeze()
     model = load_refiner(cfg, args.weights)
@@ -97,7 +100,11 @@ def main(argv=None) -> int:
                "mean_iou_gain": float(np.mean([r["box_change"]["mean_iou_refined"] - r["box_change"]["mean_iou_unrefined"]
                                                for r in runs]))}
         rows.append(row)
-    best = max(rows, key=lambda r: r["ap_refined"])
+    finite = [r for r in rows if math.isfinite(r["ap_refined"])]
+    if not finite:  # e.g. inputs without a single matched box: no setting can be chosen
+        raise UserError(f"{args.dataset}: COCO AP of the refined boxes is not a number for any setting (no "
+                        "ground-truth box to score against?); choose held-out images with annotations")
+    best = max(finite, key=lambda r: r["ap_refined"])
     inputs = (f"detections {args.detections}" if args.detections else
               f"stand-ins: ground truth jittered by sigma {args.sigmas}, {args.draws} draws each")
     print(f"\nRefinement settings on {args.dataset} ({inputs}):")
@@ -106,10 +113,10 @@ def main(argv=None) -> int:
         print(f"  steps {row['num_steps']:3d}  step sizes ({row['step_size_center']:g}, {row['step_size_size']:g}):  "
               f"AP {row['ap_inputs']:.2f} -> {row['ap_refined']:.2f}  mean IoU gain {row['mean_iou_gain']:+.4f}{mark}")
     if args.json:
-        atomic_write_text(args.json, json.dumps({"dataset": args.dataset, "detections": args.detections,
-                                                 "sigmas": None if args.detections else args.sigmas,
-                                                 "draws": None if args.detections else args.draws,
-                                                 "weights": args.weights, "rows": rows, "best": best}, indent=2))
+        atomic_write_json(args.json, {"dataset": args.dataset, "detections": args.detections,
+                                      "sigmas": None if args.detections else args.sigmas,
+                                      "draws": None if args.detections else args.draws,
+                                      "weights": args.weights, "rows": rows, "best": best})
     return 0
 
 

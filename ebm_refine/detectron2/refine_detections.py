@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import logging
+import math
 import os
 import time
 from typing import Dict, Iterator, List, Optional, Sequence
@@ -35,7 +37,7 @@ from .evaluation import RefinementCOCOEvaluator, format_refinement_table
 from .postprocessing import ebm_detector_postprocess
 
 __all__ = ["refine_detection_file", "dataset_from_files", "jittered_ground_truth", "format_summary",
-           "compare_refinement_settings", "load_refiner"]
+           "compare_refinement_settings", "load_refiner", "read_best_setting", "refiner_kind"]
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +88,41 @@ def load_refiner(cfg, weights: str):
         raise UserError(f"{weights}: the checkpoint has no trained energy head for this config "
                         "(train one with tools/train_net.py and a COCO-Refine config)")
     return model
+
+
+def refiner_kind(cfg) -> str:
+    """``"IoU-Net"`` for a refiner trained with IoU-Net's loss (MODEL.EBM.LOSS iou_confidence), else ``"EBM"``."""
+    return "IoU-Net" if cfg.MODEL.EBM.LOSS == "iou_confidence" else "EBM"
+
+
+def read_best_setting(path: str) -> Dict[str, float]:
+    """The ``best`` refinement setting of a ``tools/tune_refinement.py`` JSON: ``num_steps`` (int >= 0),
+    ``step_size_center`` and ``step_size_size`` (finite, > 0).
+
+    Raises:
+        UserError naming the file and the field.
+    """
+    hint = "pass the --json written by tools/tune_refinement.py"
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such file; {hint}") from None
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise UserError(f"{path}: not a JSON file ({' '.join(str(e).split())[:100]}); {hint}") from None
+    best = data.get("best") if isinstance(data, dict) else None
+    if not isinstance(best, dict):
+        raise UserError(f"{path}: no 'best' setting object (the file holds a {type(data).__name__}); {hint}")
+    steps = best.get("num_steps")
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
+        raise UserError(f"{path}: best.num_steps is {steps!r}, not a whole number >= 0; {hint}")
+    setting = {"num_steps": steps}
+    for key in ("step_size_center", "step_size_size"):
+        value = best.get(key)
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value <= 0:
+            raise UserError(f"{path}: best.{key} is {value!r}, not a finite number > 0; {hint}")
+        setting[key] = float(value)
+    return setting
 
 
 @contextlib.contextmanager

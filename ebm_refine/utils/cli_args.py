@@ -21,7 +21,7 @@ import os
 from typing import Callable, List, Optional, Sequence
 
 __all__ = ["positive_int", "non_negative_int", "int_in_range", "finite_float", "number_list", "existing_file",
-           "existing_folder", "output_file", "output_folder", "check_output_file", "check_output_folder",
+           "existing_folder", "check_existing_file", "output_file", "output_folder", "check_output_file", "check_output_folder",
            "check_dataset_name", "detectron2_dataset"]
 
 ArgType = Callable[[str], object]
@@ -121,13 +121,29 @@ def number_list(count: Optional[int] = None, low: Optional[float] = None, high: 
     return parse
 
 
+def _file_problem(path: str) -> Optional[str]:
+    if not os.path.exists(path):
+        return "no such file; check the path"
+    return None if os.path.isfile(path) else "not a file (a folder?)"
+
+
 def existing_file(text: str) -> str:
     """A path to an existing file (not a folder)."""
-    if not os.path.exists(text):
-        raise argparse.ArgumentTypeError(f"{text}: no such file; check the path")
-    if not os.path.isfile(text):
-        raise argparse.ArgumentTypeError(f"{text}: not a file")
+    problem = _file_problem(text)
+    if problem:
+        raise argparse.ArgumentTypeError(f"{text}: {problem}")
     return text
+
+
+def check_existing_file(path: str, option: str = "") -> str:
+    """Raise :class:`~ebm_refine.utils.errors.MissingFileError` unless ``path`` is an existing file (for paths
+    inside other values, e.g. ``NAME=FILE``). Returns ``path``."""
+    from .errors import MissingFileError
+
+    problem = _file_problem(path)
+    if problem:
+        raise MissingFileError(f"{option + ' ' if option else ''}{path}: {problem}")
+    return path
 
 
 def existing_folder(text: str) -> str:

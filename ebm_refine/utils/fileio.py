@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import json
+import math
 import os
 import shutil
 import tempfile
@@ -25,7 +27,7 @@ from typing import IO, Any, Iterator, Optional, Tuple
 from .errors import BadValueError
 
 __all__ = ["atomic_writer", "atomic_write_text", "atomic_write_bytes", "atomic_save_torch", "default_file_mode",
-           "file_lock", "check_writable", "finished_writes", "remove_stale_locks", "remove_stale_temp_files", "temporary_folder"]
+           "file_lock", "check_writable", "atomic_write_json", "finished_writes", "remove_stale_locks", "remove_stale_temp_files", "temporary_folder"]
 
 try:
     import fcntl
@@ -182,6 +184,23 @@ def atomic_write_text(path: str, text: str, encoding: str = "utf-8") -> None:
     """Write ``text`` to ``path`` atomically."""
     with atomic_writer(path, "w", encoding=encoding) as fh:
         fh.write(text)
+
+
+def _strict_json(value: Any) -> Any:
+    """``value`` with every non-finite float (NaN, inf: not JSON, though Python writes them) as None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict_json(v) for v in value]
+    return value
+
+
+def atomic_write_json(path: str, data: Any, indent: Optional[int] = 2) -> None:
+    """Write ``data`` as standard JSON atomically: NaN and infinity become ``null`` (every JSON reader
+    accepts the file, and a missing number is not mistaken for a value)."""
+    atomic_write_text(path, json.dumps(_strict_json(data), indent=indent, allow_nan=False))
 
 
 def atomic_write_bytes(path: str, data: bytes) -> None:
