@@ -40,16 +40,10 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
-# The script must work from a checkout without `pip install -e .` (like tools/*.py), and find its
-# predictor.py when loaded by path (as the tests do), not only when run as a script.
-for _path in (Path(__file__).resolve().parents[1], Path(__file__).resolve().parent):
-    if str(_path) not in sys.path:
-        sys.path.insert(0, str(_path))
-
-from ebm_refine.tracking.datasets.io import check_box_sizes, list_frames, natural_key, read_box_file  # noqa: E402
-from ebm_refine.utils import IMAGE_EXTENSIONS, BadValueError, MissingFileError  # noqa: E402
-from ebm_refine.utils.cli import add_debug_argument, run_cli  # noqa: E402
-from ebm_refine.utils.video import (VIDEO_EXTENSIONS, FrameSource, ImageFolderOutput, VideoOutput,  # noqa: E402
+from ebm_refine.tracking.datasets.io import check_box_sizes, list_frames, natural_key, read_box_file
+from ebm_refine.utils import IMAGE_EXTENSIONS, BadValueError, MissingFileError
+from ebm_refine.utils.cli import add_debug_argument, run_cli
+from ebm_refine.utils.video import (VIDEO_EXTENSIONS, FrameSource, ImageFolderOutput, VideoOutput,
                                     open_images, open_video, open_webcam, output_target, write_frames)
 
 PROG = "demo.py"
@@ -62,22 +56,23 @@ FRAME_SUBFOLDERS = ("img", "imgs", "color")
 
 class Warnings:
     """``warn(kind, message)`` for problems that may repeat on every frame: prints the first of each kind,
-    counts the rest (:meth:`summary`)."""
+    counts the rest (:meth:`summary`). ``prog`` starts each line."""
 
-    def __init__(self) -> None:
+    def __init__(self, prog: str = PROG) -> None:
         self.counts = collections.Counter()
+        self.prog = prog
 
     def __call__(self, kind: str, message: str) -> None:
         if not self.counts[kind]:
             from tqdm import tqdm
 
-            tqdm.write(f"{PROG}: warning: {message}", file=sys.stderr)  # above the progress bar
+            tqdm.write(f"{self.prog}: warning: {message}", file=sys.stderr)  # above the progress bar
         self.counts[kind] += 1
 
     def summary(self) -> None:
         for kind, n in self.counts.items():
             if n > 1:
-                print(f"{PROG}: warning: {n} frames with {kind} in all", file=sys.stderr)
+                print(f"{self.prog}: warning: {n} frames with {kind} in all", file=sys.stderr)
 
     def truncated(self, path: str) -> None:
         self("a truncated image file", f"{path}: truncated JPEG, drawn as far as its data goes (the rest is grey); "
@@ -166,13 +161,13 @@ def load_detection_cfg(config_file: str, opts: Sequence[str], threshold: float):
 
 def run_detect(args: argparse.Namespace) -> int:
     """Open input and output first (cheap checks), then build the model and render."""
-    warn = Warnings()
+    warn = Warnings(args.prog)
     source = open_source(args, warn)
     # Image inputs go to a folder of images (keeping their names) unless --output names an .mp4.
     path, is_video = output_target(args.output, source.name, images=bool(source.names))
-    out = VideoOutput(path, source.fps, source.size, PROG) if is_video else ImageFolderOutput(path, PROG)
+    out = VideoOutput(path, source.fps, source.size, args.prog) if is_video else ImageFolderOutput(path, args.prog)
     with out.abort_on_error():  # the output's lock is taken before the slow model loading
-        from predictor import DetectionDemo
+        from ebm_refine.visualization import DetectionDemo
 
         cfg = load_detection_cfg(args.config_file, args.opts, args.confidence_threshold)
         frame_fn = DetectionDemo(cfg, args.confidence_threshold, warn)
@@ -201,7 +196,7 @@ def read_ground_truth(path: str) -> np.ndarray:
 
 def run_track(args: argparse.Namespace) -> int:
     """Validate input, output and start box, then load the tracker and render."""
-    warn = Warnings()
+    warn = Warnings(args.prog)
     source = open_source(args, warn)
     gt = read_ground_truth(args.ground_truth) if args.ground_truth else None
     init = parse_box(args.init_box) if args.init_box else (gt[0].tolist() if gt is not None else None)
@@ -223,9 +218,9 @@ def run_track(args: argparse.Namespace) -> int:
             raise MissingFileError(f"tracker checkpoint {args.checkpoint!r} does not exist; pass the net.pth written "
                                    "by tools/train_tracker.py")
         overrides["checkpoint"] = os.path.abspath(args.checkpoint)
-    out = VideoOutput(path, source.fps, source.size, PROG)
+    out = VideoOutput(path, source.fps, source.size, args.prog)
     with out.abort_on_error():  # the output's lock is taken before the network loads
-        from predictor import TrackingDemo, build_tracker
+        from ebm_refine.visualization import TrackingDemo, build_tracker
 
         tracker, network = build_tracker(args.tracker_params, overrides)
     if args.threads:
@@ -236,8 +231,8 @@ def run_track(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------------------- CLI
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mode", choices=MODES, default=None, help="detect (default) or track; or give it first")
     src = ap.add_mutually_exclusive_group()
     src.add_argument("--video-input", metavar="FILE", help="a video file")
@@ -290,12 +285,13 @@ def _join_box_values(argv: List[str]) -> List[str]:
     return out
 
 
-def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    """Accept the mode as a leading word (``demo.py track …``) or as ``--mode``."""
+def parse_args(argv: Optional[Sequence[str]] = None, prog: str = PROG) -> argparse.Namespace:
+    """Accept the mode as a leading word (``demo.py track …``) or as ``--mode``; ``args.prog`` is ``prog``."""
     argv = _join_box_values(list(sys.argv[1:] if argv is None else argv))
-    ap = build_parser()
+    ap = build_parser(prog)
     mode = argv.pop(0) if argv and argv[0] in MODES else None
     args = ap.parse_args(argv)
+    args.prog = prog
     if mode and args.mode and mode != args.mode:
         ap.error(f"mode given twice: {mode!r} and --mode {args.mode!r}")
     args.mode = mode or args.mode or "detect"
@@ -310,18 +306,24 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run the demo under the project's error convention (:func:`ebm_refine.utils.cli.run_cli`).
+def main(argv: Optional[Sequence[str]] = None, prog: str = PROG) -> int:
+    """Run the demo under the project's error convention (:func:`ebm_refine.utils.cli.run_cli`); ``prog``
+    names the program in its usage, warning and error lines.
 
     Returns the exit status: 0, 2 with one line on stderr for bad input, 130 after Ctrl-C; argparse
     usage errors raise ``SystemExit(2)``.
     """
     def run(argv: Optional[Sequence[str]]) -> int:
-        args = parse_args(argv)
+        args = parse_args(argv, prog)
         return run_detect(args) if args.mode == "detect" else run_track(args)
 
-    return run_cli(run, argv, prog=PROG)
+    return run_cli(run, argv, prog=prog)
+
+
+def command(argv: Optional[Sequence[str]] = None) -> int:
+    """The command line: :func:`main` named as it was started (``demo.py``, ``ebm-refine demo``)."""
+    return main(argv, prog=os.path.basename(sys.argv[0]) or PROG)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(command())

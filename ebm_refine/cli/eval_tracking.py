@@ -35,17 +35,14 @@ import os
 import sys
 from typing import List, Optional
 
-sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
-
-from ebm_refine.tracking.datasets import dataset_names, load_dataset  # noqa: E402
-from ebm_refine.tracking.evaluation import (PROTOCOLS, RunError, describe_trackers,  # noqa: E402
+from ebm_refine.tracking.datasets import dataset_names, load_dataset
+from ebm_refine.tracking.evaluation import (PROTOCOLS, RunError, describe_trackers,
                                             evaluate_results, format_table, get_tracker_factory,
                                             pack_trackingnet, run_dataset, tracker_results_dir, write_report)
-from ebm_refine.tracking.evaluation.registry import (results_name, split_tracker_spec,  # noqa: E402
-                                                     with_overrides)
-from ebm_refine.tracking.evaluation.results import result_path  # noqa: E402
-from ebm_refine.utils import MissingFileError, UserError  # noqa: E402
-from ebm_refine.utils.cli import add_debug_argument, log_to_stderr, run_cli  # noqa: E402
+from ebm_refine.tracking.evaluation.registry import results_name, split_tracker_spec, with_overrides
+from ebm_refine.tracking.evaluation.results import result_path
+from ebm_refine.utils import MissingFileError, UserError
+from ebm_refine.utils.cli import add_debug_argument, log_to_stderr, run_cli
 
 
 def _sequence_list(arg: Optional[str]) -> Optional[List[str]]:
@@ -201,5 +198,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     return 0
 
 
+def command(argv: Optional[List[str]] = None) -> int:
+    """The command line (``ebm-refine eval-tracking``): :func:`main` under the one-line-error convention
+    (:func:`ebm_refine.utils.cli.run_cli`); returns the exit status."""
+    return run_cli(main, argv)
+
+
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    sys.exit(command())

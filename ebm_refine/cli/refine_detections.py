@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import List, Optional
 
 import torch
 from detectron2.utils.logger import setup_logger
@@ -85,5 +86,11 @@ def main(argv=None) -> int:
     return 0
 
 
+def command(argv: Optional[List[str]] = None) -> int:
+    """The command line (``ebm-refine refine-detections``): :func:`main` under the one-line-error convention
+    (:func:`ebm_refine.utils.cli.run_cli`); returns the exit status."""
+    return run_cli(main, argv)
+
+
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    sys.exit(command())

@@ -12,6 +12,7 @@ writes them to ``<OUTPUT_DIR>/inference/<dataset>/ebm_refinement_results.json``.
 config keys, missing files, unusable checkpoints or datasets) print one line; ``--debug`` shows tracebacks.
 """
 import sys
+from typing import List, Optional
 
 import detectron2.utils.comm as comm
 from detectron2.engine import default_argument_parser, default_setup, launch
@@ -58,5 +59,11 @@ def cli(argv):
            dist_url=args.dist_url, args=(args,))
 
 
+def command(argv: Optional[List[str]] = None) -> int:
+    """The command line (``ebm-refine train-net``): :func:`cli` under the one-line-error convention
+    (:func:`ebm_refine.utils.cli.run_cli`); returns the exit status."""
+    return run_cli(cli, argv)
+
+
 if __name__ == "__main__":
-    sys.exit(run_cli(cli))
+    sys.exit(command())

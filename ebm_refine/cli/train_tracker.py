@@ -29,14 +29,12 @@ import os
 import sys
 import tempfile
 import uuid
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from ebm_refine.utils.config import apply_dotted_overrides  # noqa: E402
-from ebm_refine.tracking.train import check_train_config, load_train_config, train  # noqa: E402
-from ebm_refine.utils import UserError  # noqa: E402
-from ebm_refine.utils.cli import add_debug_argument, run_cli  # noqa: E402
+from ebm_refine.utils.config import apply_dotted_overrides
+from ebm_refine.tracking.train import check_train_config, load_train_config, train
+from ebm_refine.utils import UserError
+from ebm_refine.utils.cli import add_debug_argument, run_cli
 
 
 def apply_overrides(cfg: Dict[str, Any], items: List[str]) -> Dict[str, Any]:
@@ -94,5 +92,11 @@ def main(argv: List[str] | None = None) -> int:
     return 0
 
 
+def command(argv: Optional[List[str]] = None) -> int:
+    """The command line (``ebm-refine train-tracker``): :func:`main` under the one-line-error convention
+    (:func:`ebm_refine.utils.cli.run_cli`); returns the exit status."""
+    return run_cli(main, argv)
+
+
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    sys.exit(command())
