@@ -20,14 +20,12 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
+from torch import Tensor, nn
 
-import torch  # noqa: E402
-from torch import Tensor, nn  # noqa: E402
-
-from ebm_refine.core import box_roi_align, refine_boxes  # noqa: E402
-from ebm_refine.utils import atomic_write_text, check_writable  # noqa: E402
-from ebm_refine.utils.cli import add_debug_argument, device_arg, run_cli  # noqa: E402
+from ebm_refine.core import box_roi_align, refine_boxes
+from ebm_refine.utils import atomic_write_text, check_writable
+from ebm_refine.utils.cli import add_debug_argument, device_arg, run_cli
 
 
 class SmallBoxEnergy(nn.Module):

@@ -21,14 +21,12 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
+from torch import Tensor
 
-import torch  # noqa: E402
-from torch import Tensor  # noqa: E402
-
-from ebm_refine.core import BoxProposal  # noqa: E402
-from ebm_refine.utils import atomic_write_text, check_writable  # noqa: E402
-from ebm_refine.utils.cli import add_debug_argument, device_arg, run_cli  # noqa: E402
+from ebm_refine.core import BoxProposal
+from ebm_refine.utils import atomic_write_text, check_writable
+from ebm_refine.utils.cli import add_debug_argument, device_arg, run_cli
 
 # The paper's ML-IS proposal for detection (sigma of centre offsets and log-sizes, per component).
 DEFAULT_SIGMAS = (0.0375, 0.075, 0.15)

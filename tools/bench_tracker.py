@@ -25,12 +25,10 @@ import time
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from ebm_refine.tracking.tracker import EBMAtomTracker, load_tracker_params  # noqa: E402
-from ebm_refine.utils.config import apply_dotted_overrides, merge_params  # noqa: E402
-from ebm_refine.utils import UserError, atomic_write_text, shared_data_dir  # noqa: E402
-from ebm_refine.utils.cli import add_debug_argument, run_cli  # noqa: E402
+from ebm_refine.tracking.tracker import EBMAtomTracker, load_tracker_params
+from ebm_refine.utils.config import apply_dotted_overrides, merge_params
+from ebm_refine.utils import UserError, atomic_write_text, shared_data_dir
+from ebm_refine.utils.cli import add_debug_argument, run_cli
 
 
 def _video(frames: int):

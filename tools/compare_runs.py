@@ -15,13 +15,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from typing import List, Optional
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from ebm_refine.evaluation import (  # noqa: E402
+from ebm_refine.evaluation import (
     CI_METHODS,
     PerSampleErrors,
     compare_methods,
@@ -30,8 +27,8 @@ from ebm_refine.evaluation import (  # noqa: E402
     read_error_column,
     summary_rows,
 )
-from ebm_refine.utils import UserError, atomic_write_text  # noqa: E402
-from ebm_refine.utils.cli import add_debug_argument, run_cli  # noqa: E402
+from ebm_refine.utils import UserError, atomic_write_text
+from ebm_refine.utils.cli import add_debug_argument, run_cli
 
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:

@@ -33,16 +33,14 @@ import os
 import sys
 from typing import Dict, List, Optional, Tuple
 
-sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
-
-from ebm_refine.tracking.datasets import dataset_names, load_dataset  # noqa: E402
-from ebm_refine.tracking.evaluation import PROTOCOLS, RunError, get_tracker_factory, run_dataset  # noqa: E402
-from ebm_refine.tracking.evaluation.crossval import (fold_training_config, load_plan, make_folds,  # noqa: E402
+from ebm_refine.tracking.datasets import dataset_names, load_dataset
+from ebm_refine.tracking.evaluation import PROTOCOLS, RunError, get_tracker_factory, run_dataset
+from ebm_refine.tracking.evaluation.crossval import (fold_training_config, load_plan, make_folds,
                                                      make_plan, save_plan, summarize_runs, training_sequences)
-from ebm_refine.tracking.evaluation.registry import (results_name, split_tracker_spec,  # noqa: E402
+from ebm_refine.tracking.evaluation.registry import (results_name, split_tracker_spec,
                                                      with_overrides)
-from ebm_refine.utils import BadValueError, MissingFileError, UserError, atomic_write_text  # noqa: E402
-from ebm_refine.utils.cli import add_debug_argument, log_to_stderr, run_cli  # noqa: E402
+from ebm_refine.utils import BadValueError, MissingFileError, UserError, atomic_write_text
+from ebm_refine.utils.cli import add_debug_argument, log_to_stderr, run_cli
 
 
 def _names(arg: Optional[str]) -> Optional[List[str]]:

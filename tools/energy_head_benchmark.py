@@ -17,19 +17,16 @@ are kept and reused unless ``--overwrite``).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from typing import List, Optional
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import torch
+from detectron2.utils.logger import setup_logger
 
-import torch  # noqa: E402
-from detectron2.utils.logger import setup_logger  # noqa: E402
-
-from ebm_refine.detectron2.head_benchmark import HEADS, run_head_benchmark  # noqa: E402
-from ebm_refine.utils import UserError  # noqa: E402
-from ebm_refine.utils.cli import add_debug_argument, run_cli  # noqa: E402
+from ebm_refine.detectron2.head_benchmark import HEADS, run_head_benchmark
+from ebm_refine.utils import UserError
+from ebm_refine.utils.cli import add_debug_argument, run_cli
 
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:

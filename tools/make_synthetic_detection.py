@@ -16,14 +16,9 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
-try:
-    import ebm_refine  # noqa: F401
-except ImportError:  # running from a source checkout without installing
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from ebm_refine.data import SyntheticDetectionConfig, generate_synthetic_coco  # noqa: E402
-from ebm_refine.utils import check_writable  # noqa: E402
-from ebm_refine.utils.cli import add_debug_argument, run_cli  # noqa: E402
+from ebm_refine.data import SyntheticDetectionConfig, generate_synthetic_coco
+from ebm_refine.utils import check_writable
+from ebm_refine.utils.cli import add_debug_argument, run_cli
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:

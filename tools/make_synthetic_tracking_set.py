@@ -16,11 +16,9 @@ import os
 import sys
 from typing import List, Optional
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from ebm_refine.data.synthetic_tracking import SyntheticConfig, SyntheticSequence, write_sequence  # noqa: E402
-from ebm_refine.utils import BadValueError, MissingFileError, check_writable  # noqa: E402
-from ebm_refine.utils.cli import add_debug_argument, run_cli  # noqa: E402
+from ebm_refine.data.synthetic_tracking import SyntheticConfig, SyntheticSequence, write_sequence
+from ebm_refine.utils import BadValueError, MissingFileError, check_writable
+from ebm_refine.utils.cli import add_debug_argument, run_cli
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -23,15 +23,13 @@ import os
 import sys
 from typing import List, Optional
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from ebm_refine.data.annotation_noise import NOISE_KINDS  # noqa: E402
-from ebm_refine.tracking.datasets import load_dataset  # noqa: E402
-from ebm_refine.tracking.train.config import load_train_config  # noqa: E402
-from ebm_refine.tracking.train.outlier_benchmark import METHODS, format_summary, run_tracker_outlier_benchmark  # noqa: E402
-from ebm_refine.utils import UserError, shared_data_dir  # noqa: E402
-from ebm_refine.utils.cli import add_debug_argument, run_cli  # noqa: E402
-from ebm_refine.utils.config import apply_dotted_overrides  # noqa: E402
+from ebm_refine.data.annotation_noise import NOISE_KINDS
+from ebm_refine.tracking.datasets import load_dataset
+from ebm_refine.tracking.train.config import load_train_config
+from ebm_refine.tracking.train.outlier_benchmark import METHODS, format_summary, run_tracker_outlier_benchmark
+from ebm_refine.utils import UserError, shared_data_dir
+from ebm_refine.utils.cli import add_debug_argument, run_cli
+from ebm_refine.utils.config import apply_dotted_overrides
 
 VALIDATION = "Biker,Woman,S1301,wakeboard4,MotorRolling,group2_2"
 # DeepGUM's residual refinement: the step lengths that recover a wrong scale on the validation pairs

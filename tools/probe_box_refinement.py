@@ -25,15 +25,13 @@ from typing import List, Optional
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from ebm_refine.tracking.datasets import load_dataset  # noqa: E402
-from ebm_refine.tracking.tracker import EBMAtomTracker  # noqa: E402
-from ebm_refine.tracking.tracker.diagnostics import probe_pairs, probe_tracking, summarize_pairs  # noqa: E402
-from ebm_refine.tracking.tracker.params import load_tracker_params  # noqa: E402
-from ebm_refine.utils.config import apply_dotted_overrides  # noqa: E402
-from ebm_refine.utils import UserError, atomic_write_text, shared_data_dir  # noqa: E402
-from ebm_refine.utils.cli import add_debug_argument, run_cli  # noqa: E402
+from ebm_refine.tracking.datasets import load_dataset
+from ebm_refine.tracking.tracker import EBMAtomTracker
+from ebm_refine.tracking.tracker.diagnostics import probe_pairs, probe_tracking, summarize_pairs
+from ebm_refine.tracking.tracker.params import load_tracker_params
+from ebm_refine.utils.config import apply_dotted_overrides
+from ebm_refine.utils import UserError, atomic_write_text, shared_data_dir
+from ebm_refine.utils.cli import add_debug_argument, run_cli
 
 VALIDATION = "Biker,Woman,S1301,wakeboard4,MotorRolling,group2_2"
 

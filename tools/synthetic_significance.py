@@ -24,15 +24,13 @@ import sys
 import time
 from typing import List, Optional
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import torch
+from detectron2.utils.logger import setup_logger
 
-import torch  # noqa: E402
-from detectron2.utils.logger import setup_logger  # noqa: E402
-
-from ebm_refine.detectron2.box_change import PER_BOX_FILE  # noqa: E402
-from ebm_refine.detectron2.multi_run import collect_runs, run_seeds, significance_tables  # noqa: E402
-from ebm_refine.utils import UserError, atomic_write_text  # noqa: E402
-from ebm_refine.utils.cli import add_debug_argument, run_cli  # noqa: E402
+from ebm_refine.detectron2.box_change import PER_BOX_FILE
+from ebm_refine.detectron2.multi_run import collect_runs, run_seeds, significance_tables
+from ebm_refine.utils import UserError, atomic_write_text
+from ebm_refine.utils.cli import add_debug_argument, run_cli
 
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:

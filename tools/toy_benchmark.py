@@ -21,13 +21,10 @@ import time
 from pathlib import Path
 from typing import List, Sequence
 
-# Runnable from a source checkout without installation.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from ebm_refine.toy import (  # noqa: E402
+from ebm_refine.toy import (
     METHODS,
     PROBLEMS,
     BenchmarkConfig,
@@ -37,9 +34,9 @@ from ebm_refine.toy import (  # noqa: E402
     run_benchmark,
     with_overrides,
 )
-from ebm_refine.toy.benchmark import RunResult  # noqa: E402
-from ebm_refine.utils import atomic_write_bytes, atomic_write_text, check_writable  # noqa: E402
-from ebm_refine.utils.cli import add_debug_argument, run_cli  # noqa: E402
+from ebm_refine.toy.benchmark import RunResult
+from ebm_refine.utils import atomic_write_bytes, atomic_write_text, check_writable
+from ebm_refine.utils.cli import add_debug_argument, run_cli
 
 METHOD_LABELS = {"ml_is": "EBM ML-IS", "nce_plus": "EBM NCE+", "gaussian": "Gaussian"}
 

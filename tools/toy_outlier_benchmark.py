@@ -26,14 +26,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-# Runnable from a source checkout without installation.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from ebm_refine.toy import PROBLEMS, get_problem  # noqa: E402
-from ebm_refine.toy.outliers import (  # noqa: E402
+from ebm_refine.toy import PROBLEMS, get_problem
+from ebm_refine.toy.outliers import (
     MODELS,
     OUTLIER_KINDS,
     OutlierConfig,
@@ -42,8 +39,8 @@ from ebm_refine.toy.outliers import (  # noqa: E402
     run_outlier_benchmark,
     with_train_overrides,
 )
-from ebm_refine.utils import atomic_write_bytes, atomic_write_text, check_writable  # noqa: E402
-from ebm_refine.utils.cli import add_debug_argument, run_cli  # noqa: E402
+from ebm_refine.utils import atomic_write_bytes, atomic_write_text, check_writable
+from ebm_refine.utils.cli import add_debug_argument, run_cli
 
 LABELS = {"ebm/plain": "EBM", "ebm/deepgum": "EBM + DeepGUM", "gaussian/plain": "Gaussian",
           "gaussian/deepgum": "Gaussian + DeepGUM"}

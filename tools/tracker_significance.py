@@ -26,17 +26,15 @@ import os
 import sys
 from typing import List, Optional
 
-sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
-
-from ebm_refine.evaluation import summary_rows  # noqa: E402
-from ebm_refine.tracking.datasets import dataset_names, load_dataset  # noqa: E402
-from ebm_refine.tracking.evaluation.per_frame import (  # noqa: E402
+from ebm_refine.evaluation import summary_rows
+from ebm_refine.tracking.datasets import dataset_names, load_dataset
+from ebm_refine.tracking.evaluation.per_frame import (
     UNITS,
     tracker_per_sample_errors,
     tracker_significance,
 )
-from ebm_refine.utils import UserError, atomic_write_text  # noqa: E402
-from ebm_refine.utils.cli import add_debug_argument, log_to_stderr, run_cli  # noqa: E402
+from ebm_refine.utils import UserError, atomic_write_text
+from ebm_refine.utils.cli import add_debug_argument, log_to_stderr, run_cli
 
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
