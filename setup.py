@@ -51,5 +51,7 @@ setup(
         # checking the PyTorch port against onnxruntime.
         "onnx": ["onnx", "onnxruntime"],
     },
-    entry_points={},
+    # One command with subcommands (ebm-refine demo | eval-tracking | train-tracker | train-net |
+    # refine-detections), like `detectron2`'s tools but installed; ebm_refine/cli/__init__.py lists them.
+    entry_points={"console_scripts": ["ebm-refine = ebm_refine.cli:main"]},
 )

@@ -12,6 +12,8 @@ evaluation   the multi-run significance protocol (paired per-sample errors, Wilc
 models       building blocks shared by tracker and plugin (ImageNet trunks).
 data         the synthetic detection benchmark's generator.
 toy          the paper's 1-D regression problems, used to validate the losses.
+cli          the ``ebm-refine <command>`` console script (demo, eval-tracking, train-tracker, train-net,
+             refine-detections); visualization: what the demo draws.
 utils        shipped resources, atomic file writing, the command-line error convention, images.
 """
 

@@ -6,6 +6,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+# The scripts the tests run in subprocesses (tools/*.py, demo/demo.py) import the installed ebm_refine; put
+# this checkout first, so that they test it even when the environment's editable install is another copy.
+os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in [os.environ.get("PYTHONPATH")] if p])
 
 
 def shared_data_dir() -> Path:

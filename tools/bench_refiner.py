@@ -17,10 +17,7 @@ import platform
 import statistics
 import sys
 import time
-from pathlib import Path
 from typing import Sequence
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ebm_refine.utils.cli import exit_on_interrupt_while_starting  # noqa: E402
 exit_on_interrupt_while_starting()  # Ctrl-C while the imports below load: one line, exit 130
@@ -29,8 +26,9 @@ import torch  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 
 from ebm_refine.core import box_roi_align, refine_boxes  # noqa: E402
-from ebm_refine.utils import atomic_write_text, check_writable  # noqa: E402
+from ebm_refine.utils import atomic_write_text  # noqa: E402
 from ebm_refine.utils.cli import add_debug_argument, device_arg, run_cli  # noqa: E402
+from ebm_refine.utils.cli_args import int_in_range, non_negative_int, output_file, positive_int  # noqa: E402
 
 
 class SmallBoxEnergy(nn.Module):

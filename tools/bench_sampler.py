@@ -18,10 +18,7 @@ import platform
 import statistics
 import sys
 import time
-from pathlib import Path
 from typing import Callable, Sequence
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ebm_refine.utils.cli import exit_on_interrupt_while_starting  # noqa: E402
 exit_on_interrupt_while_starting()  # Ctrl-C while the imports below load: one line, exit 130
@@ -30,8 +27,9 @@ import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 
 from ebm_refine.core import BoxProposal  # noqa: E402
-from ebm_refine.utils import atomic_write_text, check_writable  # noqa: E402
+from ebm_refine.utils import atomic_write_text  # noqa: E402
 from ebm_refine.utils.cli import add_debug_argument, device_arg, run_cli  # noqa: E402
+from ebm_refine.utils.cli_args import non_negative_int, output_file, positive_int  # noqa: E402
 
 # The paper's ML-IS proposal for detection (sigma of centre offsets and log-sizes, per component).
 DEFAULT_SIGMAS = (0.0375, 0.075, 0.15)

@@ -33,8 +33,6 @@ import os
 import sys
 from typing import Dict, List, Optional, Tuple
 
-sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
-
 from ebm_refine.utils.cli import exit_on_interrupt_while_starting  # noqa: E402
 exit_on_interrupt_while_starting()  # Ctrl-C while the imports below load: one line, exit 130
 

@@ -17,12 +17,9 @@ are kept and reused unless ``--overwrite``).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from typing import List, Optional
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from ebm_refine.utils.cli import exit_on_interrupt_while_starting  # noqa: E402
 exit_on_interrupt_while_starting()  # Ctrl-C while the imports below load: one line, exit 130

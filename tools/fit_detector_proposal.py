@@ -6,8 +6,8 @@ the relative encoding of its ground truth (centre offset in units of the box siz
 diagonal Gaussian mixture is fitted to the residuals by EM and written as JSON; training with it draws a share
 of the proposal samples where this detector's boxes lie.
 
-    python tools/fit_detector_proposal.py --dataset coco128_train2017_fit \\
-        --detections yolox_nano_coco128_train.json --output yolox_nano_residuals.json
+    python tools/fit_detector_proposal.py --dataset coco128_train2017_fit coco_tiny_train2017 \\
+        --detections yolox_nano_coco128_fit.json yolox_nano_coco_tiny.json --output yolox_nano_residuals.json
 """
 from __future__ import annotations
 
@@ -27,8 +27,9 @@ from ebm_refine.utils.fileio import atomic_write_text  # noqa: E402
 
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--detections", required=True, help="COCO results json of the detector on the training images")
-    p.add_argument("--dataset", help="a registered dataset name (instead of --dataset-json/--image-root)")
+    p.add_argument("--detections", required=True, nargs="+",
+                   help="COCO results json of the detector on the training images, one per dataset")
+    p.add_argument("--dataset", nargs="+", help="registered dataset names (instead of --dataset-json/--image-root)")
     p.add_argument("--dataset-json", help="COCO-format json of the images, with annotations")
     p.add_argument("--image-root", help="folder of the images named in --dataset-json")
     p.add_argument("--output", required=True, help="the residual-mixture JSON to write")
@@ -52,8 +53,11 @@ def main(argv=None) -> int:
         raise UserError("pass either --dataset or --dataset-json with --image-root")
     if args.dataset_json and not args.image_root:
         raise UserError("--dataset-json needs --image-root")
-    dataset = args.dataset or dataset_from_files(args.dataset_json, args.image_root)
-    mixture, res = fit_detector_proposal(dataset, args.detections, num_components=args.components,
+    datasets = args.dataset or [dataset_from_files(args.dataset_json, args.image_root)]
+    if len(datasets) != len(args.detections):
+        raise UserError(f"give one --detections file per dataset: {len(datasets)} datasets, "
+                        f"{len(args.detections)} detections files")
+    mixture, res = fit_detector_proposal(datasets, args.detections, num_components=args.components,
                                          iou_threshold=args.iou, min_score=args.min_score, seed=args.seed)
     atomic_write_text(args.output, json.dumps(mixture.to_dict(), indent=2))
     med = ", ".join(f"{v:+.4f}" for v in res.median(dim=0).values.tolist())

@@ -16,11 +16,6 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
-try:
-    import ebm_refine  # noqa: F401
-except ImportError:  # running from a source checkout without installing
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from ebm_refine.utils.cli import exit_on_interrupt_while_starting  # noqa: E402
 exit_on_interrupt_while_starting()  # Ctrl-C while the imports below load: one line, exit 130
 

@@ -21,9 +21,6 @@ import time
 from pathlib import Path
 from typing import List, Sequence
 
-# Runnable from a source checkout without installation.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from ebm_refine.utils.cli import exit_on_interrupt_while_starting  # noqa: E402
 exit_on_interrupt_while_starting()  # Ctrl-C while the imports below load: one line, exit 130
 
@@ -41,8 +38,9 @@ from ebm_refine.toy import (  # noqa: E402
     with_overrides,
 )
 from ebm_refine.toy.benchmark import RunResult  # noqa: E402
-from ebm_refine.utils import atomic_write_bytes, atomic_write_text, check_writable  # noqa: E402
+from ebm_refine.utils import atomic_write_bytes, atomic_write_text  # noqa: E402
 from ebm_refine.utils.cli import add_debug_argument, run_cli  # noqa: E402
+from ebm_refine.utils.cli_args import output_file, positive_int  # noqa: E402
 
 METHOD_LABELS = {"ml_is": "EBM ML-IS", "nce_plus": "EBM NCE+", "gaussian": "Gaussian"}
 
@@ -127,10 +125,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="parallel processes (each single-threaded); default min(2, #cpus)")
     add_debug_argument(ap)
     args = ap.parse_args(argv)
-    # A bad output path must fail now, not after minutes of training.
-    for out in (args.json, args.png):
-        if out is not None:
-            check_writable(str(out.parent))
 
     base = quick_config() if args.quick else BenchmarkConfig()
     config = with_overrides(base, iters=args.iters, num_samples=args.num_samples)

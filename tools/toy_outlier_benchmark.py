@@ -26,9 +26,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-# Runnable from a source checkout without installation.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from ebm_refine.utils.cli import exit_on_interrupt_while_starting  # noqa: E402
 exit_on_interrupt_while_starting()  # Ctrl-C while the imports below load: one line, exit 130
 
@@ -45,8 +42,9 @@ from ebm_refine.toy.outliers import (  # noqa: E402
     run_outlier_benchmark,
     with_train_overrides,
 )
-from ebm_refine.utils import atomic_write_bytes, atomic_write_text, check_writable  # noqa: E402
+from ebm_refine.utils import atomic_write_bytes, atomic_write_text  # noqa: E402
 from ebm_refine.utils.cli import add_debug_argument, run_cli  # noqa: E402
+from ebm_refine.utils.cli_args import finite_float, output_file, positive_int  # noqa: E402
 
 LABELS = {"ebm/plain": "EBM", "ebm/deepgum": "EBM + DeepGUM", "gaussian/plain": "Gaussian",
           "gaussian/deepgum": "Gaussian + DeepGUM"}
@@ -151,9 +149,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--workers", type=positive_int, default=1, help="parallel processes, each single-threaded")
     add_debug_argument(ap)
     args = ap.parse_args(argv)
-    for out in (args.json, args.png):  # a bad output path must fail now, not after minutes of training
-        if out is not None:
-            check_writable(str(out.parent))
     config = with_train_overrides(quick_outlier_config() if args.quick else OutlierConfig(), iters=args.iters)
     if args.raw_residuals:
         config = replace(config, standardize=False)

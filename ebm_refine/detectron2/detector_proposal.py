@@ -8,7 +8,7 @@ errors, and the energy is then trained to be right where those errors put the bo
 from __future__ import annotations
 
 import logging
-from typing import Tuple
+from typing import Sequence, Tuple
 
 import torch
 from detectron2.data import DatasetCatalog
@@ -48,16 +48,20 @@ def collect_detection_residuals(dataset: str, detections: str, *, iou_threshold:
     return torch.cat(out) if out else torch.zeros(0, 4, dtype=torch.float64)
 
 
-def fit_detector_proposal(dataset: str, detections: str, *, num_components: int = 4, iou_threshold: float = 0.5,
-                          min_score: float = 0.0, seed: int = 0) -> Tuple[ResidualMixture, torch.Tensor]:
-    """The fitted mixture and the residuals it was fitted to (see :func:`collect_detection_residuals`)."""
-    res = collect_detection_residuals(dataset, detections, iou_threshold=iou_threshold, min_score=min_score)
+def fit_detector_proposal(datasets: Sequence[str], detections: Sequence[str], *, num_components: int = 4,
+                          iou_threshold: float = 0.5, min_score: float = 0.0,
+                          seed: int = 0) -> Tuple[ResidualMixture, torch.Tensor]:
+    """The mixture fitted to the residuals of every ``detections[i]`` file on ``datasets[i]`` together, and those
+    residuals (see :func:`collect_detection_residuals`)."""
+    res = torch.cat([collect_detection_residuals(d, f, iou_threshold=iou_threshold, min_score=min_score)
+                     for d, f in zip(datasets, detections)])
     if res.shape[0] < max(2 * num_components, 10):
-        raise UserError(f"{detections}: only {res.shape[0]} detections cover a ground-truth box of {dataset!r} with "
+        raise UserError(f"only {res.shape[0]} detections in {', '.join(detections)} cover a ground-truth box with "
                         f"IoU >= {iou_threshold}; too few to fit {num_components} components (pass the detector's "
                         "output on these images, a lower --iou, or fewer --components)")
+    pairs = ", ".join(f"{f} on {d}" for d, f in zip(datasets, detections))
     mixture = fit_residual_mixture(res, num_components, seed=seed,
-                                   source=f"{detections} on {dataset} (IoU >= {iou_threshold}, score >= {min_score})")
+                                   source=f"{pairs} (IoU >= {iou_threshold}, score >= {min_score})")
     logger.info("fitted %d components to %d residuals; median residual %s", num_components, res.shape[0],
                 [round(float(v), 4) for v in res.median(dim=0).values])
     return mixture, res

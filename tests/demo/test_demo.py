@@ -6,7 +6,6 @@ imports any model code.
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -36,16 +35,8 @@ TINY_DET_OPTS = [
 CONFIG = "configs/Synthetic/ebm_compact_fpn_synthetic.yaml"
 
 
-def _load_demo():
-    spec = importlib.util.spec_from_file_location("ebm_demo", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
-
-
-demo = _load_demo()
-import predictor  # noqa: E402  (demo/predictor.py, on sys.path once demo.py is loaded, as in Detectron2's demo)
+from ebm_refine import visualization as predictor  # noqa: E402  (what the demo draws; Detectron2's predictor.py)
+from ebm_refine.cli import demo  # noqa: E402  (demo/demo.py runs its command)
 
 
 def _flatten(d: dict, prefix: str = "") -> List[str]:

@@ -33,13 +33,11 @@ def tiny_net():
 
 @pytest.fixture(scope="session")
 def eval_tracking_tool():
-    """tools/eval_tracking.py as a module (its ``main(argv)`` raises; ``run_cli(main, argv)`` is the command)."""
-    import importlib.util
+    """The eval-tracking command's module, ebm_refine.cli.eval_tracking (its ``main(argv)`` raises;
+    ``run_cli(main, argv)`` is the command)."""
+    from ebm_refine.cli import eval_tracking
 
-    spec = importlib.util.spec_from_file_location("eval_tracking_tool", HERE.parents[1] / "tools" / "eval_tracking.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return eval_tracking
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,5 @@
-"""What ``demo.py`` draws and the predictors behind it (the counterpart of Detectron2's demo/predictor.py).
+"""What the demo (``ebm-refine demo``, ebm_refine/cli/demo.py) draws and the predictors behind it (the
+counterpart of Detectron2's demo/predictor.py).
 
 - :class:`DetectionDemo`: :class:`~ebm_refine.detectron2.EBMPredictor` (Detectron2's ``DefaultPredictor``
   loading with :class:`~ebm_refine.detectron2.EBMCheckpointer`) and :func:`draw_detections`: the detector's boxes
@@ -8,7 +9,7 @@
 
 Both are callables ``(frame_index, frame) -> image`` on BGR uint8 (H, W, 3) frames, the form
 :func:`ebm_refine.utils.video.write_frames` renders. Boxes are in pixels of the frame. Problems that may
-repeat on every frame go to ``warn(kind, message)`` (demo.py prints the first of each kind and counts).
+repeat on every frame go to ``warn(kind, message)`` (the demo prints the first of each kind and counts).
 """
 from __future__ import annotations
 
