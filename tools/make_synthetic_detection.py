@@ -22,22 +22,23 @@ exit_on_interrupt_while_starting()  # Ctrl-C while the imports below load: one l
 from ebm_refine.data import SyntheticDetectionConfig, generate_synthetic_coco  # noqa: E402
 from ebm_refine.utils import check_writable  # noqa: E402
 from ebm_refine.utils.cli import add_debug_argument, run_cli  # noqa: E402
+from ebm_refine.utils.cli_args import finite_float, non_negative_int, output_folder, positive_int  # noqa: E402
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     d = SyntheticDetectionConfig()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="datasets/synthetic", help="dataset folder")
-    p.add_argument("--train", type=int, default=d.num_train_images, help="training images")
-    p.add_argument("--val", type=int, default=d.num_val_images, help="validation images")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--image-size", type=int, nargs="+", default=list(d.image_size), metavar="PX",
+    p.add_argument("--out", default="datasets/synthetic", type=output_folder, help="dataset folder")
+    p.add_argument("--train", type=non_negative_int, default=d.num_train_images, help="training images")
+    p.add_argument("--val", type=non_negative_int, default=d.num_val_images, help="validation images")
+    p.add_argument("--seed", type=non_negative_int, default=d.seed)
+    p.add_argument("--image-size", type=positive_int, nargs="+", default=list(d.image_size), metavar="PX",
                    help="height [width] in px")
-    p.add_argument("--objects", type=int, nargs=2, default=list(d.objects_per_image), metavar=("MIN", "MAX"))
-    p.add_argument("--size-range", type=float, nargs=2, default=list(d.size_range), metavar=("MIN", "MAX"),
+    p.add_argument("--objects", type=non_negative_int, nargs=2, default=list(d.objects_per_image), metavar=("MIN", "MAX"))
+    p.add_argument("--size-range", type=finite_float(0.0, open_low=True), nargs=2, default=list(d.size_range), metavar=("MIN", "MAX"),
                    help="object scale sqrt(w*h) in px")
-    p.add_argument("--clutter", type=float, default=d.clutter, help="0..1")
-    p.add_argument("--occlusion", type=float, default=d.occlusion, help="0..1")
+    p.add_argument("--clutter", type=finite_float(0.0, 1.0), default=d.clutter, help="0..1")
+    p.add_argument("--occlusion", type=finite_float(0.0, 1.0), default=d.occlusion, help="0..1")
     p.add_argument("--format", choices=("png", "jpg"), default=d.image_format)
     p.add_argument("--coco-dir", default=None, help="COCO folder for photo backgrounds and real distractors")
     p.add_argument("--force", action="store_true", help="regenerate even if up to date")

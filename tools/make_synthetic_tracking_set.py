@@ -22,23 +22,21 @@ exit_on_interrupt_while_starting()  # Ctrl-C while the imports below load: one l
 from ebm_refine.data.synthetic_tracking import SyntheticConfig, SyntheticSequence, write_sequence  # noqa: E402
 from ebm_refine.utils import BadValueError, MissingFileError, check_writable  # noqa: E402
 from ebm_refine.utils.cli import add_debug_argument, run_cli  # noqa: E402
+from ebm_refine.utils.cli_args import int_in_range, non_negative_int, output_folder, positive_int  # noqa: E402
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--num", type=int, default=12)
-    ap.add_argument("--first-seed", type=int, default=1_000_000)
-    ap.add_argument("--frames", type=int, default=80)
-    ap.add_argument("--width", type=int, default=320)
-    ap.add_argument("--height", type=int, default=240)
+    ap.add_argument("--out", required=True, type=output_folder)
+    ap.add_argument("--num", type=positive_int, default=12)
+    ap.add_argument("--first-seed", type=non_negative_int, default=1_000_000)
+    ap.add_argument("--frames", type=int_in_range(2), default=80)
+    # the target is 12-40 % of the shorter side
+    ap.add_argument("--width", type=int_in_range(64), default=320)
+    ap.add_argument("--height", type=int_in_range(64), default=240)
     ap.add_argument("--background-dir", help="folder of real images used as backgrounds (half of the sequences)")
     add_debug_argument(ap)
     args = ap.parse_args(argv)
-    if args.num < 1 or args.frames < 2 or args.first_seed < 0:
-        ap.error("--num must be >= 1, --frames >= 2 and --first-seed >= 0")
-    if min(args.width, args.height) < 64:
-        ap.error("--width and --height must be >= 64 px (the target is 12-40 % of the shorter side)")
     bgs = []
     if args.background_dir:
         if not os.path.isdir(args.background_dir):

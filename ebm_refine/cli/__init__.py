@@ -68,5 +68,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     # argparse and run_cli name the program after sys.argv[0]: usage lines and one-line errors then read
     # "ebm-refine eval-tracking: ...", the command the user typed.
     sys.argv[0] = f"{PROG} {name}"
+    from ..utils.cli import exit_on_interrupt_while_starting
+
+    exit_on_interrupt_while_starting()  # Ctrl-C while the command's modules load: one line, exit 130
     module = importlib.import_module(COMMANDS[name][0])
     return module.command(argv[1:])

@@ -43,6 +43,7 @@ import numpy as np
 from ebm_refine.tracking.datasets.io import check_box_sizes, list_frames, natural_key, read_box_file
 from ebm_refine.utils import IMAGE_EXTENSIONS, BadValueError, MissingFileError
 from ebm_refine.utils.cli import add_debug_argument, run_cli
+from ebm_refine.utils.cli_args import finite_float, non_negative_int, positive_int
 from ebm_refine.utils.video import (VIDEO_EXTENSIONS, FrameSource, ImageFolderOutput, VideoOutput,
                                     open_images, open_video, open_webcam, output_target, write_frames)
 
@@ -240,17 +241,19 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
                      help="images, quoted glob patterns or a folder of frames (sorted numerically)")
     src.add_argument("--webcam", action="store_true",
                      help="detect: read the camera (Ctrl-C ends the recording and keeps what was rendered)")
-    ap.add_argument("--webcam-index", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--webcam-index", type=non_negative_int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--output", required=True, metavar="FILE_OR_DIR",
                     help="an .mp4 file, or a folder (images for image inputs in detect mode, else <name>.mp4); "
                          "replaced only by a complete render: Ctrl-C on a file or folder input discards the "
                          "partial render and leaves an existing output as it was")
-    ap.add_argument("--fps", type=float, default=10.0, help="frame rate of videos made from images")
-    ap.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
+    ap.add_argument("--fps", type=finite_float(0.0, 1000.0, open_low=True), default=10.0,
+                    help="frame rate of videos made from images (> 0)")
+    ap.add_argument("--max-frames", type=positive_int, default=None, help="stop after this many frames")
     det = ap.add_argument_group("detect")
     det.add_argument("--config-file", default="Synthetic/ebm_compact_fpn_synthetic.yaml",
                      help="Detectron2 config (a path, or relative to configs/)")
-    det.add_argument("--confidence-threshold", type=float, default=0.5, help="minimum score drawn")
+    det.add_argument("--confidence-threshold", type=finite_float(0.0, 1.0), default=0.5,
+                     help="minimum score drawn (0..1)")
     trk = ap.add_argument_group("track")
     trk.add_argument("--tracker-params", default="ebm", help="name in configs/tracking/ or a YAML path")
     trk.add_argument("--checkpoint", help="tracker network (net.pth from tools/train_tracker.py)")
@@ -259,7 +262,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     trk.add_argument("--ground-truth", metavar="FILE", help="x,y,w,h per frame; first line starts the tracker")
     trk.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                      help="tracker parameter overrides, e.g. image_sample_size=128")
-    trk.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    trk.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
     # Last, because it swallows the rest of the command line (Detectron2 convention).
     det.add_argument("--opts", nargs=argparse.REMAINDER, default=[], metavar="KEY VALUE",
                      help="Detectron2 config overrides, e.g. MODEL.WEIGHTS model_final.pth (required: the "
@@ -299,10 +302,6 @@ def parse_args(argv: Optional[Sequence[str]] = None, prog: str = PROG) -> argpar
         ap.error(f"{args.mode} needs one of --video-input, --input" + (" or --webcam" if args.mode == "detect" else ""))
     if args.mode == "track" and args.webcam:
         ap.error("track does not support --webcam")
-    if args.max_frames is not None and args.max_frames < 1:
-        ap.error("--max-frames must be >= 1")
-    if args.fps <= 0:
-        ap.error("--fps must be > 0")
     return args
 
 
@@ -310,8 +309,7 @@ def main(argv: Optional[Sequence[str]] = None, prog: str = PROG) -> int:
     """Run the demo under the project's error convention (:func:`ebm_refine.utils.cli.run_cli`); ``prog``
     names the program in its usage, warning and error lines.
 
-    Returns the exit status: 0, 2 with one line on stderr for bad input, 130 after Ctrl-C; argparse
-    usage errors raise ``SystemExit(2)``.
+    Returns the exit status: 0, 2 with one line on stderr for bad input (usage errors too), 130 after Ctrl-C.
     """
     def run(argv: Optional[Sequence[str]]) -> int:
         args = parse_args(argv, prog)

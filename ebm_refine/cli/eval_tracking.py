@@ -43,6 +43,7 @@ from ebm_refine.tracking.evaluation.registry import results_name, split_tracker_
 from ebm_refine.tracking.evaluation.results import result_path
 from ebm_refine.utils import MissingFileError, UserError
 from ebm_refine.utils.cli import add_debug_argument, log_to_stderr, run_cli
+from ebm_refine.utils.cli_args import output_file, output_folder, positive_int
 
 
 def _sequence_list(arg: Optional[str]) -> Optional[List[str]]:
@@ -74,19 +75,19 @@ def build_parser() -> argparse.ArgumentParser:
                         "box_refinement.num_steps=5 (ebm_atom; YAML values); results go to <params>+<overrides>")
     p.add_argument("--result-dir", action="append", default=[],
                    help="score mode: a folder of <seq>.txt files to score as it is; repeatable")
-    p.add_argument("--results", default="tracking_results", help="results root (default: ./tracking_results)")
+    p.add_argument("--results", default="tracking_results", type=output_folder, help="results root (default: ./tracking_results)")
     p.add_argument("--mode", choices=("run", "score", "both"), default="both")
     p.add_argument("--protocol", action="append", choices=PROTOCOLS + ("all",), default=[],
                    help="scoring protocol, repeatable (default: all three)")
-    p.add_argument("--workers", type=int, default=1, help="parallel worker processes for running")
+    p.add_argument("--workers", type=positive_int, default=1, help="parallel worker processes for running")
     p.add_argument("--overwrite", action="store_true", help="re-run sequences that already have results")
     p.add_argument("--on-missing", choices=("error", "skip", "zeros"), default="error",
                    help="scoring: a missing result file is an error (default), skipped, or all zeros")
     p.add_argument("--exclude-invalid-frames", action="store_true",
                    help="pytracking protocol: score only frames whose ground truth is a valid box "
                         "(pytracking's option of that name; default: every frame counts)")
-    p.add_argument("--report-dir", help="where tables/JSON/plots go (default: <results>/reports/<dataset>)")
-    p.add_argument("--pack-trackingnet", metavar="ZIP", help="after running, pack TrackingNet results into ZIP")
+    p.add_argument("--report-dir", type=output_folder, help="where tables/JSON/plots go (default: <results>/reports/<dataset>)")
+    p.add_argument("--pack-trackingnet", metavar="ZIP", type=output_file, help="after running, pack TrackingNet results into ZIP")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--list-trackers", action="store_true", help="list registered trackers and exit")
     p.add_argument("--list-datasets", action="store_true", help="list dataset names and exit")

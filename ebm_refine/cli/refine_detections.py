@@ -28,30 +28,37 @@ from detectron2.utils.logger import setup_logger
 from ebm_refine.detectron2 import load_config
 from ebm_refine.detectron2.refine_detections import dataset_from_files, format_summary, refine_detection_file
 from ebm_refine.utils.cli import add_debug_argument, run_cli
+from ebm_refine.utils.cli_args import (check_dataset_name, existing_file, existing_folder, finite_float, non_negative_int,
+                                       output_file, positive_int)
 from ebm_refine.utils.errors import UserError
 from ebm_refine.utils.fileio import atomic_write_text
 
 
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config-file", required=True, help="an EBMBoxRefiner config (configs/COCO-Refine/...)")
-    p.add_argument("--weights", required=True, help="the trained refiner (model_final.pth)")
-    p.add_argument("--detections", required=True, help="COCO results json of the detector to refine")
+    p.add_argument("--config-file", required=True, type=existing_file,
+                   help="an EBMBoxRefiner config (configs/COCO-Refine/...)")
+    p.add_argument("--weights", required=True, type=existing_file, help="the trained refiner (model_final.pth)")
+    p.add_argument("--detections", required=True, type=existing_file, help="COCO results json of the detector to refine")
     p.add_argument("--dataset", help="a registered dataset name (instead of --dataset-json/--image-root)")
-    p.add_argument("--dataset-json", help="COCO-format json of the images (with annotations for evaluation)")
-    p.add_argument("--image-root", help="folder of the images named in --dataset-json")
-    p.add_argument("--output", required=True, help="refined COCO results json to write")
-    p.add_argument("--report", help="also write the printed figures as JSON here")
-    p.add_argument("--min-score", type=float, default=0.0, help="refine detections scoring at least this")
-    p.add_argument("--max-per-image", type=int, default=100, help="highest-scoring detections refined per image")
-    p.add_argument("--steps", type=int, help="refinement steps (default: the config's MODEL.EBM.REFINE.NUM_STEPS)")
-    p.add_argument("--step-size-center", type=float, help="step size for the centre (relative encoding)")
-    p.add_argument("--step-size-size", type=float, help="step size for the log-size")
+    p.add_argument("--dataset-json", type=existing_file,
+                   help="COCO-format json of the images (with annotations for evaluation)")
+    p.add_argument("--image-root", type=existing_folder, help="folder of the images named in --dataset-json")
+    p.add_argument("--output", required=True, type=output_file, help="refined COCO results json to write")
+    p.add_argument("--report", type=output_file, help="also write the printed figures as JSON here")
+    p.add_argument("--min-score", type=finite_float(0.0, 1.0), default=0.0,
+                   help="refine detections scoring at least this (0..1)")
+    p.add_argument("--max-per-image", type=positive_int, default=100, help="highest-scoring detections refined per image")
+    p.add_argument("--steps", type=non_negative_int,
+                   help="refinement steps (default: the config's MODEL.EBM.REFINE.NUM_STEPS)")
+    p.add_argument("--step-size-center", type=finite_float(0.0, open_low=True),
+                   help="step size for the centre (relative encoding), > 0")
+    p.add_argument("--step-size-size", type=finite_float(0.0, open_low=True), help="step size for the log-size, > 0")
     p.add_argument("--no-eval", action="store_true", help="only refine and write, even with ground truth")
-    p.add_argument("--per-box-errors", metavar="FILE",
+    p.add_argument("--per-box-errors", metavar="FILE", type=output_file,
                    help="with evaluation: write per-ground-truth-box 1 - IoU (unrefined, refined) here, the "
                         "per-sample error format of tools/compare_runs.py")
-    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--threads", type=positive_int, help="torch CPU threads")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="extra config options (KEY VALUE ...)")
     add_debug_argument(p)
     return p.parse_args(argv)
@@ -65,8 +72,8 @@ def main(argv=None) -> int:
         raise UserError("pass either --dataset NAME or --dataset-json FILE with --image-root DIR")
     if args.dataset_json and not args.image_root:
         raise UserError("--dataset-json needs --image-root (the folder of its images)")
-    if args.max_per_image < 1:
-        raise UserError(f"--max-per-image must be >= 1, got {args.max_per_image}")
+    if args.dataset:
+        check_dataset_name(args.dataset, hint="or pass --dataset-json FILE with --image-root DIR")
     setup_logger(name="ebm_refine")
     opts = list(args.opts)
     for key, value in (("NUM_STEPS", args.steps), ("STEP_SIZE_CENTER", args.step_size_center),

@@ -11,6 +11,7 @@ Evaluation reports COCO box AP of the unrefined and the EBM-refined detections s
 writes them to ``<OUTPUT_DIR>/inference/<dataset>/ebm_refinement_results.json``. Expected failures (bad
 config keys, missing files, unusable checkpoints or datasets) print one line; ``--debug`` shows tracebacks.
 """
+import os
 import sys
 from typing import List, Optional
 
@@ -21,7 +22,9 @@ from detectron2.utils.logger import setup_logger
 
 from ebm_refine.detectron2 import EBMCheckpointer, EBMTrainer, load_config
 from ebm_refine.detectron2.datasets import register_coco
-from ebm_refine.utils.cli import add_debug_argument, run_cli
+from ebm_refine.utils.cli import UsageError, add_debug_argument, run_cli
+from ebm_refine.utils.cli_args import check_existing_file
+from ebm_refine.utils.errors import MissingFileError
 
 
 def setup(args):
@@ -49,11 +52,37 @@ def main(args):
     return trainer.train()
 
 
+def check_before_launch(args) -> None:
+    """What would otherwise fail only inside the launched processes (after minutes, with a traceback): the
+    config, its options and --register-coco files, and a CUDA device the machine does not have."""
+    import torch
+
+    if args.config_file:
+        check_existing_file(args.config_file, "--config-file")
+    if args.num_gpus < 0 or args.num_machines < 1:
+        raise UsageError(f"--num-gpus must be >= 0 and --num-machines >= 1, got {args.num_gpus} and {args.num_machines}")
+    for name, json_file, image_root in args.register_coco or ():
+        check_existing_file(json_file, f"--register-coco {name}")
+        if not os.path.isdir(image_root):
+            raise MissingFileError(f"--register-coco {name}: image folder {image_root} not found")
+    cfg = load_config(args.config_file, args.opts)
+    if str(cfg.MODEL.DEVICE).startswith("cuda"):
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if gpus == 0:
+            raise UsageError(f"MODEL.DEVICE is {cfg.MODEL.DEVICE!r} but no GPU is present on this machine; run on the "
+                             "CPU: add MODEL.DEVICE cpu to the command line (with --num-gpus 1, or --num-gpus N for "
+                             "N CPU processes)")
+        if args.num_gpus > gpus:
+            raise UsageError(f"--num-gpus {args.num_gpus}: this machine has {gpus} GPU(s); pass --num-gpus {gpus} "
+                             "or fewer (or MODEL.DEVICE cpu for CPU processes)")
+
+
 def cli(argv):
     parser = add_debug_argument(default_argument_parser())
     parser.add_argument("--register-coco", nargs=3, action="append", metavar=("NAME", "JSON", "IMAGE_DIR"),
                         help="register a COCO-format dataset under NAME for DATASETS.TRAIN / TEST (repeatable)")
     args = parser.parse_args(argv)
+    check_before_launch(args)
     print("Command Line Args:", args)
     launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
            dist_url=args.dist_url, args=(args,))

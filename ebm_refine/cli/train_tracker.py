@@ -34,7 +34,8 @@ from typing import Any, Dict, List, Optional
 from ebm_refine.utils.config import apply_dotted_overrides
 from ebm_refine.tracking.train import check_train_config, load_train_config, train
 from ebm_refine.utils import UserError
-from ebm_refine.utils.cli import add_debug_argument, run_cli
+from ebm_refine.utils.cli import add_debug_argument, device_arg, run_cli
+from ebm_refine.utils.cli_args import existing_file, output_folder, positive_int
 
 
 def apply_overrides(cfg: Dict[str, Any], items: List[str]) -> Dict[str, Any]:
@@ -58,14 +59,15 @@ def _spawned(rank: int, cfg: Dict[str, Any], out: str, world_size: int, init_met
 
 def main(argv: List[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", required=True, help="training YAML (configs/tracking/train_*.yaml)")
-    ap.add_argument("--out", required=True, help="output folder (checkpoint.pth, net.pth, log.jsonl)")
+    ap.add_argument("--config", required=True, type=existing_file, help="training YAML (configs/tracking/train_*.yaml)")
+    ap.add_argument("--out", required=True, type=output_folder, help="output folder (checkpoint.pth, net.pth, log.jsonl)")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
     ap.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint in --out")
-    ap.add_argument("--world-size", type=int, default=1, help="DDP processes to spawn on this machine")
+    ap.add_argument("--world-size", type=positive_int, default=1, help="DDP processes to spawn on this machine")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     add_debug_argument(ap)
     args = ap.parse_args(argv)
+    device_arg(args.device)  # cuda on a machine without one: one line now, not in every spawned process
 
     cfg = apply_overrides(load_train_config(args.config), args.set)
     resume = not args.no_resume

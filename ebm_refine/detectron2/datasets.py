@@ -95,7 +95,12 @@ def register_coco(name: str, json_file: os.PathLike, image_root: os.PathLike, hi
         for path, what in ((json_file, "annotation file"), (image_root, "image folder")):
             if not os.path.exists(path):
                 raise DatasetError(f"dataset {name!r}: {what} {path} not found{hint}")
-        return load_coco_json(json_file, image_root, name)
+        try:
+            return load_coco_json(json_file, image_root, name)
+        except (AssertionError, KeyError, TypeError, AttributeError, ValueError) as e:  # pycocotools' checks
+            raise DatasetError(f"{json_file}: not a COCO-format annotation file for dataset {name!r} ({type(e).__name__}: "
+                               f"{' '.join(str(e).split())[:120]}); it needs an object with 'images', "
+                               f"'annotations' and 'categories'{hint}") from None
 
     DatasetCatalog.register(name, load)
     MetadataCatalog.get(name).set(json_file=json_file, image_root=image_root, evaluator_type="coco")

@@ -194,7 +194,7 @@ def _one_line_usage_errors() -> Iterator[None]:
     original = argparse.ArgumentParser.error
 
     def error(self, message):
-        raise UsageError(f"{' '.join(str(message).split())} (see {self.prog} --help)")
+        raise UsageError(f"{' '.join(str(message).split())} (see --help)")
 
     argparse.ArgumentParser.error = error
     try:

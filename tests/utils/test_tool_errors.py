@@ -48,7 +48,8 @@ def test_benchmarks(tools, blocker, capsys, tool_error):
     tool_error(capsys, "bench_refiner.py", "--device 'tpu9': not a device name")
     out = blocker / "sub" / "bench.json"
     assert run_cli(sampler, ["--json", str(out), "--num-boxes", "4"], prog="bench_sampler.py") == 2
-    tool_error(capsys, "bench_sampler.py", f"{blocker / 'sub'}: folder is not writable")
+    tool_error(capsys, "bench_sampler.py", f"argument --json: {out}: cannot write this output file ({blocker} is a file, "
+                                           "not a folder)")
     assert run_cli(sampler, ["--num-boxes", "0"], prog="bench_sampler.py") == 2
     tool_error(capsys, "bench_sampler.py", "argument --num-boxes: must be an integer >= 1, got '0'")
 
@@ -58,8 +59,8 @@ def test_toy_benchmark_checks_its_outputs_before_training(tools, blocker, capsys
     assert run_cli(main, ["--quick", "--png", str(blocker / "x" / "toy.png")], prog="toy_benchmark.py") == 2
     cap = capsys.readouterr()
     assert "toy benchmark:" not in cap.out                                  # failed before any training
-    assert cap.err == f"toy_benchmark.py: error: {blocker / 'x'}: folder is not writable (Not a directory); " \
-                      "choose another output location\n"
+    assert cap.err == f"toy_benchmark.py: error: argument --png: {blocker / 'x' / 'toy.png'}: cannot write this " \
+                      f"output file ({blocker} is a file, not a folder); choose another path (see --help)\n"
     assert run_cli(main, ["--seeds", "0"], prog="toy_benchmark.py") == 2
     assert capsys.readouterr().err.startswith("toy_benchmark.py: error: argument --seeds: must be an integer >= 1")
 
@@ -69,7 +70,7 @@ def test_synthetic_detection_generator(tools, tmp_path, blocker, capsys, tool_er
     assert run_cli(main, ["--out", str(tmp_path / "d"), "--image-size", "8"], prog="make_synthetic_detection.py") == 2
     tool_error(capsys, "make_synthetic_detection.py", "image_size must be (height, width) >= 16 px")
     assert run_cli(main, ["--out", str(blocker / "d")], prog="make_synthetic_detection.py") == 2
-    tool_error(capsys, "make_synthetic_detection.py", f"{blocker / 'd'}: folder is not writable")
+    tool_error(capsys, "make_synthetic_detection.py", f"argument --out: {blocker / 'd'}: cannot write to this output folder")
     assert run_cli(main, ["--out", str(tmp_path / "d"), "--train", "1", "--val", "0", "--image-size", "64",
                           "--size-range", "10", "30", "--coco-dir", str(tmp_path / "coco")],
                    prog="make_synthetic_detection.py") == 2
@@ -86,7 +87,7 @@ def test_synthetic_tracking_set_generator(tools, tmp_path, blocker, capsys, tool
     assert run_cli(main, ["--out", str(tmp_path / "s"), "--background-dir", str(tmp_path / "bg")], prog=prog) == 2
     tool_error(capsys, prog, "no .jpg or .png images")
     assert run_cli(main, ["--out", str(blocker / "s")], prog=prog) == 2
-    tool_error(capsys, prog, "folder is not writable")
+    tool_error(capsys, prog, "cannot write to this output folder")
     assert run_cli(main, ["--out", str(tmp_path / "s"), "--frames", "1"], prog=prog) == 2
     tool_error(capsys, prog, "argument --frames: must be an integer >= 2, got '1'")
     # a broken background photo is named (it is read when a sequence picks it)
