@@ -42,6 +42,7 @@ import torch  # noqa: E402
 
 from ebm_refine.utils import UserError, atomic_write_text  # noqa: E402
 from ebm_refine.utils.cli import add_debug_argument, run_cli  # noqa: E402
+from ebm_refine.utils.cli_args import int_in_range, non_negative_int, output_file, positive_int  # noqa: E402
 
 CONFIG = "COCO-Detection/ebm_faster_rcnn_R_50_FPN_1x.yaml"
 
@@ -138,28 +139,21 @@ def compare_paths(heads, infer, steps: int) -> dict:
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu, cuda or cuda:N")
-    p.add_argument("--size", type=int, default=800, help="shorter image side (px); longer = 4/3 of it")
-    p.add_argument("--detections", type=int, default=100)
-    p.add_argument("--steps", type=int, nargs="+", default=[10], help="refinement steps T (one or more)")
+    p.add_argument("--size", type=int_in_range(64), default=800, help="shorter image side (px); longer = 4/3 of it")
+    p.add_argument("--detections", type=positive_int, default=100)
+    p.add_argument("--steps", type=non_negative_int, nargs="+", default=[10], help="refinement steps T (one or more)")
     p.add_argument("--refine-path", choices=("fused", "autograd"), default="fused",
                    help="the head's fused fast path (MODEL.EBM.REFINE.FUSED True) or autograd (the reference)")
-    p.add_argument("--images", type=int, default=1, help="images per inference call")
-    p.add_argument("--train-images", type=int, default=2, help="images per training iteration")
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--images", type=positive_int, default=1, help="images per inference call")
+    p.add_argument("--train-images", type=positive_int, default=2, help="images per training iteration")
+    p.add_argument("--repeats", type=positive_int, default=5)
+    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--compare-paths", action="store_true",
                    help="also refine once with the other path and report how far the two paths' boxes are apart")
     p.add_argument("--skip-train", action="store_true")
-    p.add_argument("--json", default=None, help="write the results here")
+    p.add_argument("--json", default=None, type=output_file, help="write the results here")
     add_debug_argument(p)
     args = p.parse_args(argv)
-    for name in ("size", "detections", "images", "train_images", "repeats"):
-        if getattr(args, name) < 1:
-            raise UserError(f"--{name.replace('_', '-')}: must be at least 1, got {getattr(args, name)}")
-    if args.size < 64:
-        raise UserError(f"--size: R50-FPN needs images of at least 64 px, got {args.size}")
-    if any(t < 0 for t in args.steps):
-        raise UserError(f"--steps: must be non-negative, got {args.steps}")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"--device {args.device}: CUDA is not available here; use --device cpu")
     if not (args.device == "cpu" or args.device.startswith("cuda")):

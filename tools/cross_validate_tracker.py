@@ -44,6 +44,7 @@ from ebm_refine.tracking.evaluation.registry import (results_name, split_tracker
                                                      with_overrides)
 from ebm_refine.utils import BadValueError, MissingFileError, UserError, atomic_write_text  # noqa: E402
 from ebm_refine.utils.cli import add_debug_argument, log_to_stderr, run_cli  # noqa: E402
+from ebm_refine.utils.cli_args import int_in_range, non_negative_int, output_file, output_folder, positive_int  # noqa: E402
 
 
 def _names(arg: Optional[str]) -> Optional[List[str]]:
@@ -123,6 +124,9 @@ def cmd_track(args) -> int:
     folder_name = results_name(base.params, args.set)
     by_name = {s.name: s for s in sequences}
     todo = args.fold if args.fold else list(range(len(folds)))
+    unknown = [k for k in todo if not 0 <= k < len(folds)]
+    if unknown:
+        raise BadValueError(f"--fold {unknown[0]}: the plan in {args.work} has folds 0..{len(folds) - 1}")
     nets = _fold_nets(args, len(folds))
     uses_network = base.name == "ebm_atom"
     if not uses_network and (len(args.seed) > 1 or args.net):
@@ -208,15 +212,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="step", required=True)
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--work", required=True, help="work folder (plan.json, networks/, results/)")
+    common.add_argument("--work", required=True, type=output_folder, help="work folder (plan.json, networks/, results/)")
     add_debug_argument(common)
 
     s = sub.add_parser("split", parents=[common], help="make the folds (plan.json)")
     s.add_argument("--dataset", required=True, choices=dataset_names())
     s.add_argument("--root", required=True, help="dataset root folder")
     s.add_argument("--sequences", help="comma-separated subset (default: every sequence)")
-    s.add_argument("--folds", type=int, default=4, help="number of folds (default 4)")
-    s.add_argument("--fold-seed", type=int, help="deal the videos in a random order from this seed (another split "
+    s.add_argument("--folds", type=int_in_range(2), default=4, help="number of folds (default 4)")
+    s.add_argument("--fold-seed", type=non_negative_int, help="deal the videos in a random order from this seed (another split "
                                                   "for repeated cross-validation); default: largest first, the most "
                                                   "even split")
     s.add_argument("--fixed", help="comma-separated sequences that form fold 0 as given")
@@ -224,15 +228,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("train", parents=[common], help="train one fold's network")
     s.add_argument("--config", required=True, help="training YAML (configs/tracking/train_*.yaml)")
-    s.add_argument("--fold", type=int, required=True)
+    s.add_argument("--fold", type=non_negative_int, required=True)
     s.add_argument("--network", default="ebm", help="network name: networks/<name>/fold<K> (default ebm)")
     s.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="training config overrides")
     s.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
 
     s = sub.add_parser("track", parents=[common], help="run a tracker on every fold with that fold's network")
     s.add_argument("--tracker", required=True, help="NAME[/PARAMS], e.g. ebm_atom/ebm")
-    s.add_argument("--seed", type=int, nargs="+", default=[0], help="candidate-box seeds, one run each")
-    s.add_argument("--fold", type=int, nargs="*", help="only these folds (default: all)")
+    s.add_argument("--seed", type=non_negative_int, nargs="+", default=[0], help="candidate-box seeds, one run each")
+    s.add_argument("--fold", type=non_negative_int, nargs="*", help="only these folds (default: all)")
     s.add_argument("--network", default="ebm",
                    help="which trained networks: networks/<name>/fold<K> (default ebm); another training seed "
                         "of the same config is another name, and its runs join the same tracker's spread")
@@ -240,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="use this network for a fold instead of the trained one (repeatable)")
     s.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="tracker parameter overrides; results go to <params>+<overrides>")
-    s.add_argument("--workers", type=int, default=1, help="parallel worker processes")
+    s.add_argument("--workers", type=positive_int, default=1, help="parallel worker processes")
     s.add_argument("--overwrite", action="store_true", help="re-run sequences that already have results")
     s.add_argument("--no-progress", action="store_true")
 
@@ -250,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--network", action="append",
                    help="only the runs with these network sets (repeatable; default: every run)")
     s.add_argument("--protocol", choices=PROTOCOLS, default="otb")
-    s.add_argument("--json", help="also write the numbers here")
+    s.add_argument("--json", type=output_file, help="also write the numbers here")
     return p
 
 

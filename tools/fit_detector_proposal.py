@@ -21,34 +21,32 @@ exit_on_interrupt_while_starting()  # Ctrl-C while the imports below load: one l
 from ebm_refine.detectron2.detector_proposal import fit_detector_proposal  # noqa: E402
 from ebm_refine.detectron2.refine_detections import dataset_from_files  # noqa: E402
 from ebm_refine.utils.cli import add_debug_argument, run_cli  # noqa: E402
+from ebm_refine.utils.cli_args import (check_dataset_name, existing_file, existing_folder, finite_float,  # noqa: E402
+                                       non_negative_int, output_file, positive_int)
 from ebm_refine.utils.errors import UserError  # noqa: E402
 from ebm_refine.utils.fileio import atomic_write_text  # noqa: E402
 
 
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--detections", required=True, nargs="+",
+    p.add_argument("--detections", required=True, nargs="+", type=existing_file,
                    help="COCO results json of the detector on the training images, one per dataset")
     p.add_argument("--dataset", nargs="+", help="registered dataset names (instead of --dataset-json/--image-root)")
-    p.add_argument("--dataset-json", help="COCO-format json of the images, with annotations")
-    p.add_argument("--image-root", help="folder of the images named in --dataset-json")
-    p.add_argument("--output", required=True, help="the residual-mixture JSON to write")
-    p.add_argument("--components", type=int, default=4, help="mixture components (default 4)")
-    p.add_argument("--iou", type=float, default=0.5, help="least IoU of a detection with its ground truth")
-    p.add_argument("--min-score", type=float, default=0.0, help="use detections scoring at least this")
-    p.add_argument("--seed", type=int, default=0, help="seed of the EM start")
+    p.add_argument("--dataset-json", type=existing_file, help="COCO-format json of the images, with annotations")
+    p.add_argument("--image-root", type=existing_folder, help="folder of the images named in --dataset-json")
+    p.add_argument("--output", required=True, type=output_file, help="the residual-mixture JSON to write")
+    p.add_argument("--components", type=positive_int, default=4, help="mixture components (default 4)")
+    p.add_argument("--iou", type=finite_float(0.0, 1.0, True, True), default=0.5, help="least IoU of a detection with its ground truth")
+    p.add_argument("--min-score", type=finite_float(0.0, 1.0), default=0.0, help="use detections scoring at least this")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the EM start")
     add_debug_argument(p)
     return p.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.components < 1:
-        raise UserError(f"--components must be >= 1, got {args.components}")
-    if not 0.0 < args.iou < 1.0:
-        raise UserError(f"--iou must be in (0, 1), got {args.iou}")
-    if not 0.0 <= args.min_score <= 1.0:  # also refuses nan
-        raise UserError(f"--min-score must be in [0, 1], got {args.min_score}")
+    for name in args.dataset or ():
+        check_dataset_name(name)
     if bool(args.dataset) == bool(args.dataset_json):
         raise UserError("pass either --dataset or --dataset-json with --image-root")
     if args.dataset_json and not args.image_root:

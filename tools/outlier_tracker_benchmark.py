@@ -31,7 +31,9 @@ from ebm_refine.tracking.datasets import load_dataset  # noqa: E402
 from ebm_refine.tracking.train.config import load_train_config  # noqa: E402
 from ebm_refine.tracking.train.outlier_benchmark import METHODS, format_summary, run_tracker_outlier_benchmark  # noqa: E402
 from ebm_refine.utils import UserError, shared_data_dir  # noqa: E402
+from ebm_refine.tracking.tracker.params import load_tracker_params  # noqa: E402
 from ebm_refine.utils.cli import add_debug_argument, run_cli  # noqa: E402
+from ebm_refine.utils.cli_args import existing_file, finite_float, non_negative_int, output_folder  # noqa: E402
 from ebm_refine.utils.config import apply_dotted_overrides  # noqa: E402
 
 VALIDATION = "Biker,Woman,S1301,wakeboard4,MotorRolling,group2_2"
@@ -42,12 +44,13 @@ ROBUST = {"step_size_center": 1e-3, "step_size_size": 1e-2}
 
 def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", default="configs/tracking/train_ebm.yaml", help="training config")
-    ap.add_argument("--output", default="output/outlier_tracker", help="output folder")
-    ap.add_argument("--fractions", type=float, nargs="+", default=[0.0, 0.4], help="outlier shares")
+    ap.add_argument("--config", default="configs/tracking/train_ebm.yaml", type=existing_file, help="training config")
+    ap.add_argument("--output", default="output/outlier_tracker", type=output_folder, help="output folder")
+    ap.add_argument("--fractions", type=finite_float(0.0, 1.0, open_high=True), nargs="+", default=[0.0, 0.4],
+                    help="outlier shares")
     ap.add_argument("--kinds", nargs="+", choices=NOISE_KINDS, default=["shift_scale"], help="noise kinds")
     ap.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--seeds", type=non_negative_int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--params", default="ebm_paper",
                     help="tracker parameter set that evaluates each network (default: the paper's tracker, which the "
                          "documented numbers used)")
@@ -61,6 +64,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     root = args.root or (str(shared_data_dir() / "tracking_train") if shared_data_dir() else None)
     if root is None or not os.path.isdir(root):
         raise UserError(f"{root}: no sequence folder; pass --root with sequences in OTB layout")
+    load_tracker_params(args.params)  # the evaluating parameter set must exist before hours of training
     base = apply_dotted_overrides(load_train_config(args.config), args.set)
     robust = dict(ROBUST, **(base.pop("robust", None) or {}))
     robust.pop("enabled", None)

@@ -38,6 +38,7 @@ from ebm_refine.tracking.evaluation.per_frame import (  # noqa: E402
 )
 from ebm_refine.utils import UserError, atomic_write_text  # noqa: E402
 from ebm_refine.utils.cli import add_debug_argument, log_to_stderr, run_cli  # noqa: E402
+from ebm_refine.utils.cli_args import finite_float, output_file  # noqa: E402
 
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
@@ -50,10 +51,10 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
                    help="a method's name and its result folders, one per run (repeat for every method)")
     p.add_argument("--run-names", nargs="+", help="names of the runs (default: 0, 1, ...)")
     p.add_argument("--unit", choices=UNITS, default="frame", help="a sample is a frame (default) or a sequence")
-    p.add_argument("--confidence", type=float, default=0.95, help="level of the median-difference interval")
-    p.add_argument("--alpha", type=float, default=0.05, help="significance level for naming a winner")
-    p.add_argument("--json", help="write the comparisons here")
-    p.add_argument("--errors", help="write the per-sample errors here (ebm_refine.per_sample_errors/1)")
+    p.add_argument("--confidence", type=finite_float(0.0, 1.0, True, True), default=0.95, help="level of the median-difference interval")
+    p.add_argument("--alpha", type=finite_float(0.0, 1.0, True, True), default=0.05, help="significance level for naming a winner")
+    p.add_argument("--json", type=output_file, help="write the comparisons here")
+    p.add_argument("--errors", type=output_file, help="write the per-sample errors here (ebm_refine.per_sample_errors/1)")
     add_debug_argument(p)
     return p.parse_args(argv)
 
