@@ -21,7 +21,7 @@ exit_on_interrupt_while_starting()  # Ctrl-C while the imports below load: one l
 from ebm_refine.detectron2.detector_proposal import fit_detector_proposal  # noqa: E402
 from ebm_refine.detectron2.refine_detections import dataset_from_files  # noqa: E402
 from ebm_refine.utils.cli import add_debug_argument, run_cli  # noqa: E402
-from ebm_refine.utils.cli_args import (check_dataset_name, existing_file, existing_folder, finite_float,  # noqa: E402
+from ebm_refine.utils.cli_args import (detectron2_dataset, existing_file, existing_folder, finite_float,  # noqa: E402
                                        non_negative_int, output_file, positive_int)
 from ebm_refine.utils.errors import UserError  # noqa: E402
 from ebm_refine.utils.fileio import atomic_write_text  # noqa: E402
@@ -31,7 +31,7 @@ def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--detections", required=True, nargs="+", type=existing_file,
                    help="COCO results json of the detector on the training images, one per dataset")
-    p.add_argument("--dataset", nargs="+", help="registered dataset names (instead of --dataset-json/--image-root)")
+    p.add_argument("--dataset", nargs="+", type=detectron2_dataset, help="registered dataset names (instead of --dataset-json/--image-root)")
     p.add_argument("--dataset-json", type=existing_file, help="COCO-format json of the images, with annotations")
     p.add_argument("--image-root", type=existing_folder, help="folder of the images named in --dataset-json")
     p.add_argument("--output", required=True, type=output_file, help="the residual-mixture JSON to write")
@@ -45,8 +45,6 @@ def parse_args(argv):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    for name in args.dataset or ():
-        check_dataset_name(name)
     if bool(args.dataset) == bool(args.dataset_json):
         raise UserError("pass either --dataset or --dataset-json with --image-root")
     if args.dataset_json and not args.image_root:

@@ -37,7 +37,7 @@ from ebm_refine.detectron2.outlier_benchmark import (METHODS, format_summary, me
                                                      run_outlier_benchmark)
 from ebm_refine.utils import UserError  # noqa: E402
 from ebm_refine.utils.cli import add_debug_argument, run_cli  # noqa: E402
-from ebm_refine.utils.cli_args import (check_dataset_name, existing_file, finite_float, non_negative_int,  # noqa: E402
+from ebm_refine.utils.cli_args import (detectron2_dataset, existing_file, finite_float, non_negative_int,  # noqa: E402
                                        output_folder, positive_int)
 from ebm_refine.utils.fileio import atomic_write_text  # noqa: E402
 
@@ -52,7 +52,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="noise kinds (default random shift_scale)")
     p.add_argument("--seeds", type=non_negative_int, nargs="+", default=None, help="seeds (default 0 1 2)")
     p.add_argument("--iters", type=positive_int, default=None, help="training iterations per run (default 500; quick 30)")
-    p.add_argument("--dataset", default="ebm_synthetic_train", help="clean training set to corrupt")
+    p.add_argument("--dataset", default="ebm_synthetic_train", type=detectron2_dataset, help="clean training set to corrupt")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: 0 and 40 %% shift_scale noise, seed 0, 30 iterations")
     p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS),
@@ -72,7 +72,6 @@ def main(argv=None) -> int:
         return _merge(args)
     if args.threads:
         torch.set_num_threads(args.threads)
-    check_dataset_name(args.dataset, hint="pass a registered training set (default ebm_synthetic_train)")
     setup_logger(args.output, name="ebm_refine")
     setup_logger(args.output, name="detectron2", abbrev_name="d2")
     grid = dict(QUICK) if args.quick else {"fractions": [0.0, 0.2, 0.4], "kinds": ["random", "shift_scale"],

@@ -35,7 +35,7 @@ from ebm_refine.detectron2.evaluation import METRICS  # noqa: E402
 from ebm_refine.detectron2.multi_run import collect_runs, merge_stage_errors, significance_tables  # noqa: E402
 from ebm_refine.detectron2.refine_detections import read_best_setting, refine_detection_file, refiner_kind  # noqa: E402
 from ebm_refine.utils.cli import add_debug_argument, run_cli  # noqa: E402
-from ebm_refine.utils.cli_args import (check_dataset_name, check_existing_file, existing_file, existing_folder,  # noqa: E402
+from ebm_refine.utils.cli_args import (check_existing_file, detectron2_dataset, existing_file, existing_folder,  # noqa: E402
                                        output_file, output_folder, positive_int)
 from ebm_refine.utils.errors import UserError  # noqa: E402
 from ebm_refine.utils.fileio import atomic_write_text, temporary_folder  # noqa: E402
@@ -50,7 +50,7 @@ def parse_args(argv):
                    help="output folders of IoU-Net refiners (MODEL.EBM.LOSS iou_confidence)")
     p.add_argument("--iounet-settings", type=existing_file)
     p.add_argument("--detections", nargs="+", required=True, metavar="NAME=FILE")
-    p.add_argument("--dataset", default="coco_val2017_first128")
+    p.add_argument("--dataset", default="coco_val2017_first128", type=detectron2_dataset)
     p.add_argument("--json", type=output_file, help="write every figure as JSON")
     p.add_argument("--per-box-errors", metavar="DIR", type=output_folder,
                    help="keep the per-box errors here: <detector>.json per detector (all runs; the per-sample "
@@ -110,7 +110,6 @@ def main(argv=None) -> int:
         raise UserError(f"--detections takes NAME=FILE items, got {args.detections}")
     for det_file in detections.values():
         check_existing_file(det_file, "--detections")
-    check_dataset_name(args.dataset)
     heads = {"EBM": (args.ebm_runs, best_setting(args.ebm_settings))}
     if args.iounet_runs:
         if not args.iounet_settings:

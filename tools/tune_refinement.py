@@ -32,7 +32,7 @@ from ebm_refine.detectron2 import load_config  # noqa: E402
 from ebm_refine.detectron2 import load_detections_into_dataset  # noqa: E402
 from ebm_refine.detectron2.refine_detections import compare_refinement_settings, jittered_ground_truth, load_refiner  # noqa: E402
 from ebm_refine.utils.cli import add_debug_argument, run_cli  # noqa: E402
-from ebm_refine.utils.cli_args import (check_dataset_name, existing_file, finite_float, non_negative_int,  # noqa: E402
+from ebm_refine.utils.cli_args import (detectron2_dataset, existing_file, finite_float, non_negative_int,  # noqa: E402
                                        number_list, output_file, positive_int)
 from ebm_refine.utils.errors import UserError  # noqa: E402
 from ebm_refine.utils.fileio import atomic_write_json, atomic_write_text, temporary_folder  # noqa: E402
@@ -42,7 +42,7 @@ def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config-file", required=True, type=existing_file)
     p.add_argument("--weights", required=True, type=existing_file)
-    p.add_argument("--dataset", default="coco128_train2017_holdout", help="held-out training images (registered)")
+    p.add_argument("--dataset", default="coco128_train2017_holdout", type=detectron2_dataset, help="held-out training images (registered)")
     p.add_argument("--detections", type=existing_file, help="the detector's COCO results file on --dataset's images (instead of "
                    "stand-ins: --sigmas / --draws are then unused)")
     p.add_argument("--sigmas", type=finite_float(0.0, open_low=True), nargs="+", default=[0.05, 0.1],
@@ -83,7 +83,6 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     setup_logger(name="ebm_refine")
     sizes = args.step_sizes
-    check_dataset_name(args.dataset, hint="pass held-out training images registered with Detectron2")
     cfg = load_config(args.config_file, list(args.opts))
     cfg.freeze()
     model = load_refiner(cfg, args.weights)

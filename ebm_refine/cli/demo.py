@@ -43,7 +43,7 @@ import numpy as np
 from ebm_refine.tracking.datasets.io import check_box_sizes, list_frames, natural_key, read_box_file
 from ebm_refine.utils import IMAGE_EXTENSIONS, BadValueError, MissingFileError
 from ebm_refine.utils.cli import add_debug_argument, run_cli
-from ebm_refine.utils.cli_args import finite_float, non_negative_int, positive_int
+from ebm_refine.utils.cli_args import finite_float, non_negative_int, output_path, positive_int
 from ebm_refine.utils.video import (VIDEO_EXTENSIONS, FrameSource, ImageFolderOutput, VideoOutput,
                                     open_images, open_video, open_webcam, output_target, write_frames)
 
@@ -242,7 +242,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     src.add_argument("--webcam", action="store_true",
                      help="detect: read the camera (Ctrl-C ends the recording and keeps what was rendered)")
     ap.add_argument("--webcam-index", type=non_negative_int, default=0, help=argparse.SUPPRESS)
-    ap.add_argument("--output", required=True, metavar="FILE_OR_DIR",
+    ap.add_argument("--output", required=True, metavar="FILE_OR_DIR", type=output_path,
                     help="an .mp4 file, or a folder (images for image inputs in detect mode, else <name>.mp4); "
                          "replaced only by a complete render: Ctrl-C on a file or folder input discards the "
                          "partial render and leaves an existing output as it was")

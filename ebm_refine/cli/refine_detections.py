@@ -28,7 +28,7 @@ from detectron2.utils.logger import setup_logger
 from ebm_refine.detectron2 import load_config
 from ebm_refine.detectron2.refine_detections import dataset_from_files, format_summary, refine_detection_file
 from ebm_refine.utils.cli import add_debug_argument, run_cli
-from ebm_refine.utils.cli_args import (check_dataset_name, existing_file, existing_folder, finite_float, non_negative_int,
+from ebm_refine.utils.cli_args import (detectron2_dataset, existing_file, existing_folder, finite_float, non_negative_int,
                                        output_file, positive_int)
 from ebm_refine.utils.errors import UserError
 from ebm_refine.utils.fileio import atomic_write_text
@@ -40,7 +40,7 @@ def parse_args(argv):
                    help="an EBMBoxRefiner config (configs/COCO-Refine/...)")
     p.add_argument("--weights", required=True, type=existing_file, help="the trained refiner (model_final.pth)")
     p.add_argument("--detections", required=True, type=existing_file, help="COCO results json of the detector to refine")
-    p.add_argument("--dataset", help="a registered dataset name (instead of --dataset-json/--image-root)")
+    p.add_argument("--dataset", type=detectron2_dataset, help="a registered dataset name (instead of --dataset-json/--image-root)")
     p.add_argument("--dataset-json", type=existing_file,
                    help="COCO-format json of the images (with annotations for evaluation)")
     p.add_argument("--image-root", type=existing_folder, help="folder of the images named in --dataset-json")
@@ -72,8 +72,6 @@ def main(argv=None) -> int:
         raise UserError("pass either --dataset NAME or --dataset-json FILE with --image-root DIR")
     if args.dataset_json and not args.image_root:
         raise UserError("--dataset-json needs --image-root (the folder of its images)")
-    if args.dataset:
-        check_dataset_name(args.dataset, hint="or pass --dataset-json FILE with --image-root DIR")
     setup_logger(name="ebm_refine")
     opts = list(args.opts)
     for key, value in (("NUM_STEPS", args.steps), ("STEP_SIZE_CENTER", args.step_size_center),

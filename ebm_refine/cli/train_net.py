@@ -23,7 +23,7 @@ from detectron2.utils.logger import setup_logger
 from ebm_refine.detectron2 import EBMCheckpointer, EBMTrainer, load_config
 from ebm_refine.detectron2.datasets import register_coco
 from ebm_refine.utils.cli import UsageError, add_debug_argument, run_cli
-from ebm_refine.utils.cli_args import check_existing_file
+from ebm_refine.utils.cli_args import check_existing_file, non_negative_int, positive_int
 from ebm_refine.utils.errors import MissingFileError
 
 
@@ -59,8 +59,6 @@ def check_before_launch(args) -> None:
 
     if args.config_file:
         check_existing_file(args.config_file, "--config-file")
-    if args.num_gpus < 0 or args.num_machines < 1:
-        raise UsageError(f"--num-gpus must be >= 0 and --num-machines >= 1, got {args.num_gpus} and {args.num_machines}")
     for name, json_file, image_root in args.register_coco or ():
         check_existing_file(json_file, f"--register-coco {name}")
         if not os.path.isdir(image_root):
@@ -79,6 +77,10 @@ def check_before_launch(args) -> None:
 
 def cli(argv):
     parser = add_debug_argument(default_argument_parser())
+    # Detectron2's parser takes any int; these must be counts (a negative one fails inside launch).
+    checked = {"num_gpus": non_negative_int, "num_machines": positive_int, "machine_rank": non_negative_int}
+    for action in parser._actions:
+        action.type = checked.get(action.dest, action.type)
     parser.add_argument("--register-coco", nargs=3, action="append", metavar=("NAME", "JSON", "IMAGE_DIR"),
                         help="register a COCO-format dataset under NAME for DATASETS.TRAIN / TEST (repeatable)")
     args = parser.parse_args(argv)

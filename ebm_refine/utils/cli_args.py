@@ -21,8 +21,8 @@ import os
 from typing import Callable, List, Optional, Sequence
 
 __all__ = ["positive_int", "non_negative_int", "int_in_range", "finite_float", "number_list", "existing_file",
-           "existing_folder", "check_existing_file", "output_file", "output_folder", "check_output_file", "check_output_folder",
-           "check_dataset_name", "detectron2_dataset"]
+           "existing_folder", "check_existing_file", "output_file", "output_folder", "output_path", "check_dataset_name",
+           "detectron2_dataset"]
 
 ArgType = Callable[[str], object]
 
@@ -170,18 +170,6 @@ def _writable_ancestor_problem(path: str) -> Optional[str]:
     return None
 
 
-def check_output_file(path: str, option: str = "") -> str:
-    """Raise :class:`~ebm_refine.utils.errors.BadValueError` when ``path`` cannot be written as a file
-    (a folder, or below a file or a read-only folder); creates nothing. Returns ``path``."""
-    from .errors import BadValueError
-
-    problem = _output_file_problem(path)
-    if problem:
-        raise BadValueError(f"{option + ' ' if option else ''}{path}: cannot write this output file ({problem}); "
-                            "choose another path")
-    return path
-
-
 def _output_file_problem(path: str) -> Optional[str]:
     if not path:
         return "empty path"
@@ -190,17 +178,6 @@ def _output_file_problem(path: str) -> Optional[str]:
     if os.path.exists(path) and not os.access(path, os.W_OK):
         return "it is read-only"
     return _writable_ancestor_problem(path)
-
-
-def check_output_folder(path: str, option: str = "") -> str:
-    """Like :func:`check_output_file` for an output folder (an existing folder must be writable)."""
-    from .errors import BadValueError
-
-    problem = _output_folder_problem(path)
-    if problem:
-        raise BadValueError(f"{option + ' ' if option else ''}{path}: cannot write to this output folder "
-                            f"({problem}); choose another path")
-    return path
 
 
 def _output_folder_problem(path: str) -> Optional[str]:
@@ -226,6 +203,16 @@ def output_folder(text: str) -> str:
     problem = _output_folder_problem(text)
     if problem:
         raise argparse.ArgumentTypeError(f"{text}: cannot write to this output folder ({problem}); choose another path")
+    return text
+
+
+def output_path(text: str) -> str:
+    """An output that may be a file or a folder (a tool decides which from the input): nothing in the way
+    of creating it, and writable if it exists (checked, not created)."""
+    problem = "empty path" if not text else (
+        "it is read-only" if os.path.exists(text) and not os.access(text, os.W_OK) else _writable_ancestor_problem(text))
+    if problem:
+        raise argparse.ArgumentTypeError(f"{text}: cannot write this output ({problem}); choose another path")
     return text
 
 
