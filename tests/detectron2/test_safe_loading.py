@@ -96,3 +96,31 @@ def test_predictor_refuses_empty_weights(synthetic_names, tmp_path):
     cfg.MODEL.WEIGHTS = ""
     with pytest.raises(BadValueError, match="MODEL.WEIGHTS is empty"):
         EBMPredictor(cfg)
+
+
+@pytest.mark.parametrize("opts, message", [
+    (["SOLVER.MAX_ITER", "-1"], "SOLVER.MAX_ITER must be a whole number >= 1, got -1"),
+    (["SOLVER.STEPS", "(2, 2)"], "SOLVER.STEPS must be strictly increasing whole numbers >= 1"),
+    (["SOLVER.STEPS", "(0, 5)"], "SOLVER.STEPS must be strictly increasing"),
+    (["SOLVER.BASE_LR", "-0.1"], "SOLVER.BASE_LR must be a finite number >= 0"),
+])
+def test_solver_values_detectron2_cannot_schedule_are_one_line(opts, message):
+    with pytest.raises(ConfigError) as info:
+        load_config(ebm_config_path("Synthetic/ebm_compact_fpn_synthetic.yaml"), opts)
+    assert message in str(info.value) and "with its options" in str(info.value)
+
+
+def test_tune_refinement_settings_files_are_checked(tmp_path):
+    from ebm_refine.detectron2.refine_detections import read_best_setting
+    from ebm_refine.utils import UserError
+
+    good = tmp_path / "good.json"
+    good.write_text('{"best": {"num_steps": 3, "step_size_center": 0.001, "step_size_size": 0.004, "ap_refined": 30.1}}')
+    assert read_best_setting(str(good)) == {"num_steps": 3, "step_size_center": 0.001, "step_size_size": 0.004}
+    for text, fragment in (('{"best": {}}', "best.num_steps is None"), ("[1, 2]", "holds a list"),
+                           ('{"best": {"num_steps": 3, "step_size_center": NaN, "step_size_size": 1}}',
+                            "best.step_size_center is nan")):
+        bad = tmp_path / "bad.json"
+        bad.write_text(text)
+        with pytest.raises(UserError, match=fragment):
+            read_best_setting(str(bad))
