@@ -109,3 +109,11 @@ def test_synthetic_tracking_set_generator(tools, tmp_path, blocker, capsys, tool
     assert [p for p in after if after[p] != before.get(p)] == [frame]
     gt = np.loadtxt(folders[0] / "groundtruth.txt", delimiter=",")
     assert gt.shape == (3, 4) and (gt[:, 2:] > 0).all()
+
+
+def test_outlier_tracker_benchmark_checks_its_parameter_set_before_training(tmp_path, capsys, tool_error):
+    main = _tool("outlier_tracker_benchmark").main
+    assert run_cli(main, ["--params", "nope", "--root", str(tmp_path), "--output", str(tmp_path / "out")],
+                   prog="outlier_tracker_benchmark.py") == 2
+    tool_error(capsys, "outlier_tracker_benchmark.py", "tracker parameters 'nope' not found")
+    assert not (tmp_path / "out").exists()  # nothing trained, nothing written

@@ -141,6 +141,8 @@ def test_tool_split_train_track_report(tool, otb_root, tmp_path, capsys, one_lin
     assert tool(["track", "--work", str(work), *tracker, "--no-progress"]) == 2
     one_line_error(capsys.readouterr().err, "cross_validate_tracker.py", "fold1", "fold network not found",
                    "train --fold 1")
+    assert tool(["track", "--work", str(work), *tracker, "--fold", "7", "--no-progress"]) == 2
+    one_line_error(capsys.readouterr().err, "cross_validate_tracker.py", "--fold 7: the plan in", "has folds 0..1")
     # Reuse fold 0's network for fold 1 (what --net is for: a network trained without that fold elsewhere).
     assert tool(["track", "--work", str(work), *tracker, "--seed", "0", "1", "--net", f"1={net0}",
                  "--no-progress"]) == 0
