@@ -8,7 +8,7 @@ user goes through one of these loaders, which admit plain data only:
 * :func:`load_plain_pickle`: a restricted unpickler for model-zoo ``.pkl`` weights (containers, plain
   values, numpy arrays and scalars);
 * YAML: ``yaml.safe_load`` (:mod:`ebm_refine.utils.config`; Detectron2 configs through
-  :func:`ebm_refine.detectron2.config.merge_config_file`).
+  :func:`ebm_refine.detectron2.engine.load_config`, which merges with ``allow_unsafe=False``).
 
 A file one of them refuses is a :class:`UnsafeFileError` naming the file and what it tried to load.
 """

@@ -14,11 +14,12 @@ shipped file has that name, a file next to the parameter file. Paths given as ov
 """
 from __future__ import annotations
 
+import argparse
 import copy
-import math
 import os
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
+from ...utils.cli_args import finite_float, int_in_range
 from ...utils.config import UnknownKeyError, load_yaml, merge_params
 from ...utils.errors import BadValueError, UserError
 from ...utils.resources import data_root, resource_path
@@ -124,50 +125,49 @@ DEFAULT_TRACKER_PARAMS: Dict[str, Any] = {
 }
 
 
-# Range of every numeric or enumerated parameter, checked on the merged parameters (file + overrides), so
-# a parameter file, ``--set``, the demo and the tools share one check. (kind, low, high): kind "int" or
-# "float" (finite; bool is not a number here), bounds inclusive unless given as ("open", x); None: no bound.
-# A key whose default is None, or one in NULLABLE_PARAMS, may also be None.
-_OPEN = "open"
-PARAM_RANGES: Dict[str, Tuple[str, Any, Any]] = {
-    "seed": ("int", 0, None),
-    "search_area_factor": ("float", (_OPEN, 0.0), None),
-    "image_sample_size": ("int", 16, None),
-    "classifier.compressed_dim": ("int", 1, None),
-    "classifier.filter_size": ("int", 1, None),
-    "classifier.filter_reg": ("float", 0.0, None),
-    "classifier.output_sigma_factor": ("float", (_OPEN, 0.0), None),
-    "classifier.learning_rate": ("float", 0.0, 1.0),
-    "classifier.hard_negative_learning_rate": ("float", 0.0, 1.0),
-    "classifier.cg_iterations_init": ("int", 0, None),
-    "classifier.cg_iterations_update": ("int", 0, None),
-    "classifier.train_skipping": ("int", 1, None),
-    "classifier.target_not_found_threshold": ("float", None, None),
-    "classifier.distractor_threshold": ("float", None, None),
-    "classifier.hard_negative_threshold": ("float", None, None),
-    "classifier.target_neighborhood_scale": ("float", (_OPEN, 0.0), None),
-    "box_refinement.num_init_boxes": ("int", 1, None),
-    "box_refinement.box_jitter_pos": ("float", 0.0, None),
-    "box_refinement.box_jitter_size": ("float", 0.0, None),
-    "box_refinement.num_steps": ("int", 0, None),
-    "box_refinement.step_size_center": ("float", 0.0, None),
-    "box_refinement.step_size_size": ("float", 0.0, None),
-    "box_refinement.decay": ("float", (_OPEN, 0.0), 1.0),
-    "box_refinement.min_energy_gain": ("float", None, None),
-    "box_refinement.scale_prior_sigma": ("float", (_OPEN, 0.0), None),
-    "box_refinement.adaptation.steps": ("int", 0, None),
-    "box_refinement.adaptation.lr": ("float", 0.0, None),
-    "box_refinement.adaptation.anchor": ("float", 0.0, None),
-    "box_refinement.adaptation.num_samples": ("int", 1, None),
-    "box_refinement.top_k": ("int", 1, None),
-    "box_refinement.max_aspect_ratio": ("float", 1.0, None),
-    "box_refinement.feature_window": ("float", 0.0, None),
-    "scale.min_scale_factor": ("float", (_OPEN, 0.0), None),
-    "scale.max_scale_factor": ("float", (_OPEN, 0.0), None),
-    "scale.max_change_per_frame": ("float", 1.0, None),
-    "scale.min_size": ("float", (_OPEN, 0.0), None),
-    "scale.inside_ratio": ("float", 0.0, 1.0),
-    "scale.max_image_ratio": ("float", (_OPEN, 0.0), None),
+# Range of every numeric parameter, checked on the merged parameters (file + overrides), so a parameter
+# file, ``--set``, the demo and the tools share one check; the checkers are the command-line argument types
+# (one range rule and one message for both). A key whose default is None, or one in NULLABLE_PARAMS, may
+# also be None.
+PARAM_RANGES: Dict[str, Callable[[str], Any]] = {
+    "seed": int_in_range(0),
+    "search_area_factor": finite_float(0.0, open_low=True),
+    "image_sample_size": int_in_range(16),
+    "classifier.compressed_dim": int_in_range(1),
+    "classifier.filter_size": int_in_range(1),
+    "classifier.filter_reg": finite_float(0.0),
+    "classifier.output_sigma_factor": finite_float(0.0, open_low=True),
+    "classifier.learning_rate": finite_float(0.0, 1.0),
+    "classifier.hard_negative_learning_rate": finite_float(0.0, 1.0),
+    "classifier.cg_iterations_init": int_in_range(0),
+    "classifier.cg_iterations_update": int_in_range(0),
+    "classifier.train_skipping": int_in_range(1),
+    "classifier.target_not_found_threshold": finite_float(),
+    "classifier.distractor_threshold": finite_float(),
+    "classifier.hard_negative_threshold": finite_float(),
+    "classifier.target_neighborhood_scale": finite_float(0.0, open_low=True),
+    "box_refinement.num_init_boxes": int_in_range(1),
+    "box_refinement.box_jitter_pos": finite_float(0.0),
+    "box_refinement.box_jitter_size": finite_float(0.0),
+    "box_refinement.num_steps": int_in_range(0),
+    "box_refinement.step_size_center": finite_float(0.0),
+    "box_refinement.step_size_size": finite_float(0.0),
+    "box_refinement.decay": finite_float(0.0, 1.0, open_low=True),
+    "box_refinement.min_energy_gain": finite_float(),
+    "box_refinement.scale_prior_sigma": finite_float(0.0, open_low=True),
+    "box_refinement.adaptation.steps": int_in_range(0),
+    "box_refinement.adaptation.lr": finite_float(0.0),
+    "box_refinement.adaptation.anchor": finite_float(0.0),
+    "box_refinement.adaptation.num_samples": int_in_range(1),
+    "box_refinement.top_k": int_in_range(1),
+    "box_refinement.max_aspect_ratio": finite_float(1.0),
+    "box_refinement.feature_window": finite_float(0.0),
+    "scale.min_scale_factor": finite_float(0.0, open_low=True),
+    "scale.max_scale_factor": finite_float(0.0, open_low=True),
+    "scale.max_change_per_frame": finite_float(1.0),
+    "scale.min_size": finite_float(0.0, open_low=True),
+    "scale.inside_ratio": finite_float(0.0, 1.0),
+    "scale.max_image_ratio": finite_float(0.0, open_low=True),
 }
 NULLABLE_PARAMS = ("box_refinement.feature_window",)  # null: the whole search region
 _ABSENT = object()
@@ -182,24 +182,14 @@ def _dotted(params: Dict[str, Any], key: str) -> Any:
     return value
 
 
-def _range_problem(value: Any, kind: str, low: Any, high: Any) -> Optional[str]:
-    """Why ``value`` is outside the parameter's range (text), or None."""
-    def bound(b: Any, below: bool) -> Tuple[Optional[float], bool, str]:
-        if b is None:
-            return None, False, ""
-        is_open = isinstance(b, tuple)
-        x = b[1] if is_open else b
-        return x, is_open, f"{('>' if below else '<') + ('' if is_open else '=')} {x:g}"
-
-    lo, lo_open, lo_text = bound(low, True)
-    hi, hi_open, hi_text = bound(high, False)
-    want = f"{'an integer' if kind == 'int' else 'a finite number'}{' ' + lo_text if lo_text else ''}" \
-           f"{' and ' if lo_text and hi_text else (' ' if hi_text else '')}{hi_text}"
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind == "int" and not isinstance(value, int)):
-        return f"must be {want}"
-    if not math.isfinite(value) or (lo is not None and (value <= lo if lo_open else value < lo)) \
-            or (hi is not None and (value >= hi if hi_open else value > hi)):
-        return f"must be {want}"
+def _range_problem(value: Any, check: Callable[[str], Any]) -> Optional[str]:
+    """Why ``value`` (a YAML value) fails the parameter's ``check`` (text: "must be ..."), or None."""
+    integer = getattr(check, "__name__", "").startswith("integer")
+    number = isinstance(value, (int, float)) and not isinstance(value, bool) and (isinstance(value, int) or not integer)
+    try:
+        check(str(value) if number else "not a number")
+    except argparse.ArgumentTypeError as e:
+        return str(e).split(", got ")[0]
     return None
 
 
@@ -210,11 +200,11 @@ def check_tracker_params(params: Dict[str, Any], source: str = "tracker paramete
         BadValueError naming ``source`` (the parameter file, or the overrides) and the dotted key.
     Returns ``params``.
     """
-    for key, (kind, low, high) in PARAM_RANGES.items():
+    for key, check in PARAM_RANGES.items():
         value = _dotted(params, key)
         if value is _ABSENT or (value is None and (key in NULLABLE_PARAMS or _dotted(DEFAULT_TRACKER_PARAMS, key) is None)):
             continue
-        problem = _range_problem(value, kind, low, high)
+        problem = _range_problem(value, check)
         if problem:
             raise BadValueError(f"{source}: tracker parameter {key} = {value!r}: {problem}; fix it in the "
                                 "parameter file or the override (--set)")
