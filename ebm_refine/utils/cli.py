@@ -154,8 +154,13 @@ def exit_on_interrupt_while_starting() -> None:
     """Until :func:`run_cli` starts, Ctrl-C (and SIGTERM) end the process at once with one line and
     status 130 (143): nothing has been written yet. Call it first in a script, before its slow imports.
 
-    Leaves a signal that is ignored (``nohup``, background jobs) or handled by someone else alone.
+    Leaves a signal that is ignored (``nohup``, background jobs) or handled by someone else alone, and does
+    nothing in worker processes (``spawn`` re-imports the script there; the parent reports the interruption).
     """
+    import multiprocessing
+
+    if multiprocessing.parent_process() is not None:
+        return
     for sig, default in _DEFAULTS.items():
         with contextlib.suppress(ValueError):  # not the main thread
             if signal.getsignal(sig) is default:

@@ -234,7 +234,7 @@ def test_unwritable_output_exits_nonzero(data, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("a file where a folder should be")
     r = run_script("detect", "--video-input", str(data["video"]), "--output", str(blocker / "sub" / "o.mp4"))
-    assert r.returncode == 2 and "not writable" in r.stderr
+    assert r.returncode == 2 and "cannot write this output" in r.stderr
 
 
 def test_usage_errors_exit_2(tmp_path):
