@@ -67,11 +67,12 @@ def read_torch_file(path: str, what: str, hint: str, map_location: Any = "cpu") 
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         text = str(exc)
-        if "Weights only load failed" not in text:
-            raise UserError(f"{path}: not {what} (torch.load: {_one_line(text)}); {hint}") from None
         found = re.search(r"GLOBAL ([\w.]+)", text)
-        culprit = found.group(1) if found else "an object (or pickle instruction) outside tensors and plain values"
-        raise _refusal(path, culprit, what, hint) from None
+        if found is None:  # not a pickle the safe loader understands (text, truncated, ...): unreadable
+            reason = re.search(r"Unsupported operand \d+|Unsupported operand .*", text)
+            raise UserError(f"{path}: not {what} (torch.load: UnpicklingError: "
+                            f"{_one_line(reason.group(0) if reason else text)}); {hint}") from None
+        raise _refusal(path, found.group(1), what, hint) from None
     except _UNREADABLE as exc:
         raise UserError(f"{path}: not {what} (torch.load: {type(exc).__name__}: {_one_line(exc)}); {hint}") from None
 

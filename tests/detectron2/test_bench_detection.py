@@ -42,8 +42,8 @@ def test_bench_detection_small(tmp_path):
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["--size", "32"], "--size: R50-FPN needs images of at least 64 px"),
-    (["--steps", "-1"], "--steps: must be non-negative"),
+    (["--size", "32"], "argument --size: must be an integer >= 64, got '32'"),
+    (["--steps", "-1"], "argument --steps: must be an integer >= 0, got '-1'"),
     (["--device", "tpu"], "--device: cpu, cuda or cuda:N"),
 ])
 def test_bad_arguments_end_with_one_line(argv, message, capsys):

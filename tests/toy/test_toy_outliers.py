@@ -120,11 +120,11 @@ def test_tool_bad_arguments_fail_in_one_line(tmp_path: Path, one_line_error) -> 
     tool = str(ROOT / "tools" / "toy_outlier_benchmark.py")
     env = {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PATH": ""}
     proc = subprocess.run([sys.executable, tool, "--shares", "0", "1.5"], capture_output=True, text=True, env=env)
-    assert proc.returncode == 2 and "--shares must be in [0, 1)" in proc.stderr
+    assert proc.returncode == 2 and "argument --shares: must be a finite number >= 0 and < 1, got '1.5'" in proc.stderr
     blocker = tmp_path / "a_file"
     blocker.write_text("")
     bad = blocker / "t.json"  # its folder cannot be created: fails before any training
     proc = subprocess.run([sys.executable, tool, "--quick", "--json", str(bad)], capture_output=True, text=True,
                           env=env)
     assert proc.returncode == 2
-    one_line_error(proc.stderr, "toy_outlier_benchmark.py", str(blocker), "not writable")
+    one_line_error(proc.stderr, "toy_outlier_benchmark.py", str(bad), f"{blocker} is a file, not a folder")
