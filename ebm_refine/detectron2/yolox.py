@@ -164,6 +164,8 @@ class YOLOXTrunk(Backbone):
         return 32
 
     pad_value = LETTERBOX_PAD
+    # The COCO weights come with the model's checkpoint (MODEL.WEIGHTS), not at construction.
+    weights_from_checkpoint = True
 
     def train(self, mode: bool = True) -> "YOLOXTrunk":
         return super().train(False if self.frozen else mode)
