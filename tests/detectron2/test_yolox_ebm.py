@@ -96,6 +96,9 @@ def test_head_trains_on_the_frozen_trunk_and_refines_yolox_in_one_pass(trained, 
     cfg2 = yolox_cfg(yolox_pth, "MODEL.EBM.HEAD.WEIGHTS", str(other), *TINY, config="COCO-Detection/ebm_yolox_nano.yaml")
     with pytest.raises(CheckpointError, match="other_trunk.pth: its energy head was trained on other backbone weights"):
         EBMCheckpointer(build_model(cfg2)).load(str(yolox_pth))
+    # The refiner's checkpoint has no YOLOX head: as MODEL.WEIGHTS it is refused, pointing to HEAD.WEIGHTS.
+    with pytest.raises(UntrainedDetectorError, match="head.cls_branches.*energy head goes in MODEL.EBM.HEAD.WEIGHTS"):
+        EBMCheckpointer(build_model(cfg)).load(str(trained["weights"]))
 
 
 def _as_targets(detections, inputs):
