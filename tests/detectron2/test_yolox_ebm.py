@@ -155,10 +155,13 @@ def test_head_of_other_features_is_refused(yolox_pth, tmp_path):
         EBMCheckpointer(build_model(cfg)).load(str(yolox_pth))
 
 
-def test_training_refuses_an_unloaded_trunk(shared_data, tmp_path):
+def test_levels_and_training_refuses_an_unloaded_trunk(shared_data, tmp_path):
     cfg = yolox_cfg("", *TINY, config=REFINER)
     model = build_model(cfg)
     model.train()
     assert not model.backbone.training and not any(p.requires_grad for p in model.backbone.parameters())
+    # Boxes of 50, 150 and 300 letterbox pixels pool from p3, p4 and p5 (POOLER_CANONICAL_BOX_SIZE 112).
+    boxes = torch.tensor([[0.0, 0.0, 50.0, 50.0], [0.0, 0.0, 150.0, 150.0], [0.0, 0.0, 300.0, 300.0]])
+    assert [g.tolist() for g in model.roi_heads.energy_pooler.level_groups(boxes)] == [[0], [1], [2]]
     with pytest.raises(UntrainedDetectorError, match="MODEL.WEIGHTS"):
         model(val_inputs(cfg, shared_data, 1))
