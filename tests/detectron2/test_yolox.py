@@ -17,7 +17,7 @@ from ebm_refine.detectron2 import CheckedDatasetMapper, EBMCheckpointer, EBMTrai
 from ebm_refine.detectron2.checkpoint import CheckpointError
 from ebm_refine.detectron2.data import LetterboxResize
 from ebm_refine.detectron2.yolox_detector import check_letterbox_inputs
-from ebm_refine.detectron2.yolox_onnx import YOLOXWeightsError, convert_yolox_onnx, read_yolox_onnx
+from ebm_refine.detectron2.yolox_onnx import YOLOXWeightsError, read_yolox_onnx
 from ebm_refine.utils.cli import run_cli
 from ebm_refine.utils.errors import UserError
 
@@ -141,6 +141,8 @@ def test_converter_bad_input_is_one_line(yolox_onnx, tmp_path, one_line_error, c
     status, err = convert(tmp_path / "yolox_640.onnx", "--output", out)
     assert status == 2
     one_line_error(err, "convert_yolox_onnx.py", "yolox_640.onnx", "[1, 3, 640, 640]", "input size")
+    with pytest.raises(YOLOXWeightsError, match="yolox_640.onnx"):  # the library's typed error
+        read_yolox_onnx(str(tmp_path / "yolox_640.onnx"))
     (tmp_path / "text.onnx").write_text("not a graph")
     status, err = convert(tmp_path / "text.onnx", "--output", out)
     assert status == 2
