@@ -13,8 +13,9 @@ protocol's own rules follow.
       frame's ground truth has no NaN); a NaN prediction is an error, as in pytracking;
     * a shorter result is padded with all-zero boxes (they fail every threshold), except on LaSOT where
       it is an error;
-    * a frame is *valid* when its ground truth has ``w > 0 and h > 0`` (NaN is not) and, when the dataset
-      has visibility flags, the target is visible. Invalid frames get IoU -1 (a failure at every
+    * a frame is *valid* when all four numbers of its ground truth are > 0 (``x, y, w, h``; NaN is not:
+      pytracking's ``(anno_bb > 0.0).sum(1) == 4``) and, when the dataset has visibility flags, the target is
+      visible. A box touching the image's top or left border (x or y <= 0) is therefore not scored. Invalid frames get IoU -1 (a failure at every
       threshold), normalised centre error -1 (a success at every threshold) and centre error -1
       (success) on UAV datasets but +inf (failure) elsewhere. On LaSOT invisible frames get +inf for both
       centre errors;
@@ -138,7 +139,7 @@ def pytracking_frame_errors(pred: np.ndarray, gt: np.ndarray, dataset: str = "ot
     pred[0] = gt[0]
 
     with np.errstate(invalid="ignore"):
-        valid = (gt[:, 2] > 0) & (gt[:, 3] > 0)
+        valid = (gt > 0).all(axis=1)
     if target_visible is not None:
         valid &= np.asarray(target_visible, bool)
     err_center = M.center_error(pred, gt)
