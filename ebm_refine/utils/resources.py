@@ -1,4 +1,5 @@
-"""Files ebm_refine reads at run time: shipped configs, tracker parameter files and tracker networks.
+"""Files ebm_refine reads at run time: shipped configs, tracker parameter files and tracker networks, and the
+weights folder for third-party weights that are not shipped (:func:`weights_dir`).
 
 They live in ``configs/`` and ``checkpoints/`` of the source tree. ``setup.py`` installs them into the
 package (``ebm_refine/configs``, ``ebm_refine/checkpoints``), so :func:`data_root` is the package folder for
@@ -13,7 +14,8 @@ from typing import List, Optional
 
 from .errors import MissingFileError
 
-__all__ = ["data_root", "resource_path", "list_resources", "source_checkout", "shared_data_dir", "MissingResourceError"]
+__all__ = ["data_root", "resource_path", "list_resources", "source_checkout", "shared_data_dir", "weights_dir",
+           "find_weights", "MissingResourceError"]
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 _MARKER = Path("configs") / "Base-EBM-RCNN-FPN.yaml"
@@ -74,3 +76,25 @@ def shared_data_dir() -> Optional[Path]:
     if repo is not None:
         return repo.parent / "shared" / "data"
     return None
+
+
+def weights_dir() -> Optional[Path]:
+    """Third-party weights (e.g. ``yolox_nano.onnx``): ``$EBM_WEIGHTS_DIR``, else ``<repo>/../shared/weights`` in a
+    checkout, else None."""
+    env = os.environ.get("EBM_WEIGHTS_DIR")
+    if env:
+        return Path(env)
+    repo = source_checkout()
+    if repo is not None:
+        return repo.parent / "shared" / "weights"
+    return None
+
+
+def find_weights(path: str) -> str:
+    """``path`` when it exists, is absolute or is a URL; else ``path`` under :func:`weights_dir` (whether or not
+    it exists there: the caller names both places in its error), so a file name such as ``yolox_nano.onnx``
+    finds the weights folder's copy."""
+    if not path or "://" in path or os.path.isabs(path) or os.path.exists(path):
+        return path
+    folder = weights_dir()
+    return str(folder / path) if folder is not None else path
