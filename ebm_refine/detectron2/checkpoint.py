@@ -160,6 +160,8 @@ class EBMCheckpointer(DetectionCheckpointer):
                 "Energy-head weights in the checkpoint have other shapes (%d tensors, e.g. %s: %s in the "
                 "checkpoint, %s in the model: another NUM_CLASSES, FC_DIM or pooler size?); the energy head "
                 "starts from random initialisation.", len(reshaped), k, tuple(in_file), tuple(in_model))
+        elif absent and getattr(_unwrap(self.model), "energy_head_weights", ""):
+            logger.info("Checkpoint has no energy-head weights; they load from MODEL.EBM.HEAD.WEIGHTS next.")
         elif absent:
             logger.warning(
                 "Checkpoint has no energy-head weights (%d tensors missing, e.g. %s): the energy head starts "
@@ -167,6 +169,13 @@ class EBMCheckpointer(DetectionCheckpointer):
                 "refinement with an untrained head will not improve boxes.", len(absent), absent[0])
         else:
             logger.info("Energy-head weights loaded from the checkpoint.")
+
+    def _log_incompatible_keys(self, incompatible) -> None:
+        # The energy head missing from MODEL.WEIGHTS is no news when MODEL.EBM.HEAD.WEIGHTS loads it next.
+        if getattr(_unwrap(self.model), "energy_head_weights", ""):
+            incompatible = incompatible._replace(missing_keys=[
+                k for k in incompatible.missing_keys if not k.startswith(ENERGY_HEAD_PREFIX)])
+        super()._log_incompatible_keys(incompatible)
 
     def resume_or_load(self, path: str, *, resume: bool = True) -> Dict[str, Any]:
         if resume and self.has_checkpoint():
