@@ -123,3 +123,16 @@ def test_head_of_other_features_is_one_line(yolox_onnx, tmp_path, capsys, one_li
                       "--opts", *TINY, "MODEL.WEIGHTS", str(yolox_onnx), "MODEL.EBM.HEAD.WEIGHTS", str(head)]) == 2
     one_line_error(capsys.readouterr().err, "demo.py", f"{head}: its energy head was trained on other features")
     assert not (tmp_path / "o.mp4").exists()
+
+
+def test_copy_without_the_shipped_head_is_one_line(tmp_path, monkeypatch, capsys, one_line_error):
+    # A copy of ebm_refine whose checkpoints/ lacks the head (the shipped path pointed at an absent file).
+    from ebm_refine.detectron2 import model_zoo
+
+    monkeypatch.setattr(model_zoo, "shipped_checkpoint", lambda name, must_exist=True: str(tmp_path / "absent.pth"))
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    cv2.imwrite(str(frames / "1.jpg"), np.full((64, 64, 3), 90, np.uint8))
+    assert demo.main(["detect", "--input", str(frames), "--output", str(tmp_path / "o.mp4")]) == 2
+    one_line_error(capsys.readouterr().err, "demo.py", "the shipped energy head", "is not in this copy",
+                   "--opts MODEL.EBM.HEAD.WEIGHTS")
