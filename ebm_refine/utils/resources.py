@@ -67,27 +67,24 @@ def list_resources(folder: str, pattern: str = "*") -> List[str]:
     return sorted(p.relative_to(root).as_posix() for p in root.rglob(pattern) if p.is_file())
 
 
-def shared_data_dir() -> Optional[Path]:
-    """Real test/benchmark data: ``$EBM_SHARED_DATA``, else ``<repo>/../shared/data`` in a checkout, else None."""
-    env = os.environ.get("EBM_SHARED_DATA")
+def _shared_folder(env_var: str, name: str) -> Optional[Path]:
+    """``$env_var``, else ``<repo>/../shared/<name>`` in a source checkout, else None."""
+    env = os.environ.get(env_var)
     if env:
         return Path(env)
     repo = source_checkout()
-    if repo is not None:
-        return repo.parent / "shared" / "data"
-    return None
+    return repo.parent / "shared" / name if repo is not None else None
+
+
+def shared_data_dir() -> Optional[Path]:
+    """Real test/benchmark data: ``$EBM_SHARED_DATA``, else ``<repo>/../shared/data`` in a checkout, else None."""
+    return _shared_folder("EBM_SHARED_DATA", "data")
 
 
 def weights_dir() -> Optional[Path]:
     """Third-party weights (e.g. ``yolox_nano.onnx``): ``$EBM_WEIGHTS_DIR``, else ``<repo>/../shared/weights`` in a
     checkout, else None."""
-    env = os.environ.get("EBM_WEIGHTS_DIR")
-    if env:
-        return Path(env)
-    repo = source_checkout()
-    if repo is not None:
-        return repo.parent / "shared" / "weights"
-    return None
+    return _shared_folder("EBM_WEIGHTS_DIR", "weights")
 
 
 def find_weights(path: str) -> str:
