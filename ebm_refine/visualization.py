@@ -6,7 +6,10 @@ counterpart of Detectron2's demo/predictor.py).
   before refinement thin and dashed, the EBM-refined boxes solid, labelled with class, score and energy, and the
   model's time on the frame (detector and refinement apart when the model refines in a separate stage).
 - :class:`TrackingDemo`: the ATOM-style EBM tracker (:func:`build_tracker`) and its box, labelled with the
-  energy of the estimated box, plus the ground truth (dashed) when there is one.
+  energy of the estimated box, plus the ground truth (dashed) when there is one and the tracker's time for
+  the frame. The energy is the network's score f(x, y) of the box y in the frame x (p(y | x) is proportional
+  to exp f): higher means a better-fitting box; its scale depends on the network, so compare values within
+  one video.
 
 Both are callables ``(frame_index, frame) -> image`` on BGR uint8 (H, W, 3) frames, the form
 :func:`ebm_refine.utils.video.write_frames` renders. Boxes are in pixels of the frame. Problems that may
@@ -31,6 +34,7 @@ Warn = Callable[[str, str], None]
 PALETTE = [(66, 135, 245), (60, 180, 75), (230, 25, 75), (255, 225, 25), (145, 30, 180), (70, 240, 240),
            (240, 50, 230), (245, 130, 48), (0, 128, 128), (170, 110, 40)]  # RGB
 LEGEND_GREY: Color = (200, 200, 200)
+ENERGY_LEGEND = "energy: the EBM's score of the box, higher = better fit"
 DASH_PX = 6
 # Below this many pixels on the short side text becomes unreadable; at 700 px it is OpenCV's scale 1.
 MIN_FONT_SCALE, FONT_SCALE_PX = 0.3, 700.0
@@ -252,12 +256,12 @@ class TrackingDemo:
         self.network, self.warn = network, warn
         self.track_color, self.gt_color = color(1), color(3)
 
-    def _step(self, index: int, frame: np.ndarray) -> Tuple[List[float], str]:
-        """Initialise on frame 0 or track; returns the box and the text describing it."""
+    def _step(self, index: int, frame: np.ndarray) -> Tuple[List[float], str, float]:
+        """Initialise on frame 0 or track; returns the box, the text describing it and the tracker's seconds."""
         rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
         if index == 0:
-            self.tracker.initialize(rgb, {"init_bbox": list(self.init_box)})
-            return self.init_box, "initial box"
+            res = self.tracker.initialize(rgb, {"init_bbox": list(self.init_box)}) or {}
+            return self.init_box, "initial box", float(res.get("time", float("nan")))
         res = self.tracker.track(rgb, {})
         energy = float(res.get("energy", float("nan")))
         info = f"energy {energy:.3f}" if math.isfinite(energy) else "energy n/a"
@@ -269,10 +273,10 @@ class TrackingDemo:
                       "weights)")
         if res.get("flag") not in (None, "normal"):
             info += f" ({res['flag']})"
-        return res["target_bbox"], info
+        return res["target_bbox"], info, float(res.get("time", float("nan")))
 
     def __call__(self, index: int, frame: np.ndarray) -> np.ndarray:
-        box, info = self._step(index, frame)
+        box, info, seconds = self._step(index, frame)
         img = frame.copy()
         entries = [("tracker (EBM)", self.track_color, False)]
         if self.ground_truth is not None:
@@ -281,5 +285,6 @@ class TrackingDemo:
                 draw_box(img, _xyxy(self.ground_truth[index]), self.gt_color, 1, dashed=True)
         draw_box(img, _xyxy(box), self.track_color, 2)
         label(img, info, (int(box[0]), int(box[1]) - 2), self.track_color)
-        legend(img, entries, [f"frame {index + 1}  {info}"])
+        took = f"  {1000 * seconds:.0f} ms" if math.isfinite(seconds) else ""
+        legend(img, entries, [f"frame {index + 1}  {info}{took}", ENERGY_LEGEND])
         return img

@@ -22,10 +22,11 @@ import tempfile
 
 import numpy as np
 import torch
+# First: it imports Detectron2's modeling without the torch.jit deprecation warnings (ebm_refine.detectron2).
+from ebm_refine.detectron2 import load_config  # isort: skip
 from detectron2.data import DatasetCatalog
 from detectron2.utils.logger import setup_logger
 
-from ebm_refine.detectron2 import load_config
 from ebm_refine.detectron2 import load_detections_into_dataset
 from ebm_refine.detectron2.refine_detections import compare_refinement_settings, jittered_ground_truth, load_refiner
 from ebm_refine.utils.cli import add_debug_argument, run_cli

@@ -128,6 +128,11 @@ def open_source(args: argparse.Namespace, warn: Warnings) -> FrameSource:
     return source
 
 
+def say(args: argparse.Namespace, message: str) -> None:
+    """A progress line on stderr, before the progress bar starts."""
+    print(f"{args.prog}: {message}", file=sys.stderr)
+
+
 def render(source: FrameSource, out, frame_fn, args: argparse.Namespace, warn: Warnings) -> int:
     try:
         n = write_frames(source, out, frame_fn, args.max_frames, args.mode)
@@ -194,6 +199,11 @@ def run_detect(args: argparse.Namespace) -> int:
         from ebm_refine.visualization import DetectionDemo
 
         cfg = load_detection_cfg(args.config_file, args.opts, args.confidence_threshold)
+        from ebm_refine.utils.resources import find_weights
+
+        head = f", energy head {cfg.MODEL.EBM.HEAD.WEIGHTS}" if cfg.MODEL.EBM.HEAD.WEIGHTS else ""
+        say(args, f"loading the detector {cfg.MODEL.META_ARCHITECTURE} ({args.config_file or 'model zoo ' + DEFAULT_MODEL}) "
+                  f"with weights {find_weights(cfg.MODEL.WEIGHTS)}{head} on {cfg.MODEL.DEVICE}")
         frame_fn = DetectionDemo(cfg, args.confidence_threshold, warn)
     return render(source, out, frame_fn, args, warn)
 
@@ -210,6 +220,31 @@ def parse_box(text: str) -> List[float]:
     return box
 
 
+def select_box(frame: np.ndarray) -> List[float]:
+    """The start box the user drags on ``frame`` (BGR) in an OpenCV window (``cv2.selectROI``), x, y, w, h.
+
+    Raises:
+        BadValueError (one line saying to pass ``--init-box``) when no window can open -- no display, or an
+        OpenCV build without GUI support such as opencv-*-headless -- or when no box was drawn.
+    """
+    import cv2
+
+    no_window = ("no window can open to draw the start box ({}); pass the box as --init-box x,y,w,h (pixels "
+                 "in the first frame)")
+    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        raise BadValueError(no_window.format("no display: DISPLAY is not set"))
+    title = "draw the target's box, then press Enter or Space (c: cancel)"
+    try:
+        x, y, w, h = cv2.selectROI(title, frame, showCrosshair=True, fromCenter=False)
+        cv2.destroyWindow(title)
+    except cv2.error:
+        raise BadValueError(no_window.format("this OpenCV has no GUI support")) from None
+    if w <= 0 or h <= 0:
+        raise BadValueError("no start box was drawn (selection cancelled); drag a box around the target and press "
+                            "Enter, or pass --init-box x,y,w,h")
+    return [float(x), float(y), float(w), float(h)]
+
+
 def read_ground_truth(path: str) -> np.ndarray:
     """(N, 4) x, y, w, h per frame (NaN rows: no box); the first row must be a box, it starts the tracker."""
     boxes = check_box_sizes(path, read_box_file(path, ncols=(4,), allow_nan=True))
@@ -224,9 +259,9 @@ def run_track(args: argparse.Namespace) -> int:
     source = open_source(args, warn)
     gt = read_ground_truth(args.ground_truth) if args.ground_truth else None
     init = parse_box(args.init_box) if args.init_box else (gt[0].tolist() if gt is not None else None)
-    if init is None:
-        raise BadValueError("tracking needs a start box: --init-box x,y,w,h or --ground-truth FILE")
     path, _ = output_target(args.output, source.name, images=False)
+    if init is None:  # after the output check: drawing a box for a run that cannot write would be wasted
+        init = select_box(source.first)
     # Imported here: torch loads for seconds, and the checks above should fail fast.
     from ebm_refine.tracking.tracker.ebm_atom import validate_init_box
     from ebm_refine.utils.config import apply_dotted_overrides
@@ -234,7 +269,7 @@ def run_track(args: argparse.Namespace) -> int:
     try:
         validate_init_box(init, source.first.shape[:2])
     except ValueError as e:
-        where = "--init-box" if args.init_box else f"{args.ground_truth}:1"
+        where = "--init-box" if args.init_box else f"{args.ground_truth}:1" if gt is not None else "the drawn box"
         raise BadValueError(f"{where}: {e}; give a box x,y,w,h that overlaps the first frame") from None
     overrides = apply_dotted_overrides({}, args.set)
     if args.checkpoint:
@@ -246,7 +281,10 @@ def run_track(args: argparse.Namespace) -> int:
     with out.abort_on_error():  # the output's lock is taken before the network loads
         from ebm_refine.visualization import TrackingDemo, build_tracker
 
+        say(args, f"loading the tracker ({args.tracker_params})")
         tracker, network = build_tracker(args.tracker_params, overrides)
+    say(args, f"network {network}; tracking {source.name} from x,y,w,h = {','.join(f'{v:g}' for v in init)} "
+              "(the first frame is slower: it trains the tracker's classifier on the target)")
     if args.threads:
         import torch
 
@@ -263,7 +301,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     src.add_argument("--input", nargs="+", metavar="PATH",
                      help="images, quoted glob patterns or a folder of frames (sorted numerically)")
     src.add_argument("--webcam", action="store_true",
-                     help="detect: read the camera (Ctrl-C ends the recording and keeps what was rendered)")
+                     help="read the camera (Ctrl-C ends the recording and keeps what was rendered)")
     ap.add_argument("--webcam-index", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--output", required=True, metavar="FILE_OR_DIR",
                     help="an .mp4 file, or a folder (images for image inputs in detect mode, else <name>.mp4); "
@@ -281,7 +319,8 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     trk.add_argument("--tracker-params", default="ebm", help="name in configs/tracking/ or a YAML path")
     trk.add_argument("--checkpoint", help="tracker network (net.pth from tools/train_tracker.py)")
     trk.add_argument("--init-box", metavar="X,Y,W,H",
-                     help="start box in the first frame (pixels; negative x, y are fine: --init-box -30,-40,50,60)")
+                     help="start box in the first frame (pixels; negative x, y are fine: --init-box -30,-40,50,60); "
+                          "without it and --ground-truth, a window opens to draw it on the first frame")
     trk.add_argument("--ground-truth", metavar="FILE", help="x,y,w,h per frame; first line starts the tracker")
     trk.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                      help="tracker parameter overrides, e.g. image_sample_size=128")
@@ -322,9 +361,7 @@ def parse_args(argv: Optional[Sequence[str]] = None, prog: str = PROG) -> argpar
         ap.error(f"mode given twice: {mode!r} and --mode {args.mode!r}")
     args.mode = mode or args.mode or "detect"
     if not (args.video_input or args.input or args.webcam):
-        ap.error(f"{args.mode} needs one of --video-input, --input" + (" or --webcam" if args.mode == "detect" else ""))
-    if args.mode == "track" and args.webcam:
-        ap.error("track does not support --webcam")
+        ap.error(f"{args.mode} needs one of --video-input, --input or --webcam")
     if args.max_frames is not None and args.max_frames < 1:
         ap.error("--max-frames must be >= 1")
     if args.fps <= 0:

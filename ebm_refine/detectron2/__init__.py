@@ -12,6 +12,15 @@ Typical use::
     cfg = load_config(ebm_config_path("COCO-Detection/ebm_faster_rcnn_R_50_FPN_1x.yaml"))
     trainer = EBMTrainer(cfg); trainer.resume_or_load(); trainer.train()
 """
+import warnings
+
+with warnings.catch_warnings():
+    # Detectron2 (modeling/box_regression.py) and fvcore (nn/focal_loss.py) compile functions with
+    # torch.jit.script when imported, which torch deprecates: two FutureWarnings on every command, that nobody
+    # here can act on. Silenced for this first import only; later torch.jit.script calls still warn.
+    warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
+    import detectron2.modeling  # noqa: F401
+
 from . import datasets  # noqa: F401  (registers the synthetic benchmark)
 from .backbone import CompactResNet, build_compact_fpn_backbone
 from .box_change import BoxChangeEvaluator

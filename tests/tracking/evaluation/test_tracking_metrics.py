@@ -149,7 +149,7 @@ def test_evaluate_results_missing_files_and_fps(tmp_path):
     assert zeros["coverage"] == pytest.approx(100 * 5 / 8)          # b: only the GT-replaced frame 0
     assert zeros["per_sequence"]["b"]["coverage"] == pytest.approx(25.0)
     otb = evaluate_results(seqs[:1], str(tmp_path), "otb")
-    assert otb["fps"] == pytest.approx(np.mean([2, 10, 10, 1 / 0.3]))   # got10k: mean of 1/t
+    assert otb["fps"] == skip["fps"] == zeros["fps"]  # one figure per run: frames / seconds, in every protocol
 
 
 # --------------------------------------------------------------------------- agreement with got10k
