@@ -201,9 +201,10 @@ def run_detect(args: argparse.Namespace) -> int:
         cfg = load_detection_cfg(args.config_file, args.opts, args.confidence_threshold)
         from ebm_refine.utils.resources import find_weights
 
+        what = args.config_file or f"model zoo {DEFAULT_MODEL}"
         head = f", energy head {cfg.MODEL.EBM.HEAD.WEIGHTS}" if cfg.MODEL.EBM.HEAD.WEIGHTS else ""
-        say(args, f"loading the detector {cfg.MODEL.META_ARCHITECTURE} ({args.config_file or 'model zoo ' + DEFAULT_MODEL}) "
-                  f"with weights {find_weights(cfg.MODEL.WEIGHTS)}{head} on {cfg.MODEL.DEVICE}")
+        say(args, f"loading the detector {cfg.MODEL.META_ARCHITECTURE} ({what}) with weights "
+                  f"{find_weights(cfg.MODEL.WEIGHTS)}{head} on {cfg.MODEL.DEVICE}")
         frame_fn = DetectionDemo(cfg, args.confidence_threshold, warn)
     return render(source, out, frame_fn, args, warn)
 

@@ -51,7 +51,8 @@ def missing_weights_message(requested: str) -> str:
         places.append(os.path.abspath(found))
     folder = weights_dir()
     where = (f"$EBM_WEIGHTS_DIR ({folder})" if folder is not None else "a folder named by $EBM_WEIGHTS_DIR")
-    return (f"YOLOX-nano weights MODEL.WEIGHTS {requested!r} not found (looked for {' and '.join(places) or 'nothing'}): "
+    looked = " and ".join(places) or "nothing"
+    return (f"YOLOX-nano weights MODEL.WEIGHTS {requested!r} not found (looked for {looked}): "
             f"put yolox_nano.onnx (YOLOX's release, Apache-2.0: {YOLOX_NANO_URL}) in {where} or pass its path; "
             f"MODEL.WEIGHTS may also be the .pth converted from it ({convert_hint()})")
 
