@@ -4,9 +4,13 @@
 Two modes (the first argument, or ``--mode``):
 
 ``detect``
-    A Detectron2 model with the EBM ROI head. Every frame shows the detector's boxes before refinement
-    (thin, dashed) and after the EBM gradient ascent (solid), with class name and score::
+    A Detectron2 model with the EBM head; by default the model-zoo entry ``detection/ebm_yolox_nano``
+    (YOLOX-nano detects COCO's 80 classes, the shipped energy head refines its boxes; YOLOX's weights
+    ``yolox_nano.onnx`` come from ``$EBM_WEIGHTS_DIR``). Every frame shows the detector's boxes before
+    refinement (thin, dashed) and after the EBM gradient ascent (solid), with class name and score, and the
+    model's time on the frame::
 
+        python demo/demo.py detect --video-input street.mp4 --output output/demo/street.mp4
         python demo/demo.py detect --config-file configs/Synthetic/ebm_compact_fpn_synthetic.yaml \\
             --input "datasets/ebm_synthetic/val/*.jpg" --output output/demo/synthetic.mp4 \\
             --opts MODEL.WEIGHTS output/quickstart/detection/ebm/model_final.pth
@@ -52,6 +56,9 @@ MODES = ("detect", "track")
 MIN_FRAME_SIDE = 16
 # Frame sub-folders of a sequence: the video is named after the sequence (.../Crossing/img -> Crossing).
 FRAME_SUBFOLDERS = ("img", "imgs", "color")
+# detect without --config-file: YOLOX-nano + the shipped energy head (ebm_refine.detectron2.model_zoo).
+DEFAULT_MODEL = "detection/ebm_yolox_nano"
+YOLOX_ARCHS = ("YOLOX", "EBMYOLOX")
 
 
 class Warnings:
@@ -136,28 +143,45 @@ def render(source: FrameSource, out, frame_fn, args: argparse.Namespace, warn: W
 
 
 # --------------------------------------------------------------------------------------------- detect
-def load_detection_cfg(config_file: str, opts: Sequence[str], threshold: float):
-    """Detectron2 config with the EBM keys: a path, or a name under ``configs/`` (``Synthetic/…yaml``)."""
+def load_detection_cfg(config_file: Optional[str], opts: Sequence[str], threshold: float):
+    """Detectron2 config with the EBM keys: a path, or a name under ``configs/`` (``Synthetic/…yaml``); None is
+    the model-zoo entry :data:`DEFAULT_MODEL` (its shipped energy head unless ``opts`` name another)."""
     import torch
 
-    from ebm_refine.detectron2 import ebm_config_path, load_config
+    from ebm_refine.detectron2 import ebm_config_path, get_shipped_model_cfg, load_config, shipped_checkpoint
+    from ebm_refine.detectron2.yolox_onnx import missing_weights_message
+    from ebm_refine.utils.resources import find_weights
 
-    path = config_file
-    if not os.path.isfile(path):
-        try:
-            path = ebm_config_path(config_file)
-        except FileNotFoundError:
-            raise MissingFileError(f"config file {config_file!r} not found; pass a path or a name under configs/ "
-                                   "(e.g. Synthetic/ebm_compact_fpn_synthetic.yaml)") from None
-    cfg = load_config(path, list(opts))
+    if config_file is None:
+        cfg = get_shipped_model_cfg(DEFAULT_MODEL, list(opts))
+        if not cfg.MODEL.EBM.HEAD.WEIGHTS:
+            raise MissingFileError(
+                f"the shipped energy head {shipped_checkpoint(DEFAULT_MODEL, must_exist=False)} is not in this copy "
+                "of ebm_refine; pass a trained one: --opts MODEL.EBM.HEAD.WEIGHTS output/ebm_refiner_yolox_nano/"
+                "model_final.pth (tools/train_net.py --config-file configs/COCO-Refine/ebm_refiner_yolox_nano.yaml)")
+    else:
+        path = config_file
+        if not os.path.isfile(path):
+            try:
+                path = ebm_config_path(config_file)
+            except FileNotFoundError:
+                raise MissingFileError(f"config file {config_file!r} not found; pass a path or a name under configs/ "
+                                       "(e.g. Synthetic/ebm_compact_fpn_synthetic.yaml)") from None
+        cfg = load_config(path, list(opts))
     # Let the model keep everything the user asked to see; thresholding again when drawing is then a no-op.
     cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = min(cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST, threshold)
+    if cfg.MODEL.META_ARCHITECTURE in YOLOX_ARCHS:
+        # YOLOX keeps scores > its threshold: exactly the drawn ones (>= threshold), so only those are refined.
+        cfg.MODEL.YOLOX.SCORE_THRESH_TEST = max(float(np.nextafter(threshold, -np.inf)), 0.0)
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         cfg.MODEL.DEVICE = "cpu"
     if not cfg.MODEL.WEIGHTS:
         raise BadValueError("MODEL.WEIGHTS is not set, so the detector would be random; pass trained weights last "
                             "on the command line: --opts MODEL.WEIGHTS output/.../model_final.pth")
-    if "://" not in cfg.MODEL.WEIGHTS and not os.path.isfile(cfg.MODEL.WEIGHTS):
+    weights = find_weights(cfg.MODEL.WEIGHTS)  # a file name is looked up in the weights folder, as the model does
+    if "://" not in weights and not os.path.isfile(weights):
+        if cfg.MODEL.META_ARCHITECTURE in YOLOX_ARCHS:
+            raise MissingFileError(missing_weights_message(cfg.MODEL.WEIGHTS))
         raise MissingFileError(f"MODEL.WEIGHTS {cfg.MODEL.WEIGHTS!r} does not exist; pass the model_final.pth of a "
                                "training run (tools/train_net.py)")
     cfg.freeze()
@@ -175,8 +199,12 @@ def run_detect(args: argparse.Namespace) -> int:
         from ebm_refine.visualization import DetectionDemo
 
         cfg = load_detection_cfg(args.config_file, args.opts, args.confidence_threshold)
-        say(args, f"loading the detector {cfg.MODEL.META_ARCHITECTURE} ({args.config_file}) with weights "
-                  f"{cfg.MODEL.WEIGHTS} on {cfg.MODEL.DEVICE}")
+        from ebm_refine.utils.resources import find_weights
+
+        what = args.config_file or f"model zoo {DEFAULT_MODEL}"
+        head = f", energy head {cfg.MODEL.EBM.HEAD.WEIGHTS}" if cfg.MODEL.EBM.HEAD.WEIGHTS else ""
+        say(args, f"loading the detector {cfg.MODEL.META_ARCHITECTURE} ({what}) with weights "
+                  f"{find_weights(cfg.MODEL.WEIGHTS)}{head} on {cfg.MODEL.DEVICE}")
         frame_fn = DetectionDemo(cfg, args.confidence_threshold, warn)
     return render(source, out, frame_fn, args, warn)
 
@@ -283,8 +311,10 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     ap.add_argument("--fps", type=float, default=10.0, help="frame rate of videos made from images")
     ap.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
     det = ap.add_argument_group("detect")
-    det.add_argument("--config-file", default="Synthetic/ebm_compact_fpn_synthetic.yaml",
-                     help="Detectron2 config (a path, or relative to configs/)")
+    det.add_argument("--config-file", default=None,
+                     help=f"Detectron2 config (a path, or relative to configs/); default: the model-zoo entry "
+                          f"{DEFAULT_MODEL} (YOLOX-nano + the shipped EBM head; needs yolox_nano.onnx in "
+                          "$EBM_WEIGHTS_DIR)")
     det.add_argument("--confidence-threshold", type=float, default=0.5, help="minimum score drawn")
     trk = ap.add_argument_group("track")
     trk.add_argument("--tracker-params", default="ebm", help="name in configs/tracking/ or a YAML path")
@@ -298,8 +328,8 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     trk.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     # Last, because it swallows the rest of the command line (Detectron2 convention).
     det.add_argument("--opts", nargs=argparse.REMAINDER, default=[], metavar="KEY VALUE",
-                     help="Detectron2 config overrides, e.g. MODEL.WEIGHTS model_final.pth (required: the "
-                          "trained weights)")
+                     help="Detectron2 config overrides, e.g. MODEL.WEIGHTS model_final.pth (the trained weights, "
+                          "required with --config-file) or MODEL.EBM.HEAD.WEIGHTS head.pth")
     add_debug_argument(ap)
     return ap
 

@@ -26,7 +26,7 @@ from .backbone import CompactResNet, build_compact_fpn_backbone
 from .box_change import BoxChangeEvaluator
 from .checkpoint import CheckpointError, EBMCheckpointer
 from .config import ConfigValueError, add_ebm_config, validate_ebm_config
-from .model_zoo import ebm_config_path, get_ebm_cfg
+from .model_zoo import ebm_config_path, get_ebm_cfg, get_shipped_model_cfg, shipped_checkpoint
 from .data import CheckedDatasetMapper, check_annotations, load_dataset_dicts
 from .detections import DetectionsMapper, RefinedDetectionsWriter, load_detections_into_dataset
 from .energy_head import ENERGY_HEAD_REGISTRY, FCEnergyHead, WeldonEnergyHead, build_energy_head
@@ -48,6 +48,8 @@ __all__ = [
     "load_config",
     "get_ebm_cfg",
     "ebm_config_path",
+    "get_shipped_model_cfg",
+    "shipped_checkpoint",
     "EBMRCNN",
     "EBMROIHeads",
     "EBMBoxRefiner",

@@ -13,8 +13,11 @@
   is a :class:`CheckpointError` naming the file. ``MODEL.EBM.HEAD.WEIGHTS`` (a model's ``energy_head_weights``)
   loads a trained energy head after ``MODEL.WEIGHTS`` when that has none, if the file's backbone tensors equal
   the model's.
+* A relative ``MODEL.WEIGHTS`` that does not exist is looked up in the weights folder
+  (:func:`~ebm_refine.utils.resources.find_weights`: ``$EBM_WEIGHTS_DIR``, ``<repo>/../shared/weights``), so a
+  config may name third-party weights by file name (``yolox_nano.onnx``).
 * YOLOX-nano: ``MODEL.WEIGHTS`` may name its ONNX export (``.onnx``, converted in memory by
-  :mod:`.yolox_onnx`); a missing file says how to make the converted ``.pth``.
+  :mod:`.yolox_onnx`); a missing file says where it was looked for and where to get it.
 * DeepGUM (``MODEL.EBM.ROBUST``): the EM state held by the ROI heads (``roi_heads.robust``) is saved as the
   checkpoint's ``ebm_robust`` entry and restored by a resume (``resume_or_load(resume=True)`` or ``load``
   with all checkpointables), so EM continues where it stopped; loading ``MODEL.WEIGHTS`` for a new run
@@ -32,7 +35,8 @@ from detectron2.checkpoint import DetectionCheckpointer
 from ..utils.errors import UserError
 from ..utils.fileio import atomic_save_torch, atomic_write_text
 from .meta_arch import ENERGY_HEAD_PREFIX
-from .yolox_onnx import convert_hint, read_yolox_onnx
+from ..utils.resources import find_weights
+from .yolox_onnx import missing_weights_message, read_yolox_onnx
 
 __all__ = ["EBMCheckpointer", "CheckpointError", "robust_state_holder"]
 
@@ -59,6 +63,7 @@ class EBMCheckpointer(DetectionCheckpointer):
 
     # ----------------------------------------------------------------- loading
     def load(self, path: str, checkpointables: Optional[List[str]] = None) -> Dict[str, Any]:
+        requested, path = path, find_weights(path)
         self._loading = path
         try:
             loaded = super().load(path, checkpointables)
@@ -66,11 +71,8 @@ class EBMCheckpointer(DetectionCheckpointer):
             self._parsed_url_during_load = None  # Detectron2 resets it only after a successful load
             if isinstance(e, AssertionError) and "not found" in str(e):
                 if _has_yolox_trunk(self.model):
-                    raise CheckpointError(
-                        f"checkpoint {path!r} not found: YOLOX-nano needs its weights, yolox_nano.onnx (MODEL.WEIGHTS "
-                        f"may name it) or the .pth converted from it: {convert_hint(output=path or 'yolox_nano.pth')}"
-                    ) from None
-                raise CheckpointError(f"checkpoint {path!r} not found: pass an existing file (MODEL.WEIGHTS) "
+                    raise CheckpointError(missing_weights_message(requested)) from None
+                raise CheckpointError(f"checkpoint {requested!r} not found: pass an existing file (MODEL.WEIGHTS) "
                                       "or a reachable URL") from None
             if isinstance(e, OSError) and not isinstance(e, CheckpointError):  # offline downloads, permissions
                 raise CheckpointError(f"cannot read checkpoint {path!r} ({e}); pass a local file in MODEL.WEIGHTS") from None
@@ -158,6 +160,8 @@ class EBMCheckpointer(DetectionCheckpointer):
                 "Energy-head weights in the checkpoint have other shapes (%d tensors, e.g. %s: %s in the "
                 "checkpoint, %s in the model: another NUM_CLASSES, FC_DIM or pooler size?); the energy head "
                 "starts from random initialisation.", len(reshaped), k, tuple(in_file), tuple(in_model))
+        elif absent and getattr(_unwrap(self.model), "energy_head_weights", ""):
+            logger.info("Checkpoint has no energy-head weights; they load from MODEL.EBM.HEAD.WEIGHTS next.")
         elif absent:
             logger.warning(
                 "Checkpoint has no energy-head weights (%d tensors missing, e.g. %s): the energy head starts "
@@ -165,6 +169,13 @@ class EBMCheckpointer(DetectionCheckpointer):
                 "refinement with an untrained head will not improve boxes.", len(absent), absent[0])
         else:
             logger.info("Energy-head weights loaded from the checkpoint.")
+
+    def _log_incompatible_keys(self, incompatible) -> None:
+        # The energy head missing from MODEL.WEIGHTS is no news when MODEL.EBM.HEAD.WEIGHTS loads it next.
+        if getattr(_unwrap(self.model), "energy_head_weights", ""):
+            incompatible = incompatible._replace(missing_keys=[
+                k for k in incompatible.missing_keys if not k.startswith(ENERGY_HEAD_PREFIX)])
+        super()._log_incompatible_keys(incompatible)
 
     def resume_or_load(self, path: str, *, resume: bool = True) -> Dict[str, Any]:
         if resume and self.has_checkpoint():

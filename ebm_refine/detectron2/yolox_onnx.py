@@ -22,9 +22,12 @@ from ..utils.errors import UserError
 from ..utils.fileio import atomic_save_torch
 from .yolox import NUM_OUTPUTS, YOLOXHead, YOLOXTrunk, onnx_conv_order
 
-__all__ = ["YOLOXWeightsError", "read_yolox_onnx", "convert_yolox_onnx", "YOLOX_INPUT_SIZE", "convert_hint"]
+__all__ = ["YOLOXWeightsError", "read_yolox_onnx", "convert_yolox_onnx", "YOLOX_INPUT_SIZE", "convert_hint",
+           "YOLOX_NANO_URL", "missing_weights_message"]
 
 YOLOX_INPUT_SIZE = 416
+# Where an online user gets the weights (YOLOX's own release, Apache-2.0); nothing here downloads them.
+YOLOX_NANO_URL = "https://github.com/Megvii-BaseDetection/YOLOX/releases/download/0.1.1rc0/yolox_nano.onnx"
 
 
 class YOLOXWeightsError(UserError):
@@ -35,6 +38,23 @@ def convert_hint(onnx_path: str = "../shared/weights/yolox_nano.onnx",
                  output: str = "checkpoints/detectron2/yolox_nano.pth") -> str:
     """The command that makes the converted weights, for error messages."""
     return f"python tools/convert_yolox_onnx.py {onnx_path} --output {output}"
+
+
+def missing_weights_message(requested: str) -> str:
+    """One line for ``MODEL.WEIGHTS`` = ``requested`` not found: where it was looked for (the path itself, then
+    :func:`~ebm_refine.utils.resources.find_weights`'s weights folder) and where to get ``yolox_nano.onnx``."""
+    from ..utils.resources import find_weights, weights_dir
+
+    places = [os.path.abspath(requested)] if requested else []
+    found = find_weights(requested)
+    if found != requested:
+        places.append(os.path.abspath(found))
+    folder = weights_dir()
+    where = (f"$EBM_WEIGHTS_DIR ({folder})" if folder is not None else "a folder named by $EBM_WEIGHTS_DIR")
+    looked = " and ".join(places) or "nothing"
+    return (f"YOLOX-nano weights MODEL.WEIGHTS {requested!r} not found (looked for {looked}): "
+            f"put yolox_nano.onnx (YOLOX's release, Apache-2.0: {YOLOX_NANO_URL}) in {where} or pass its path; "
+            f"MODEL.WEIGHTS may also be the .pth converted from it ({convert_hint()})")
 
 
 def _graph(path: str):
