@@ -60,19 +60,25 @@ def _time_tracker(tracker, frames, init) -> dict:
     init_out = tracker.initialize(frames[0], {"init_bbox": [float(v) for v in init]}) or {}
     t_init = time.perf_counter() - t0
     times, refine = [], []
+    c0 = time.process_time()
     for f in frames[1:]:
         t0 = time.perf_counter()
         res = tracker.track(f)
         times.append(time.perf_counter() - t0)
         refine.append(res.get("time_refine"))
-    return {"times": times, "refine": refine, "init": t_init, "adapt": init_out.get("time_adapt")}
+    cpu = time.process_time() - c0
+    return {"times": times, "refine": refine, "init": t_init, "adapt": init_out.get("time_adapt"), "cpu": cpu}
 
 
 def _summary(runs: list) -> dict:
     """Mean and population std over repeats of FPS, ms per frame and the refinement share."""
     fps = [len(r["times"]) / float(np.sum(r["times"])) for r in runs]
     ms = [1000 * float(np.mean(r["times"])) for r in runs]
+    # CPU time of the process per frame: on a shared machine it leaves out the time this process waited
+    # for a core, which wall time does not (with one thread it is the wall time of an idle core).
+    cpu_fps = [len(r["times"]) / r["cpu"] for r in runs]
     out = {"fps": float(np.mean(fps)), "fps_std": float(np.std(fps)), "fps_runs": fps,
+           "cpu_fps": float(np.mean(cpu_fps)), "cpu_fps_std": float(np.std(cpu_fps)),
            "ms_per_frame": float(np.mean(ms)), "ms_per_frame_std": float(np.std(ms)),
            "ms_initialize": 1000 * float(np.mean([r["init"] for r in runs]))}
     if runs[0]["refine"][0] is not None:
@@ -96,6 +102,8 @@ def main(argv=None) -> int:
     ap.add_argument("--num-init-boxes", type=int, help="override box_refinement.num_init_boxes")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                     help="tracker parameter overrides for every --params entry (e.g. checkpoint=out/net.pth)")
+    ap.add_argument("--plain", action="store_true",
+                    help="also time every --params entry with fast_kernels=false (as '<params>/plain'), same run")
     ap.add_argument("--json", help="write results here")
     add_debug_argument(ap)
     args = ap.parse_args(argv)
@@ -118,6 +126,9 @@ def main(argv=None) -> int:
                                                      strict=False))
         net = EBMAtomTracker(params).net  # loaded once; every repeat builds a fresh tracker on it
         builders[p] = (lambda params=params, net=net: EBMAtomTracker(params, net=net)), params
+        if args.plain:
+            plain = dict(params, fast_kernels=False)
+            builders[f"{p}/plain"] = (lambda params=plain, net=net: EBMAtomTracker(params, net=net)), plain
     for peer in args.peers:
         builders[peer] = get_tracker_factory(peer), None
     runs = {k: [] for k in builders}
@@ -133,10 +144,12 @@ def main(argv=None) -> int:
         out["variants"][k] = v
     ref = next((p for p in args.peers if p in out["variants"]), None)
     for k, v in out["variants"].items():
-        line = (f"{k:16s} {v['fps']:6.2f} ± {v['fps_std']:4.2f} FPS  {v['ms_per_frame']:7.1f} ms/frame")
+        line = (f"{k:16s} {v['fps']:6.2f} ± {v['fps_std']:4.2f} FPS (CPU time {v['cpu_fps']:6.2f} ± "
+                f"{v['cpu_fps_std']:4.2f})  {v['ms_per_frame']:6.1f} ms/frame")
         if ref is not None:
             v[f"fps_ratio_to_{ref}"] = v["fps"] / out["variants"][ref]["fps"]
-            line += f"  ×{v[f'fps_ratio_to_{ref}']:.2f} of {ref}"
+            v[f"cpu_fps_ratio_to_{ref}"] = v["cpu_fps"] / out["variants"][ref]["cpu_fps"]
+            line += f"  ×{v[f'cpu_fps_ratio_to_{ref}']:.2f} of {ref} (CPU time)"
         if "refine_share" in v:
             line += (f"  refinement {v['ms_refine_per_frame']:5.1f} ms ({100 * v['refine_share']:.1f} ± "
                      f"{100 * v['refine_share_std']:.1f}%)  initialize {v['ms_initialize']:.0f} ms "

@@ -36,6 +36,7 @@ import torch
 from torch import Tensor
 
 from ..models.network import TrackerNet, load_net
+from ..models.onnx_backbone import OnnxBackbone
 from .adaptation import adapt_to_first_frame, check_adaptation
 from .box_estimation import estimate_box
 from .classifier import OnlineClassifier
@@ -46,6 +47,7 @@ from .params import RENAMED_KEYS, load_tracker_params
 __all__ = ["EBMAtomTracker", "validate_init_box"]
 
 REFINEMENT_MODES = ("ebm", "iounet", "none")
+BACKBONE_RUNTIMES = ("torch", "onnxruntime")
 
 
 def validate_init_box(box, image_shape: Tuple[int, int]) -> np.ndarray:
@@ -106,7 +108,14 @@ class EBMAtomTracker:
         self.net = net.to(self.device).eval()
         self.fast_kernels = bool(params["fast_kernels"])
         self._backbone = self.net.backbone
-        if self.fast_kernels and self._backbone.frozen:
+        runtime = params["backbone_runtime"]
+        if runtime not in BACKBONE_RUNTIMES:
+            raise ValueError(f"backbone_runtime must be one of {BACKBONE_RUNTIMES}, got {runtime!r}")
+        if runtime == "onnxruntime":
+            if self.device.type != "cpu":
+                raise ValueError(f"backbone_runtime: onnxruntime runs on the CPU, not on device {self.device}")
+            self._backbone = OnnxBackbone(self._backbone)
+        elif self.fast_kernels and self._backbone.frozen:
             # The frozen trunk in channels-last memory (oneDNN's fast layout for its depthwise and 1x1
             # convolutions on a CPU); a copy, so that the caller's network is left as it was.
             self._backbone = copy.deepcopy(self._backbone).to(memory_format=torch.channels_last)
@@ -120,7 +129,7 @@ class EBMAtomTracker:
 
     def _features(self, crops: np.ndarray) -> Dict[str, Tensor]:
         x = image_to_tensor(crops).to(self.device)
-        if self._backbone is self.net.backbone:
+        if self._backbone is self.net.backbone or isinstance(self._backbone, OnnxBackbone):
             with torch.no_grad():
                 return self._backbone(x)
         with torch.no_grad():
