@@ -15,7 +15,7 @@ Each repeat times every tracker once on the same frames (trackers interleaved, a
 FPS is reported as mean ± std over the repeats and as a ratio to the first peer.
 
 ``--params`` takes parameter-set names or YAML paths (e.g. a file with ``_base_: ebm.yaml`` and another
-``checkpoint``).
+``checkpoint``), each optionally with its own overrides: ``ebm_fast+backbone_runtime=onnxruntime``.
 """
 from __future__ import annotations
 
@@ -122,8 +122,11 @@ def main(argv=None) -> int:
     for p in args.params:
         over = {k: v for k, v in (("num_steps", args.num_steps), ("num_init_boxes", args.num_init_boxes))
                 if v is not None}
-        params = load_tracker_params(p, merge_params({"box_refinement": over}, apply_dotted_overrides({}, args.set),
-                                                     strict=False))
+        # "<params>+key=value,key=value": that parameter set with its own overrides (eval_tracking's naming)
+        base, _, own = p.partition("+")
+        items = list(args.set) + [i for i in own.split(",") if i]
+        params = load_tracker_params(base, merge_params({"box_refinement": over}, apply_dotted_overrides({}, items),
+                                                        strict=False))
         net = EBMAtomTracker(params).net  # loaded once; every repeat builds a fresh tracker on it
         builders[p] = (lambda params=params, net=net: EBMAtomTracker(params, net=net)), params
         if args.plain:

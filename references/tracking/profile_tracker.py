@@ -3,18 +3,19 @@
 
 Times each stage of ``EBMAtomTracker.track`` by wrapping the functions it calls (the wrapped code is the
 tracker's own; only timers are added), plus decoding the JPEG (``read_frame``), which the evaluation runner
-does before ``track``. Stages (ms per frame, mean over the timed frames):
+does before ``track``. Times are CPU time of the process (one thread: on a shared machine this leaves out
+the waits for a core that wall time counts). Stages (ms per frame, mean over the timed frames):
 
 * ``decode``: ``read_frame`` (cv2.imread + BGR -> RGB);
-* ``crop``: ``sample_patch`` (search region, cv2 warpAffine) and ``image_to_tensor``;
-* ``backbone``: the frozen MobileNetV2 trunk on the 288 x 288 crop;
+* ``crop``: ``sample_patch`` (search region, cv2 warpAffine);
+* ``backbone``: the frozen MobileNetV2 trunk on the 288 x 288 crop (with the crop's uint8 -> float tensor);
 * ``classifier_scores``, ``classifier_localize``, ``classifier_update``: the online classifier;
 * ``test_features``: the box estimator's modulated test maps (window around the candidates);
 * ``refinement_steps``: candidate boxes, gradient ascent and top-k averaging (``estimate_box`` minus
   ``test_features``);
 * ``other``: everything else in ``track`` (Python glue, clamps, read-backs).
 
-    python references/tracking/profile_tracker.py --params ebm ebm_fast --frames 60 --repeats 3
+    python references/tracking/profile_tracker.py --params ebm ebm_fast ebm_fast+fast_kernels=false --repeats 3
 """
 from __future__ import annotations
 
@@ -32,7 +33,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 
 from ebm_refine.tracking import processing  # noqa: E402
 from ebm_refine.tracking.datasets import load_dataset, read_frame  # noqa: E402
-from ebm_refine.tracking.tracker import EBMAtomTracker, box_estimation, ebm_atom  # noqa: E402
+from ebm_refine.tracking.tracker import EBMAtomTracker, ebm_atom, load_tracker_params  # noqa: E402
+from ebm_refine.utils.config import apply_dotted_overrides  # noqa: E402
 from ebm_refine.tracking.tracker.classifier import OnlineClassifier  # noqa: E402
 from ebm_refine.tracking.models.box_estimator import EnergyBoxEstimator  # noqa: E402
 from ebm_refine.utils import shared_data_dir  # noqa: E402
@@ -50,11 +52,11 @@ class Timers:
         timers = self
 
         def timed(*a, **k):
-            t0 = time.perf_counter()
+            t0 = time.process_time()
             try:
                 return fn(*a, **k)
             finally:
-                timers.total[stage] += time.perf_counter() - t0
+                timers.total[stage] += time.process_time() - t0
         setattr(owner, attr, timed)
         return fn
 
@@ -62,7 +64,7 @@ class Timers:
 @contextlib.contextmanager
 def instrumented(timers: Timers):
     """Wrap the tracker's stages with timers; restore them on exit."""
-    plan = [(ebm_atom, "sample_patch", "crop"), (ebm_atom, "image_to_tensor", "crop"),
+    plan = [(ebm_atom, "sample_patch", "crop"),
             (OnlineClassifier, "scores", "classifier_scores"), (OnlineClassifier, "localize", "classifier_localize"),
             (OnlineClassifier, "update", "classifier_update"), (ebm_atom, "estimate_box", "estimate_box"),
             (EnergyBoxEstimator, "test_features", "test_features")]
@@ -78,26 +80,18 @@ def profile(params: str, paths, init_box, repeats: int) -> dict:
     rows = []
     for _ in range(repeats):
         timers = Timers()
-        tr = EBMAtomTracker(params)
+        base, _, own = params.partition("+")  # "<params>+key=value,...", as tools/bench_tracker.py
+        tr = EBMAtomTracker(load_tracker_params(base, apply_dotted_overrides({}, [i for i in own.split(",") if i])))
         tr.initialize(read_frame(paths[0]), {"init_bbox": [float(v) for v in init_box]})
-        backbone = tr.net.backbone
-        orig_forward = backbone.forward
-
-        def fwd(images, _f=orig_forward):
-            t0 = time.perf_counter()
-            try:
-                return _f(images)
-            finally:
-                timers.total["backbone"] += time.perf_counter() - t0
-        backbone.forward = fwd
+        timers.wrap(tr, "_features", "backbone")  # on the instance: this tracker's backbone, whatever runs it
         total = 0.0
         with instrumented(timers):
             for p in paths[1:]:
-                t0 = time.perf_counter()
+                t0 = time.process_time()
                 frame = read_frame(p)
-                t1 = time.perf_counter()
+                t1 = time.process_time()
                 tr.track(frame)
-                t2 = time.perf_counter()
+                t2 = time.process_time()
                 timers.total["decode"] += t1 - t0
                 total += t2 - t0
         n = len(paths) - 1
@@ -127,7 +121,8 @@ def main(argv=None) -> int:
     seq = load_dataset("otb", os.path.join(str(root), "tracking", "otb"), sequences=[args.sequence])[0]
     paths = seq.frames[:args.frames + 1]
     res = {p: profile(p, paths, seq.init_box, args.repeats) for p in args.params}
-    print(f"ms per frame, mean ± std over {args.repeats} repeats of {len(paths) - 1} frames ({args.sequence}, one thread)")
+    print(f"CPU ms per frame, mean ± std over {args.repeats} repeats of {len(paths) - 1} frames ({args.sequence}, "
+          "one thread)")
     print("| stage | " + " | ".join(args.params) + " |")
     print("|---|" + "---|" * len(args.params))
     for s in (*STAGES, "total"):
