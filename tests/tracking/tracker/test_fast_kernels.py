@@ -1,5 +1,5 @@
-"""The tracker's fast kernels (channels-last backbone, structured Gram update) against the plain computation
-on real video (the first 20 frames of OTB Crossing, the shipped network).
+"""The tracker's fast kernels (channels-last backbone, structured Gram update; and the backbone in ONNX Runtime)
+against the plain computation on real video (the first 20 frames of OTB Crossing, the shipped network).
 
 Both paths compute the same numbers up to float32 rounding, not bit for bit. A track feeds each frame's box
 into the next frame's crop and each frame's features into the classifier's memory, and its first-frame
@@ -33,13 +33,15 @@ def _fast_copy(plain, fast):
     return out
 
 
-@pytest.mark.parametrize("params", ["ebm_fast", "norefine"])
-def test_fast_kernels_give_the_plain_boxes_frame_by_frame(crossing20, params):
+@pytest.mark.parametrize("params,runtime", [("ebm_fast", "torch"), ("norefine", "torch"), ("ebm_fast", "onnxruntime")])
+def test_fast_kernels_give_the_plain_boxes_frame_by_frame(crossing20, params, runtime):
     from ebm_refine.tracking.tracker import EBMAtomTracker
 
+    if runtime == "onnxruntime":
+        pytest.importorskip("onnxruntime", reason="backbone_runtime onnxruntime needs pip install 'ebm_refine[onnx]'")
     frames, info = crossing20
     plain = EBMAtomTracker(params, overrides={"fast_kernels": False})
-    fast = EBMAtomTracker(params, net=plain.net)
+    fast = EBMAtomTracker(params, net=plain.net, overrides={"backbone_runtime": runtime})
     assert fast.fast_kernels and fast._backbone is not plain.net.backbone and not plain.fast_kernels
     plain.initialize(frames[0], info)
     diffs, boxes = [], []
