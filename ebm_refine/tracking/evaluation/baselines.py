@@ -245,8 +245,8 @@ class OpenCVNanoTracker(OpenCVContribTracker):
     """OpenCV's NanoTrack (``cv2.TrackerNano``): a Siamese tracker with a small ONNX backbone and head.
 
     A learned peer, not our method. Same behaviour as :class:`OpenCVContribTracker` (integer initial
-    box, the previous box kept when OpenCV reports a failure); frames are converted to BGR, OpenCV's order,
-    as the networks were trained on.
+    box, the previous box kept when OpenCV reports a failure); frames are converted to BGR, what OpenCV reads
+    from a file and what its NanoTrack sample feeds the networks.
 
     Args:
         backbone, neckhead: the ONNX files (None: the shared NanoTrack v2 files, :func:`nanotrack_files`).
