@@ -1,8 +1,9 @@
 """Detectron2 plugin: the EBM ROI head and everything to train and evaluate it.
 
-Importing this package registers ``EBMRCNN`` and ``EBMBoxRefiner`` (META_ARCH_REGISTRY), ``EBMROIHeads``
-and ``EnergyROIHeads`` (ROI_HEADS_REGISTRY), ``FCEnergyHead`` and ``WeldonEnergyHead`` (ENERGY_HEAD_REGISTRY),
-``build_compact_fpn_backbone`` and ``build_mobilenet_v2_fpn_backbone`` (BACKBONE_REGISTRY) and datasets
+Importing this package registers ``EBMRCNN``, ``EBMBoxRefiner``, ``YOLOX`` and ``EBMYOLOX`` (META_ARCH_REGISTRY),
+``EBMROIHeads`` and ``EnergyROIHeads`` (ROI_HEADS_REGISTRY), ``FCEnergyHead`` and ``WeldonEnergyHead``
+(ENERGY_HEAD_REGISTRY), ``build_compact_fpn_backbone``, ``build_mobilenet_v2_fpn_backbone`` and
+``build_yolox_backbone`` (BACKBONE_REGISTRY) and datasets
 (DatasetCatalog, see :mod:`.datasets`). DeepGUM outlier-robust training is ``MODEL.EBM.ROBUST`` (see
 :mod:`.energy`); the outlier experiment is :mod:`.outlier_benchmark` (annotation noise: :mod:`.annotation_noise`).
 Typical use::
@@ -28,6 +29,8 @@ from .postprocessing import ebm_detector_postprocess
 from .predictor import EBMPredictor
 from .refiner import EBMBoxRefiner, EnergyROIHeads
 from .roi_heads import EBMROIHeads
+from .yolox import YOLOXHead, YOLOXTrunk, build_yolox_backbone
+from .yolox_detector import EBMYOLOX, YOLOX
 
 __all__ = [
     "add_ebm_config",
@@ -63,4 +66,9 @@ __all__ = [
     "load_dataset_dicts",
     "CompactResNet",
     "build_compact_fpn_backbone",
+    "YOLOX",
+    "EBMYOLOX",
+    "YOLOXTrunk",
+    "YOLOXHead",
+    "build_yolox_backbone",
 ]
