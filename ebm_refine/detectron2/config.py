@@ -80,6 +80,10 @@ def add_ebm_config(cfg: CN) -> CN:
     # Box-differentiable RoI pooling on MODEL.ROI_HEADS.IN_FEATURES (bins per side, samples per bin side).
     _C.MODEL.EBM.HEAD.POOLER_RESOLUTION = 7
     _C.MODEL.EBM.HEAD.POOLER_SAMPLING_RATIO = 2
+    # FPN's level rule: a box of sqrt(area) s pools from level floor(4 + log2(s / CANONICAL_BOX_SIZE)) (level 4 =
+    # stride 16), clamped to the levels of IN_FEATURES. 224 suits ~800 px inputs (Detectron2's default); a
+    # smaller input wants it scaled with the image (YOLOX's 416 px: 112).
+    _C.MODEL.EBM.HEAD.POOLER_CANONICAL_BOX_SIZE = 224.0
     # Fully connected layers after pooling, and their width (reference: 2 x 1024).
     _C.MODEL.EBM.HEAD.NUM_FC = 2
     _C.MODEL.EBM.HEAD.FC_DIM = 1024
@@ -241,6 +245,7 @@ def validate_ebm_config(cfg: CN) -> None:
     _check(e.HEAD.NUM_FC >= 0, "MODEL.EBM.HEAD.NUM_FC", ">= 0", e.HEAD.NUM_FC)
     positive("MODEL.EBM.HEAD.FC_DIM", e.HEAD.FC_DIM)
     _check(e.HEAD.POOLER_SAMPLING_RATIO >= 1, "MODEL.EBM.HEAD.POOLER_SAMPLING_RATIO", ">= 1", e.HEAD.POOLER_SAMPLING_RATIO)
+    positive("MODEL.EBM.HEAD.POOLER_CANONICAL_BOX_SIZE", e.HEAD.POOLER_CANONICAL_BOX_SIZE)
     _check(e.REFINE.NUM_STEPS >= 0, "MODEL.EBM.REFINE.NUM_STEPS", ">= 0", e.REFINE.NUM_STEPS)
     positive("MODEL.EBM.REFINE.STEP_SIZE_CENTER", e.REFINE.STEP_SIZE_CENTER)
     positive("MODEL.EBM.REFINE.STEP_SIZE_SIZE", e.REFINE.STEP_SIZE_SIZE)

@@ -25,7 +25,7 @@ import detectron2.engine.defaults as d2_defaults
 from detectron2.config import CfgNode, get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import DefaultTrainer
-from detectron2.evaluation import COCOEvaluator, DatasetEvaluators
+from detectron2.evaluation import DatasetEvaluators
 
 from ..utils.errors import UserError
 from .checkpoint import EBMCheckpointer
@@ -33,7 +33,7 @@ from .config import add_ebm_config, renamed_key_hint
 from .box_change import PER_BOX_FILE, BoxChangeEvaluator
 from .data import CheckedDatasetMapper, DatasetError, load_dataset_dicts
 from .detections import DetectionsMapper, RefinedDetectionsWriter, load_detections_into_dataset
-from .evaluation import RefinementCOCOEvaluator
+from .evaluation import ImagesCOCOEvaluator, RefinementCOCOEvaluator
 
 __all__ = ["EBMTrainer", "load_config", "ConfigError"]
 
@@ -158,7 +158,7 @@ class EBMTrainer(DefaultTrainer):
                 BoxChangeEvaluator(dataset_name, per_box_file=os.path.join(output_folder, PER_BOX_FILE),
                                    run_name=f"seed{cfg.SEED}"),
             ])
-        return COCOEvaluator(dataset_name, output_dir=output_folder, use_fast_impl=False)
+        return ImagesCOCOEvaluator(dataset_name, output_dir=output_folder, use_fast_impl=False)
 
 
 def is_refiner(cfg: CfgNode) -> bool:

@@ -18,7 +18,7 @@ from detectron2.utils import comm
 
 from ..utils.fileio import atomic_write_text
 
-__all__ = ["RefinementCOCOEvaluator", "format_refinement_table", "METRICS"]
+__all__ = ["ImagesCOCOEvaluator", "RefinementCOCOEvaluator", "format_refinement_table", "METRICS"]
 
 logger = logging.getLogger(__name__)
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
@@ -47,6 +47,33 @@ def format_refinement_table(results: Dict[str, Dict[str, float]]) -> str:
             row.append(f"{results['refined'].get(m, float('nan')) - results['unrefined'].get(m, float('nan')):+.2f}")
         lines.append(f"| {m} | " + " | ".join(row) + " |")
     return "\n".join(lines)
+
+
+def _processed_image_ids(image_ids: set, distributed: bool) -> List[int]:
+    """The image ids every rank processed (a collective: all ranks must call it)."""
+    gathered = comm.all_gather(image_ids) if distributed and comm.get_world_size() > 1 else [image_ids]
+    return sorted(set().union(*gathered))
+
+
+class ImagesCOCOEvaluator(COCOEvaluator):
+    """Detectron2's ``COCOEvaluator`` scored on the images it processed, not on every image of the json.
+
+    Detectron2 scores all images of the dataset's ``json_file``. A registered subset of a json file (such as
+    ``coco128_train2017_holdout``, 24 of its 128 images) would then count the other images' ground truth as
+    missed; here its AP is the subset's own. For a whole dataset both are the same.
+    """
+
+    def reset(self):
+        super().reset()
+        self._image_ids = set()
+
+    def process(self, inputs, outputs):
+        self._image_ids.update(x["image_id"] for x in inputs)
+        super().process(inputs, outputs)
+
+    def evaluate(self, img_ids=None):
+        ids = _processed_image_ids(self._image_ids, self._distributed)
+        return super().evaluate(img_ids=img_ids if img_ids is not None else ids)
 
 
 class RefinementCOCOEvaluator(DatasetEvaluator):
@@ -94,10 +121,9 @@ class RefinementCOCOEvaluator(DatasetEvaluator):
     def evaluate(self):
         # Collectives first: every rank must take part before non-main ranks return. Evaluate on the images
         # that were processed (a whole dataset as usual; a registered subset of a json file correctly).
-        gathered = comm.all_gather((self._saw_unrefined, self._image_ids)) \
-            if self.distributed and comm.get_world_size() > 1 else [(self._saw_unrefined, self._image_ids)]
-        saw = [g[0] for g in gathered]
-        img_ids = sorted(set().union(*(g[1] for g in gathered)))
+        saw = comm.all_gather(self._saw_unrefined) if self.distributed and comm.get_world_size() > 1 \
+            else [self._saw_unrefined]
+        img_ids = _processed_image_ids(self._image_ids, self.distributed)
         refined = self.refined.evaluate(img_ids=img_ids)
         unrefined = self.unrefined.evaluate(img_ids=img_ids)
         # Non-main ranks get nothing back from COCOEvaluator.

@@ -67,7 +67,17 @@ class EnergyROIHeads(EnergyMixin, nn.Module):
 
     def forward(self, features: Dict[str, Tensor], detections: List[Instances]) -> List[Instances]:
         """Refine ``detections`` (per image, in the features' input resolution) in place; returns them."""
+        if not sum(len(d) for d in detections):
+            return self.nothing_to_refine(detections)
         return self.refine_instances(self.energy_features(features), detections)
+
+    @staticmethod
+    def nothing_to_refine(detections: List[Instances]) -> List[Instances]:
+        """Give detection-free images the output fields of refined ones (empty); returns them."""
+        for d in detections:
+            d.pred_boxes_unrefined = d.pred_boxes
+            d.pred_energies = d.pred_energies_unrefined = d.scores.new_zeros(0)
+        return detections
 
 
 @META_ARCH_REGISTRY.register()
@@ -153,9 +163,7 @@ class EBMBoxRefiner(nn.Module):
             images = self.preprocess_image(batched_inputs)
             self.roi_heads(self.backbone(images.tensor), detections)
         else:  # nothing to refine: skip the backbone, keep the output fields
-            for d in detections:
-                d.pred_boxes_unrefined = d.pred_boxes
-                d.pred_energies = d.pred_energies_unrefined = d.scores.new_zeros(0)
+            EnergyROIHeads.nothing_to_refine(detections)
         if not do_postprocess:
             return detections
         out = []

@@ -9,8 +9,11 @@
 * ``EBMYOLOX``: the same detector plus ``EnergyROIHeads`` on the frozen trunk's p3..p5, refining YOLOX's own
   detections in the same forward pass (as ``EBMRCNN`` does for Faster R-CNN): ``pred_boxes`` refined,
   ``pred_boxes_unrefined`` YOLOX's, ``pred_energies``, scores and classes unchanged. Training (frozen YOLOX)
-  returns ``{"loss_ebm"}`` only; it refuses a detector whose weights never loaded, unless
-  ``MODEL.EBM.ALLOW_UNTRAINED_DETECTOR``. The energy head may come from a separate checkpoint
+  returns ``{"loss_ebm"}`` only.
+
+Both refuse ``MODEL.WEIGHTS`` that leave YOLOX tensors unloaded (e.g. a refiner's checkpoint, which has no YOLOX
+head), and training refuses a YOLOX whose weights never loaded, unless ``MODEL.EBM.ALLOW_UNTRAINED_DETECTOR``
+(``EBMYOLOX``). The energy head may come from a separate checkpoint
   (``MODEL.EBM.HEAD.WEIGHTS``, e.g. a COCO-Refine YOLOX refiner's ``model_final.pth``).
 """
 from __future__ import annotations
@@ -76,6 +79,21 @@ class YOLOX(nn.Module):
         self.register_buffer("_device_marker", torch.zeros(0), False)
         for p in self.head.parameters():  # converted COCO weights; never trained here
             p.requires_grad_(False)
+        self.allow_untrained_detector = False
+        self.detector_weights_loaded = False
+        self.register_load_state_dict_post_hook(YOLOX._after_load_state_dict)
+
+    @staticmethod
+    def _after_load_state_dict(module: "YOLOX", incompatible) -> None:
+        missing = [k for k in incompatible.missing_keys if not k.startswith(ENERGY_HEAD_PREFIX)]
+        module.detector_weights_loaded = not missing
+        if missing and not module.allow_untrained_detector:
+            hint = ("; a trained energy head goes in MODEL.EBM.HEAD.WEIGHTS" if
+                    any(k.startswith("head.") for k in missing) and not any(k.startswith("backbone.") for k in missing)
+                    else "")
+            raise UntrainedDetectorError(
+                f"{type(module).__name__}: {len(missing)} YOLOX tensors did not load (e.g. {missing[0]}): MODEL.WEIGHTS "
+                f"must be YOLOX-nano's weights, the converted yolox_nano.pth or yolox_nano.onnx{hint}")
 
     @classmethod
     def from_config(cls, cfg) -> dict:
@@ -177,10 +195,8 @@ class EBMYOLOX(YOLOX):
         self.roi_heads = roi_heads
         self.allow_untrained_detector = bool(allow_untrained_detector)
         self.energy_head_weights = energy_head_weights
-        self.detector_weights_loaded = False
         n = freeze_detector(self)
         logger.info("EBMYOLOX: YOLOX is frozen, only the energy head trains (%d parameters)", n)
-        self.register_load_state_dict_post_hook(EBMYOLOX._after_load_state_dict)
 
     @classmethod
     def from_config(cls, cfg) -> dict:
@@ -192,11 +208,6 @@ class EBMYOLOX(YOLOX):
                    allow_untrained_detector=cfg.MODEL.EBM.ALLOW_UNTRAINED_DETECTOR,
                    energy_head_weights=cfg.MODEL.EBM.HEAD.WEIGHTS)
         return ret
-
-    @staticmethod
-    def _after_load_state_dict(module: "EBMYOLOX", incompatible) -> None:
-        missing = [k for k in incompatible.missing_keys if not k.startswith(ENERGY_HEAD_PREFIX)]
-        module.detector_weights_loaded = not missing
 
     def train(self, mode: bool = True) -> "EBMYOLOX":
         super().train(mode)
@@ -220,9 +231,4 @@ class EBMYOLOX(YOLOX):
         return self.roi_heads.ebm_loss_dict(features, targets)
 
     def refine(self, features: Dict[str, Tensor], detections: List[Instances]) -> List[Instances]:
-        if sum(len(d) for d in detections):
-            return self.roi_heads(features, detections)
-        for d in detections:  # nothing detected: keep the output fields
-            d.pred_boxes_unrefined = d.pred_boxes
-            d.pred_energies = d.pred_energies_unrefined = d.scores.new_zeros(0)
-        return detections
+        return self.roi_heads(features, detections)

@@ -5,45 +5,21 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 import torch
-from d2_helpers import REPO
+from d2_helpers import REPO, WEIGHTS_DIR, yolox_cfg
 from detectron2.modeling import build_model
 
-from ebm_refine.detectron2 import CheckedDatasetMapper, EBMCheckpointer, EBMTrainer, YOLOXHead, YOLOXTrunk, get_ebm_cfg
+from ebm_refine.detectron2 import CheckedDatasetMapper, EBMCheckpointer, EBMTrainer, YOLOXHead, YOLOXTrunk
 from ebm_refine.detectron2.checkpoint import CheckpointError
 from ebm_refine.detectron2.data import LetterboxResize
 from ebm_refine.detectron2.yolox_detector import check_letterbox_inputs
-from ebm_refine.detectron2.yolox_onnx import YOLOXWeightsError, convert_yolox_onnx, read_yolox_onnx
+from ebm_refine.detectron2.yolox_onnx import YOLOXWeightsError, read_yolox_onnx
 from ebm_refine.utils.cli import run_cli
 from ebm_refine.utils.errors import UserError
-
-WEIGHTS_DIR = Path(os.environ.get("EBM_WEIGHTS_DIR", REPO.parent / "shared" / "weights"))
-
-
-@pytest.fixture(scope="session")
-def yolox_onnx() -> Path:
-    path = WEIGHTS_DIR / "yolox_nano.onnx"
-    if not path.is_file():
-        pytest.skip(f"YOLOX-nano's ONNX export not found at {path} (set EBM_WEIGHTS_DIR)")
-    return path
-
-
-@pytest.fixture(scope="session")
-def yolox_pth(yolox_onnx, tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("yolox") / "yolox_nano.pth"
-    assert convert_yolox_onnx(str(yolox_onnx), str(path)) == 226
-    return path
-
-
-def yolox_cfg(weights, *extra):
-    return get_ebm_cfg("COCO-Detection/yolox_nano.yaml",
-                       ["MODEL.WEIGHTS", str(weights), "DATALOADER.NUM_WORKERS", "0", *extra])
-
 
 def numpy_letterbox(image_bgr: np.ndarray, size: int = 416) -> np.ndarray:
     """YOLOX's preprocessing written independently: (1, 3, size, size) float32, BGR, grey 114 bottom/right."""
@@ -165,6 +141,8 @@ def test_converter_bad_input_is_one_line(yolox_onnx, tmp_path, one_line_error, c
     status, err = convert(tmp_path / "yolox_640.onnx", "--output", out)
     assert status == 2
     one_line_error(err, "convert_yolox_onnx.py", "yolox_640.onnx", "[1, 3, 640, 640]", "input size")
+    with pytest.raises(YOLOXWeightsError, match="yolox_640.onnx"):  # the library's typed error
+        read_yolox_onnx(str(tmp_path / "yolox_640.onnx"))
     (tmp_path / "text.onnx").write_text("not a graph")
     status, err = convert(tmp_path / "text.onnx", "--output", out)
     assert status == 2
