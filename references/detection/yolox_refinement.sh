@@ -80,11 +80,12 @@ tune() {  # steps and step sizes on YOLOX-nano's output on held-out training ima
 bench() {  # unrefined / EBM / IoU-Net on both detectors' val2017 detections, 3 seeds, per-box significance
   local runs_ebm=() runs_det=() runs_iou=()
   for s in $SEEDS; do runs_ebm+=("$W/runs/ebm_s$s"); runs_det+=("$W/runs/ebm_detprop_s$s"); runs_iou+=("$W/runs/iounet_s$s"); done
+  # the Gaussian-proposal EBM with the IoU-Net baseline; the detector-aware EBM on its own (same unrefined rows)
   for pair in "ebm:${runs_ebm[*]}" "ebm_detprop:${runs_det[*]}"; do
-    local name=${pair%%:*} runs=${pair#*:}
+    local name=${pair%%:*} runs=${pair#*:} iou=()
+    [[ $name == ebm ]] && iou=(--iounet-runs "${runs_iou[@]}" --iounet-settings "$W/tune_iounet.json")
     [[ -f $W/bench_$name.json ]] || $PY tools/real_detection_benchmark.py \
-        --ebm-runs $runs --ebm-settings "$W/tune_$name.json" \
-        --iounet-runs "${runs_iou[@]}" --iounet-settings "$W/tune_iounet.json" \
+        --ebm-runs $runs --ebm-settings "$W/tune_$name.json" "${iou[@]}" \
         --detections yolox_nano="$DATA/coco/detections/yolox_nano_val2017_first128.json" \
                      fastestdet="$DATA/coco/detections/fastestdet_val2017_first128.json" \
         --json "$W/bench_$name.json" --per-box-errors "$W/per_box_$name" > "$W/bench_$name.log" 2>&1
