@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """YOLOX-nano's CPU time per image with one thread: the plugin's PyTorch port against onnxruntime, same run.
 
-    OMP_NUM_THREADS=1 python references/detectron2/yolox_speed.py \\
+    OMP_NUM_THREADS=1 python references/detection/yolox_speed.py \\
         --onnx ../shared/weights/yolox_nano.onnx --images ../shared/data/coco/val2017_first128
 
 Every image is letterboxed once (the plugin's mapper); then, per image and alternating, the network forward of
