@@ -22,13 +22,14 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
     # configs/ (Detectron2 configs, tracker parameter files) and checkpoints/ (the shipped tracker
-    # networks) are installed into the package as ebm_refine/configs and ebm_refine/checkpoints, so an
-    # installed copy finds them (ebm_refine.utils.resources); _BASE_ links stay inside configs/.
+    # networks and detection heads of ebm_refine.detectron2.model_zoo) are installed into the package as
+    # ebm_refine/configs and ebm_refine/checkpoints, so an installed copy finds them
+    # (ebm_refine.utils.resources); _BASE_ links stay inside configs/.
     packages=find_packages(include=["ebm_refine", "ebm_refine.*"]) + ["ebm_refine.configs", "ebm_refine.checkpoints"],
     package_dir={"ebm_refine.configs": "configs", "ebm_refine.checkpoints": "checkpoints"},
     package_data={
         "ebm_refine.configs": ["*.yaml", "*/*.yaml", "*/*/*.yaml"],
-        "ebm_refine.checkpoints": ["*/*/net.pth", "*/*/config.yaml", "*/*/log.jsonl"],
+        "ebm_refine.checkpoints": ["*/*/net.pth", "*/*/config.yaml", "*/*/log.jsonl", "detection/*/model_final.pth"],
     },
     install_requires=[
         # torch is not pinned here: users bring their own CUDA build. tools/setup_env.sh pins 2.14.1.

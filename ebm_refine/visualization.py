@@ -3,9 +3,13 @@ counterpart of Detectron2's demo/predictor.py).
 
 - :class:`DetectionDemo`: :class:`~ebm_refine.detectron2.EBMPredictor` (Detectron2's ``DefaultPredictor``
   loading with :class:`~ebm_refine.detectron2.EBMCheckpointer`) and :func:`draw_detections`: the detector's boxes
-  before refinement thin and dashed, the EBM-refined boxes solid, labelled with class, score and energy.
+  before refinement thin and dashed, the EBM-refined boxes solid, labelled with class, score and energy, and the
+  model's time on the frame (detector and refinement apart when the model refines in a separate stage).
 - :class:`TrackingDemo`: the ATOM-style EBM tracker (:func:`build_tracker`) and its box, labelled with the
-  energy of the estimated box, plus the ground truth (dashed) when there is one.
+  energy of the estimated box, plus the ground truth (dashed) when there is one and the tracker's time for
+  the frame. The energy is the network's score f(x, y) of the box y in the frame x (p(y | x) is proportional
+  to exp f): higher means a better-fitting box; its scale depends on the network, so compare values within
+  one video.
 
 Both are callables ``(frame_index, frame) -> image`` on BGR uint8 (H, W, 3) frames, the form
 :func:`ebm_refine.utils.video.write_frames` renders. Boxes are in pixels of the frame. Problems that may
@@ -14,6 +18,7 @@ repeat on every frame go to ``warn(kind, message)`` (the demo prints the first o
 from __future__ import annotations
 
 import math
+import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import cv2
@@ -29,6 +34,7 @@ Warn = Callable[[str, str], None]
 PALETTE = [(66, 135, 245), (60, 180, 75), (230, 25, 75), (255, 225, 25), (145, 30, 180), (70, 240, 240),
            (240, 50, 230), (245, 130, 48), (0, 128, 128), (170, 110, 40)]  # RGB
 LEGEND_GREY: Color = (200, 200, 200)
+ENERGY_LEGEND = "energy: the EBM's score of the box, higher = better fit"
 DASH_PX = 6
 # Below this many pixels on the short side text becomes unreadable; at 700 px it is OpenCV's scale 1.
 MIN_FONT_SCALE, FONT_SCALE_PX = 0.3, 700.0
@@ -110,20 +116,24 @@ def legend(img: np.ndarray, entries: Sequence[Tuple[str, Color, bool]], extra: S
 
 # ----------------------------------------------------------------------------------------- detection
 def class_names(cfg) -> List[str]:
-    """``thing_classes`` of the config's test (else train) dataset, when registered."""
+    """``thing_classes`` of the config's test (else train) dataset when known, else COCO's 80 classes (in
+    Detectron2's contiguous order, that of COCO-trained detectors such as YOLOX) for an 80-class model."""
     from detectron2.data import MetadataCatalog
+    from detectron2.data.datasets.builtin_meta import COCO_CATEGORIES
 
     for name in list(cfg.DATASETS.TEST) + list(cfg.DATASETS.TRAIN):
         names = MetadataCatalog.get(name).get("thing_classes", None)
         if names:
             return list(names)
-    return []
+    coco = [c["name"] for c in COCO_CATEGORIES if c["isthing"]]
+    return coco if cfg.MODEL.ROI_HEADS.NUM_CLASSES == len(coco) else []
 
 
 def draw_detections(frame: np.ndarray, instances, names: List[str], threshold: float,
-                    warn: Optional[Warn] = None) -> np.ndarray:
+                    warn: Optional[Warn] = None, info: Sequence[str] = ()) -> np.ndarray:
     """A copy of ``frame`` with the detections scoring at least ``threshold``: unrefined boxes dashed and thin,
-    refined boxes solid, labelled with class name, score and energy ``f`` (``n/a`` when not finite)."""
+    refined boxes solid, labelled with class name, score and energy ``f`` (``n/a`` when not finite); ``info``
+    lines (e.g. the time per frame) go under the legend."""
     img = frame.copy()
     inst = instances[instances.scores >= threshold]
     refined = inst.pred_boxes.tensor.numpy()
@@ -145,25 +155,59 @@ def draw_detections(frame: np.ndarray, instances, names: List[str], threshold: f
             text += f" f={energies[i]:.2f}" if math.isfinite(energies[i]) else " f=n/a"
         label(img, text, (int(round(refined[i][0])), int(round(refined[i][1])) - 2), col)
     legend(img, [("detector (unrefined)", LEGEND_GREY, True), ("EBM-refined", LEGEND_GREY, False)],
-           [f"{len(scores)} detections >= {threshold:.2f}"])
+           [f"{len(scores)} detections >= {threshold:.2f}", *info])
     return img
 
 
 class DetectionDemo:
     """``(index, frame) -> image``: the detections of :class:`~ebm_refine.detectron2.EBMPredictor` drawn by
-    :func:`draw_detections`. Builds the model and loads ``cfg.MODEL.WEIGHTS``."""
+    :func:`draw_detections` with the time the model took on the frame. Builds the model and loads
+    ``cfg.MODEL.WEIGHTS``.
+
+    Attributes:
+        timing: ``{"total": s}`` of the last frame, in seconds, plus ``"refine"`` (the energy head's gradient
+            ascent) and ``"detect"`` (the rest) for a model that refines its detector's boxes in a separate
+            stage (``EBMYOLOX``: its ``EnergyROIHeads``).
+    """
 
     def __init__(self, cfg, threshold: float, warn: Optional[Warn] = None):
         from ebm_refine.detectron2 import EBMPredictor
+        from ebm_refine.detectron2.refiner import EnergyROIHeads
 
         self.predictor = EBMPredictor(cfg)
         self.names = class_names(cfg)
         self.threshold = threshold
         self.warn = warn
+        self.timing: Dict[str, float] = {}
+        self._sync = torch.cuda.synchronize if self.predictor.model.device.type == "cuda" else (lambda: None)
+        refiner = getattr(self.predictor.model, "roi_heads", None)
+        if isinstance(refiner, EnergyROIHeads):  # refinement only (EBMRCNN's ROI heads also classify)
+            refiner.register_forward_pre_hook(lambda *_: self._mark("refine_start"))
+            refiner.register_forward_hook(lambda *_: self._mark("refine_end"))
+
+    def _mark(self, event: str) -> None:
+        self._sync()
+        self.timing[event] = time.perf_counter()
+
+    def time_text(self) -> str:
+        """The last frame's time, e.g. ``"detect 41 ms + refine 23 ms"`` or ``"model 64 ms"``."""
+        t = self.timing
+        if "refine" in t:
+            return f"detect {1e3 * t['detect']:.0f} ms + refine {1e3 * t['refine']:.0f} ms"
+        return f"model {1e3 * t['total']:.0f} ms"
 
     def __call__(self, index: int, frame: np.ndarray) -> np.ndarray:
+        self.timing = {}
+        self._mark("start")
+        instances = self.predictor(frame)
+        self._mark("end")
+        t = self.timing
+        self.timing = {"total": t["end"] - t["start"]}
+        if "refine_end" in t:
+            self.timing["refine"] = t["refine_end"] - t["refine_start"]
+            self.timing["detect"] = self.timing["total"] - self.timing["refine"]
         # draw_detections is looked up at call time, so that a test can wrap it.
-        return draw_detections(frame, self.predictor(frame), self.names, self.threshold, self.warn)
+        return draw_detections(frame, instances, self.names, self.threshold, self.warn, [self.time_text()])
 
 
 # ------------------------------------------------------------------------------------------ tracking
@@ -212,12 +256,12 @@ class TrackingDemo:
         self.network, self.warn = network, warn
         self.track_color, self.gt_color = color(1), color(3)
 
-    def _step(self, index: int, frame: np.ndarray) -> Tuple[List[float], str]:
-        """Initialise on frame 0 or track; returns the box and the text describing it."""
+    def _step(self, index: int, frame: np.ndarray) -> Tuple[List[float], str, float]:
+        """Initialise on frame 0 or track; returns the box, the text describing it and the tracker's seconds."""
         rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
         if index == 0:
-            self.tracker.initialize(rgb, {"init_bbox": list(self.init_box)})
-            return self.init_box, "initial box"
+            res = self.tracker.initialize(rgb, {"init_bbox": list(self.init_box)}) or {}
+            return self.init_box, "initial box", float(res.get("time", float("nan")))
         res = self.tracker.track(rgb, {})
         energy = float(res.get("energy", float("nan")))
         info = f"energy {energy:.3f}" if math.isfinite(energy) else "energy n/a"
@@ -229,10 +273,10 @@ class TrackingDemo:
                       "weights)")
         if res.get("flag") not in (None, "normal"):
             info += f" ({res['flag']})"
-        return res["target_bbox"], info
+        return res["target_bbox"], info, float(res.get("time", float("nan")))
 
     def __call__(self, index: int, frame: np.ndarray) -> np.ndarray:
-        box, info = self._step(index, frame)
+        box, info, seconds = self._step(index, frame)
         img = frame.copy()
         entries = [("tracker (EBM)", self.track_color, False)]
         if self.ground_truth is not None:
@@ -241,5 +285,6 @@ class TrackingDemo:
                 draw_box(img, _xyxy(self.ground_truth[index]), self.gt_color, 1, dashed=True)
         draw_box(img, _xyxy(box), self.track_color, 2)
         label(img, info, (int(box[0]), int(box[1]) - 2), self.track_color)
-        legend(img, entries, [f"frame {index + 1}  {info}"])
+        took = f"  {1000 * seconds:.0f} ms" if math.isfinite(seconds) else ""
+        legend(img, entries, [f"frame {index + 1}  {info}{took}", ENERGY_LEGEND])
         return img

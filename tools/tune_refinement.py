@@ -25,10 +25,11 @@ exit_on_interrupt_while_starting()  # Ctrl-C while the imports below load: one l
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+# First: it imports Detectron2's modeling without the torch.jit deprecation warnings (ebm_refine.detectron2).
+from ebm_refine.detectron2 import load_config  # noqa: E402  # isort: skip
 from detectron2.data import DatasetCatalog  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402
 
-from ebm_refine.detectron2 import load_config  # noqa: E402
 from ebm_refine.detectron2 import load_detections_into_dataset  # noqa: E402
 from ebm_refine.detectron2.refine_detections import compare_refinement_settings, jittered_ground_truth, load_refiner  # noqa: E402
 from ebm_refine.utils.cli import add_debug_argument, run_cli  # noqa: E402

@@ -4,9 +4,13 @@
 Two modes (the first argument, or ``--mode``):
 
 ``detect``
-    A Detectron2 model with the EBM ROI head. Every frame shows the detector's boxes before refinement
-    (thin, dashed) and after the EBM gradient ascent (solid), with class name and score::
+    A Detectron2 model with the EBM head; by default the model-zoo entry ``detection/ebm_yolox_nano``
+    (YOLOX-nano detects COCO's 80 classes, the shipped energy head refines its boxes; YOLOX's weights
+    ``yolox_nano.onnx`` come from ``$EBM_WEIGHTS_DIR``). Every frame shows the detector's boxes before
+    refinement (thin, dashed) and after the EBM gradient ascent (solid), with class name and score, and the
+    model's time on the frame::
 
+        python demo/demo.py detect --video-input street.mp4 --output output/demo/street.mp4
         python demo/demo.py detect --config-file configs/Synthetic/ebm_compact_fpn_synthetic.yaml \\
             --input "datasets/ebm_synthetic/val/*.jpg" --output output/demo/synthetic.mp4 \\
             --opts MODEL.WEIGHTS output/quickstart/detection/ebm/model_final.pth
@@ -53,6 +57,9 @@ MODES = ("detect", "track")
 MIN_FRAME_SIDE = 16
 # Frame sub-folders of a sequence: the video is named after the sequence (.../Crossing/img -> Crossing).
 FRAME_SUBFOLDERS = ("img", "imgs", "color")
+# detect without --config-file: YOLOX-nano + the shipped energy head (ebm_refine.detectron2.model_zoo).
+DEFAULT_MODEL = "detection/ebm_yolox_nano"
+YOLOX_ARCHS = ("YOLOX", "EBMYOLOX")
 
 
 class Warnings:
@@ -122,6 +129,11 @@ def open_source(args: argparse.Namespace, warn: Warnings) -> FrameSource:
     return source
 
 
+def say(args: argparse.Namespace, message: str) -> None:
+    """A progress line on stderr, before the progress bar starts."""
+    print(f"{args.prog}: {message}", file=sys.stderr)
+
+
 def render(source: FrameSource, out, frame_fn, args: argparse.Namespace, warn: Warnings) -> int:
     try:
         n = write_frames(source, out, frame_fn, args.max_frames, args.mode)
@@ -132,28 +144,45 @@ def render(source: FrameSource, out, frame_fn, args: argparse.Namespace, warn: W
 
 
 # --------------------------------------------------------------------------------------------- detect
-def load_detection_cfg(config_file: str, opts: Sequence[str], threshold: float):
-    """Detectron2 config with the EBM keys: a path, or a name under ``configs/`` (``Synthetic/…yaml``)."""
+def load_detection_cfg(config_file: Optional[str], opts: Sequence[str], threshold: float):
+    """Detectron2 config with the EBM keys: a path, or a name under ``configs/`` (``Synthetic/…yaml``); None is
+    the model-zoo entry :data:`DEFAULT_MODEL` (its shipped energy head unless ``opts`` name another)."""
     import torch
 
-    from ebm_refine.detectron2 import ebm_config_path, load_config
+    from ebm_refine.detectron2 import ebm_config_path, get_shipped_model_cfg, load_config, shipped_checkpoint
+    from ebm_refine.detectron2.yolox_onnx import missing_weights_message
+    from ebm_refine.utils.resources import find_weights
 
-    path = config_file
-    if not os.path.isfile(path):
-        try:
-            path = ebm_config_path(config_file)
-        except FileNotFoundError:
-            raise MissingFileError(f"config file {config_file!r} not found; pass a path or a name under configs/ "
-                                   "(e.g. Synthetic/ebm_compact_fpn_synthetic.yaml)") from None
-    cfg = load_config(path, list(opts))
+    if config_file is None:
+        cfg = get_shipped_model_cfg(DEFAULT_MODEL, list(opts))
+        if not cfg.MODEL.EBM.HEAD.WEIGHTS:
+            raise MissingFileError(
+                f"the shipped energy head {shipped_checkpoint(DEFAULT_MODEL, must_exist=False)} is not in this copy "
+                "of ebm_refine; pass a trained one: --opts MODEL.EBM.HEAD.WEIGHTS output/ebm_refiner_yolox_nano/"
+                "model_final.pth (tools/train_net.py --config-file configs/COCO-Refine/ebm_refiner_yolox_nano.yaml)")
+    else:
+        path = config_file
+        if not os.path.isfile(path):
+            try:
+                path = ebm_config_path(config_file)
+            except FileNotFoundError:
+                raise MissingFileError(f"config file {config_file!r} not found; pass a path or a name under configs/ "
+                                       "(e.g. Synthetic/ebm_compact_fpn_synthetic.yaml)") from None
+        cfg = load_config(path, list(opts))
     # Let the model keep everything the user asked to see; thresholding again when drawing is then a no-op.
     cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = min(cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST, threshold)
+    if cfg.MODEL.META_ARCHITECTURE in YOLOX_ARCHS:
+        # YOLOX keeps scores > its threshold: exactly the drawn ones (>= threshold), so only those are refined.
+        cfg.MODEL.YOLOX.SCORE_THRESH_TEST = max(float(np.nextafter(threshold, -np.inf)), 0.0)
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         cfg.MODEL.DEVICE = "cpu"
     if not cfg.MODEL.WEIGHTS:
         raise BadValueError("MODEL.WEIGHTS is not set, so the detector would be random; pass trained weights last "
                             "on the command line: --opts MODEL.WEIGHTS output/.../model_final.pth")
-    if "://" not in cfg.MODEL.WEIGHTS and not os.path.isfile(cfg.MODEL.WEIGHTS):
+    weights = find_weights(cfg.MODEL.WEIGHTS)  # a file name is looked up in the weights folder, as the model does
+    if "://" not in weights and not os.path.isfile(weights):
+        if cfg.MODEL.META_ARCHITECTURE in YOLOX_ARCHS:
+            raise MissingFileError(missing_weights_message(cfg.MODEL.WEIGHTS))
         raise MissingFileError(f"MODEL.WEIGHTS {cfg.MODEL.WEIGHTS!r} does not exist; pass the model_final.pth of a "
                                "training run (tools/train_net.py)")
     cfg.freeze()
@@ -171,6 +200,12 @@ def run_detect(args: argparse.Namespace) -> int:
         from ebm_refine.visualization import DetectionDemo
 
         cfg = load_detection_cfg(args.config_file, args.opts, args.confidence_threshold)
+        from ebm_refine.utils.resources import find_weights
+
+        what = args.config_file or f"model zoo {DEFAULT_MODEL}"
+        head = f", energy head {cfg.MODEL.EBM.HEAD.WEIGHTS}" if cfg.MODEL.EBM.HEAD.WEIGHTS else ""
+        say(args, f"loading the detector {cfg.MODEL.META_ARCHITECTURE} ({what}) with weights "
+                  f"{find_weights(cfg.MODEL.WEIGHTS)}{head} on {cfg.MODEL.DEVICE}")
         frame_fn = DetectionDemo(cfg, args.confidence_threshold, warn)
     return render(source, out, frame_fn, args, warn)
 
@@ -187,6 +222,31 @@ def parse_box(text: str) -> List[float]:
     return box
 
 
+def select_box(frame: np.ndarray) -> List[float]:
+    """The start box the user drags on ``frame`` (BGR) in an OpenCV window (``cv2.selectROI``), x, y, w, h.
+
+    Raises:
+        BadValueError (one line saying to pass ``--init-box``) when no window can open -- no display, or an
+        OpenCV build without GUI support such as opencv-*-headless -- or when no box was drawn.
+    """
+    import cv2
+
+    no_window = ("no window can open to draw the start box ({}); pass the box as --init-box x,y,w,h (pixels "
+                 "in the first frame)")
+    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        raise BadValueError(no_window.format("no display: DISPLAY is not set"))
+    title = "draw the target's box, then press Enter or Space (c: cancel)"
+    try:
+        x, y, w, h = cv2.selectROI(title, frame, showCrosshair=True, fromCenter=False)
+        cv2.destroyWindow(title)
+    except cv2.error:
+        raise BadValueError(no_window.format("this OpenCV has no GUI support")) from None
+    if w <= 0 or h <= 0:
+        raise BadValueError("no start box was drawn (selection cancelled); drag a box around the target and press "
+                            "Enter, or pass --init-box x,y,w,h")
+    return [float(x), float(y), float(w), float(h)]
+
+
 def read_ground_truth(path: str) -> np.ndarray:
     """(N, 4) x, y, w, h per frame (NaN rows: no box); the first row must be a box, it starts the tracker."""
     boxes = check_box_sizes(path, read_box_file(path, ncols=(4,), allow_nan=True))
@@ -201,9 +261,9 @@ def run_track(args: argparse.Namespace) -> int:
     source = open_source(args, warn)
     gt = read_ground_truth(args.ground_truth) if args.ground_truth else None
     init = parse_box(args.init_box) if args.init_box else (gt[0].tolist() if gt is not None else None)
-    if init is None:
-        raise BadValueError("tracking needs a start box: --init-box x,y,w,h or --ground-truth FILE")
     path, _ = output_target(args.output, source.name, images=False)
+    if init is None:  # after the output check: drawing a box for a run that cannot write would be wasted
+        init = select_box(source.first)
     # Imported here: torch loads for seconds, and the checks above should fail fast.
     from ebm_refine.tracking.tracker.ebm_atom import validate_init_box
     from ebm_refine.utils.config import apply_dotted_overrides
@@ -211,7 +271,7 @@ def run_track(args: argparse.Namespace) -> int:
     try:
         validate_init_box(init, source.first.shape[:2])
     except ValueError as e:
-        where = "--init-box" if args.init_box else f"{args.ground_truth}:1"
+        where = "--init-box" if args.init_box else f"{args.ground_truth}:1" if gt is not None else "the drawn box"
         raise BadValueError(f"{where}: {e}; give a box x,y,w,h that overlaps the first frame") from None
     overrides = apply_dotted_overrides({}, args.set)
     if args.checkpoint:
@@ -223,7 +283,10 @@ def run_track(args: argparse.Namespace) -> int:
     with out.abort_on_error():  # the output's lock is taken before the network loads
         from ebm_refine.visualization import TrackingDemo, build_tracker
 
+        say(args, f"loading the tracker ({args.tracker_params})")
         tracker, network = build_tracker(args.tracker_params, overrides)
+    say(args, f"network {network}; tracking {source.name} from x,y,w,h = {','.join(f'{v:g}' for v in init)} "
+              "(the first frame is slower: it trains the tracker's classifier on the target)")
     if args.threads:
         import torch
 
@@ -240,7 +303,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     src.add_argument("--input", nargs="+", metavar="PATH",
                      help="images, quoted glob patterns or a folder of frames (sorted numerically)")
     src.add_argument("--webcam", action="store_true",
-                     help="detect: read the camera (Ctrl-C ends the recording and keeps what was rendered)")
+                     help="read the camera (Ctrl-C ends the recording and keeps what was rendered)")
     ap.add_argument("--webcam-index", type=non_negative_int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--output", required=True, metavar="FILE_OR_DIR", type=output_path,
                     help="an .mp4 file, or a folder (images for image inputs in detect mode, else <name>.mp4); "
@@ -250,23 +313,26 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
                     help="frame rate of videos made from images (> 0)")
     ap.add_argument("--max-frames", type=positive_int, default=None, help="stop after this many frames")
     det = ap.add_argument_group("detect")
-    det.add_argument("--config-file", default="Synthetic/ebm_compact_fpn_synthetic.yaml",
-                     help="Detectron2 config (a path, or relative to configs/)")
+    det.add_argument("--config-file", default=None,
+                     help=f"Detectron2 config (a path, or relative to configs/); default: the model-zoo entry "
+                          f"{DEFAULT_MODEL} (YOLOX-nano + the shipped EBM head; needs yolox_nano.onnx in "
+                          "$EBM_WEIGHTS_DIR)")
     det.add_argument("--confidence-threshold", type=finite_float(0.0, 1.0), default=0.5,
                      help="minimum score drawn (0..1)")
     trk = ap.add_argument_group("track")
     trk.add_argument("--tracker-params", default="ebm", help="name in configs/tracking/ or a YAML path")
     trk.add_argument("--checkpoint", help="tracker network (net.pth from tools/train_tracker.py)")
     trk.add_argument("--init-box", metavar="X,Y,W,H",
-                     help="start box in the first frame (pixels; negative x, y are fine: --init-box -30,-40,50,60)")
+                     help="start box in the first frame (pixels; negative x, y are fine: --init-box -30,-40,50,60); "
+                          "without it and --ground-truth, a window opens to draw it on the first frame")
     trk.add_argument("--ground-truth", metavar="FILE", help="x,y,w,h per frame; first line starts the tracker")
     trk.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                      help="tracker parameter overrides, e.g. image_sample_size=128")
     trk.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
     # Last, because it swallows the rest of the command line (Detectron2 convention).
     det.add_argument("--opts", nargs=argparse.REMAINDER, default=[], metavar="KEY VALUE",
-                     help="Detectron2 config overrides, e.g. MODEL.WEIGHTS model_final.pth (required: the "
-                          "trained weights)")
+                     help="Detectron2 config overrides, e.g. MODEL.WEIGHTS model_final.pth (the trained weights, "
+                          "required with --config-file) or MODEL.EBM.HEAD.WEIGHTS head.pth")
     add_debug_argument(ap)
     return ap
 
@@ -299,9 +365,7 @@ def parse_args(argv: Optional[Sequence[str]] = None, prog: str = PROG) -> argpar
         ap.error(f"mode given twice: {mode!r} and --mode {args.mode!r}")
     args.mode = mode or args.mode or "detect"
     if not (args.video_input or args.input or args.webcam):
-        ap.error(f"{args.mode} needs one of --video-input, --input" + (" or --webcam" if args.mode == "detect" else ""))
-    if args.mode == "track" and args.webcam:
-        ap.error("track does not support --webcam")
+        ap.error(f"{args.mode} needs one of --video-input, --input or --webcam")
     return args
 
 

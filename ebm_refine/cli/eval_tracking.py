@@ -40,10 +40,10 @@ from ebm_refine.tracking.evaluation import (PROTOCOLS, RunError, describe_tracke
                                             evaluate_results, format_table, get_tracker_factory,
                                             pack_trackingnet, run_dataset, tracker_results_dir, write_report)
 from ebm_refine.tracking.evaluation.registry import results_name, split_tracker_spec, with_overrides
-from ebm_refine.tracking.evaluation.results import result_path
+from ebm_refine.tracking.evaluation.results import RESULT_FORMATS, result_path
 from ebm_refine.utils import MissingFileError, UserError
 from ebm_refine.utils.cli import add_debug_argument, log_to_stderr, run_cli
-from ebm_refine.utils.cli_args import output_file, output_folder, positive_int
+from ebm_refine.utils.cli_args import non_negative_int, output_file, output_folder, positive_int
 
 
 def _sequence_list(arg: Optional[str]) -> Optional[List[str]]:
@@ -75,7 +75,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "box_refinement.num_steps=5 (ebm_atom; YAML values); results go to <params>+<overrides>")
     p.add_argument("--result-dir", action="append", default=[],
                    help="score mode: a folder of <seq>.txt files to score as it is; repeatable")
-    p.add_argument("--results", default="tracking_results", type=output_folder, help="results root (default: ./tracking_results)")
+    p.add_argument("--results", default="tracking_results", type=output_folder,
+                   help="results root (default: ./tracking_results)")
+    p.add_argument("--run-id", type=non_negative_int, metavar="N",
+                   help="results go to (and are read from) <params>_<NNN>, pytracking's folder for run N")
+    p.add_argument("--format", choices=RESULT_FORMATS, default="float", dest="result_format",
+                   help="box files: float (x,y,w,h comma-separated, 4 decimals; default) or pytracking "
+                        "(tab-separated integers, as pytracking writes them); both are read either way")
     p.add_argument("--mode", choices=("run", "score", "both"), default="both")
     p.add_argument("--protocol", action="append", choices=PROTOCOLS + ("all",), default=[],
                    help="scoring protocol, repeatable (default: all three)")
@@ -136,16 +142,18 @@ def main(argv: Optional[List[str]] = None) -> int:
         if args.mode == "score" and ":" not in name:
             # scoring existing results needs no registered tracker
             params = results_name(params, args.set)
-            folders.append((f"{name}/{params}", tracker_results_dir(args.results, name, params)))
+            folder = tracker_results_dir(args.results, name, params, args.run_id)
+            folders.append((os.path.relpath(folder, args.results), folder))
             continue
         factory = with_overrides(get_tracker_factory(name, params), args.set)
-        out_dir = tracker_results_dir(args.results, factory.name, factory.params)
-        folders.append((f"{factory.name}/{factory.params}", out_dir))
+        out_dir = tracker_results_dir(args.results, factory.name, factory.params, args.run_id)
+        folders.append((os.path.relpath(out_dir, args.results), out_dir))
         if args.mode in ("run", "both"):
-            print(f"running {factory.name}/{factory.params} -> {out_dir}")
+            print(f"running {factory.name}/{factory.params} -> {out_dir}", flush=True)
             try:
                 runs = run_dataset(sequences, factory, out_dir, num_workers=args.workers,
-                                   overwrite=args.overwrite, progress=not args.no_progress)
+                                   overwrite=args.overwrite, progress=not args.no_progress,
+                                   result_format=args.result_format)
             except UserError:
                 raise  # every failure was a bad input: one line from run_cli
             except RunError as exc:  # a tracker crashed: its traceback is what the user needs

@@ -15,12 +15,14 @@ import os
 import sys
 from typing import List, Optional
 
+# First: it imports Detectron2's modeling without the torch.jit deprecation warnings (ebm_refine.detectron2).
+from ebm_refine.detectron2 import EBMCheckpointer, EBMTrainer, load_config  # isort: skip
+
 import detectron2.utils.comm as comm
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results
 from detectron2.utils.logger import setup_logger
 
-from ebm_refine.detectron2 import EBMCheckpointer, EBMTrainer, load_config
 from ebm_refine.detectron2.datasets import register_coco
 from ebm_refine.utils.cli import UsageError, add_debug_argument, run_cli
 from ebm_refine.utils.cli_args import check_existing_file, non_negative_int, positive_int

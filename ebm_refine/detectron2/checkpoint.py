@@ -8,6 +8,16 @@
 * Saving is atomic on local folders: the checkpoint and ``last_checkpoint`` are written to temporary files
   and renamed, so a run killed while saving never leaves a partial ``model_XXXX.pth``, nor a
   ``last_checkpoint`` naming one.
+* A checkpoint with an energy head must hold the backbone that head was trained on (the same tensor names as
+  the model's backbone): a head trained on other features (e.g. a MobileNetV2 refiner's with a YOLOX config)
+  is a :class:`CheckpointError` naming the file. ``MODEL.EBM.HEAD.WEIGHTS`` (a model's ``energy_head_weights``)
+  loads a trained energy head after ``MODEL.WEIGHTS`` when that has none, if the file's backbone tensors equal
+  the model's.
+* A relative ``MODEL.WEIGHTS`` that does not exist is looked up in the weights folder
+  (:func:`~ebm_refine.utils.resources.find_weights`: ``$EBM_WEIGHTS_DIR``, ``<repo>/../shared/weights``), so a
+  config may name third-party weights by file name (``yolox_nano.onnx``).
+* YOLOX-nano: ``MODEL.WEIGHTS`` may name its ONNX export (``.onnx``, converted in memory by
+  :mod:`.yolox_onnx`); a missing file says where it was looked for and where to get it.
 * DeepGUM (``MODEL.EBM.ROBUST``): the EM state held by the ROI heads (``roi_heads.robust``) is saved as the
   checkpoint's ``ebm_robust`` entry and restored by a resume (``resume_or_load(resume=True)`` or ``load``
   with all checkpointables), so EM continues where it stopped; loading ``MODEL.WEIGHTS`` for a new run
@@ -19,6 +29,7 @@ import logging
 import os
 from typing import Any, Dict, List, Optional
 
+import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.utils.file_io import PathManager
 
@@ -26,6 +37,8 @@ from ..utils.errors import UserError
 from ..utils.fileio import atomic_save_torch, atomic_write_text
 from ..utils.safe_load import load_plain_pickle, read_torch_file
 from .meta_arch import ENERGY_HEAD_PREFIX
+from ..utils.resources import find_weights
+from .yolox_onnx import missing_weights_message, read_yolox_onnx
 
 __all__ = ["EBMCheckpointer", "CheckpointError", "robust_state_holder"]
 
@@ -54,19 +67,54 @@ class EBMCheckpointer(DetectionCheckpointer):
 
     # ----------------------------------------------------------------- loading
     def load(self, path: str, checkpointables: Optional[List[str]] = None) -> Dict[str, Any]:
-        self._loading_path = path  # named in the messages of _load_model, which only sees the weights
+        requested, path = path, find_weights(path)
+        self._loading = path  # named in the messages of _load_model, which only sees the weights
         try:
-            return super().load(path, checkpointables)
+            loaded = super().load(path, checkpointables)
         except BaseException as e:
             self._parsed_url_during_load = None  # Detectron2 resets it only after a successful load
             if isinstance(e, AssertionError) and "not found" in str(e):
-                raise CheckpointError(f"checkpoint {path!r} not found: pass an existing file (MODEL.WEIGHTS) "
+                if _has_yolox_trunk(self.model):
+                    raise CheckpointError(missing_weights_message(requested)) from None
+                raise CheckpointError(f"checkpoint {requested!r} not found: pass an existing file (MODEL.WEIGHTS) "
                                       "or a reachable URL") from None
             if isinstance(e, OSError) and not isinstance(e, CheckpointError):  # offline downloads, permissions
                 raise CheckpointError(f"cannot read checkpoint {path!r} ({e}); pass a local file in MODEL.WEIGHTS") from None
             raise
+        head_file = getattr(_unwrap(self.model), "energy_head_weights", "")
+        if path and head_file and not self.energy_head_loaded:
+            self.load_energy_head(head_file)
+        return loaded
+
+    def load_energy_head(self, path: str) -> None:
+        """Load only the energy head from the checkpoint ``path`` (``MODEL.EBM.HEAD.WEIGHTS``), after checking
+        that its backbone tensors equal the model's (the head was trained on these features)."""
+        if not os.path.isfile(path):
+            raise CheckpointError(f"energy-head checkpoint {path!r} (MODEL.EBM.HEAD.WEIGHTS) not found; train one "
+                                  "with tools/train_net.py and a COCO-Refine YOLOX config")
+        try:
+            data = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - torch.load raises many types for a non-checkpoint file
+            raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}); expected a trained "
+                                  "energy head (MODEL.EBM.HEAD.WEIGHTS)") from None
+        state = data.get("model", data) if isinstance(data, dict) else {}
+        head = {k[len(ENERGY_HEAD_PREFIX):]: v for k, v in state.items() if k.startswith(ENERGY_HEAD_PREFIX)}
+        if not head:
+            raise CheckpointError(f"{path}: no energy head in it (MODEL.EBM.HEAD.WEIGHTS expects a trained refiner's "
+                                  "model_final.pth)")
+        model = _unwrap(self.model)
+        _check_head_features(path, state, model.state_dict(), compare_values=True)
+        try:
+            model.roi_heads.energy_head.load_state_dict(head)
+        except RuntimeError as e:
+            raise CheckpointError(f"{path}: its energy head does not fit this config's ({str(e).splitlines()[1:2]}); "
+                                  "another NUM_CLASSES, FC_DIM or pooler size?") from None
+        self.energy_head_loaded = True
+        logger.info("Energy head loaded from %s (trained on this model's backbone).", path)
 
     def _load_file(self, filename: str) -> Dict[str, Any]:
+        if filename.endswith(".onnx"):
+            return {"model": read_yolox_onnx(filename), "__author__": f"converted from {filename}"}
         try:
             data = self._read_file(filename)
         except CheckpointError:
@@ -112,7 +160,7 @@ class EBMCheckpointer(DetectionCheckpointer):
     def _load_model(self, checkpoint: Dict[str, Any]):
         model_keys = set(self.model.state_dict())
         names = {k[len("module."):] if k.startswith("module.") else k for k in checkpoint["model"]}
-        source = getattr(self, "_loading_path", None) or "the checkpoint"
+        source = getattr(self, "_loading", None) or "the checkpoint"
         no_overlap = CheckpointError(
             f"{source}: shares no tensor with this model (another kind of network, e.g. a tracker checkpoint or "
             f"another detector?): e.g. the model wants {sorted(model_keys)[0]!r}, the file has "
@@ -121,6 +169,8 @@ class EBMCheckpointer(DetectionCheckpointer):
         # Name-matching heuristics (Caffe2 / pycls files) rename tensors while loading: judge after it.
         if not checkpoint.get("matching_heuristics") and not (names & model_keys):
             raise no_overlap
+        _check_head_features(getattr(self, "_loading", "the checkpoint"), {n: None for n in names},
+                             self.model.state_dict())
         try:
             incompatible = super()._load_model(checkpoint)
         except ValueError as e:  # fvcore: non-tensor values in the weights
@@ -145,6 +195,8 @@ class EBMCheckpointer(DetectionCheckpointer):
                 "Energy-head weights in the checkpoint have other shapes (%d tensors, e.g. %s: %s in the "
                 "checkpoint, %s in the model: another NUM_CLASSES, FC_DIM or pooler size?); the energy head "
                 "starts from random initialisation.", len(reshaped), k, tuple(in_file), tuple(in_model))
+        elif absent and getattr(_unwrap(self.model), "energy_head_weights", ""):
+            logger.info("Checkpoint has no energy-head weights; they load from MODEL.EBM.HEAD.WEIGHTS next.")
         elif absent:
             logger.warning(
                 "Checkpoint has no energy-head weights (%d tensors missing, e.g. %s): the energy head starts "
@@ -152,6 +204,13 @@ class EBMCheckpointer(DetectionCheckpointer):
                 "refinement with an untrained head will not improve boxes.", len(absent), absent[0])
         else:
             logger.info("Energy-head weights loaded from the checkpoint.")
+
+    def _log_incompatible_keys(self, incompatible) -> None:
+        # The energy head missing from MODEL.WEIGHTS is no news when MODEL.EBM.HEAD.WEIGHTS loads it next.
+        if getattr(_unwrap(self.model), "energy_head_weights", ""):
+            incompatible = incompatible._replace(missing_keys=[
+                k for k in incompatible.missing_keys if not k.startswith(ENERGY_HEAD_PREFIX)])
+        super()._log_incompatible_keys(incompatible)
 
     def resume_or_load(self, path: str, *, resume: bool = True) -> Dict[str, Any]:
         if resume and self.has_checkpoint():
@@ -187,6 +246,39 @@ class EBMCheckpointer(DetectionCheckpointer):
         if not self._local_save_dir():
             return super().tag_last_checkpoint(last_filename_basename)
         atomic_write_text(os.path.join(self.save_dir, "last_checkpoint"), last_filename_basename)
+
+
+def _unwrap(model):
+    return model.module if hasattr(model, "module") else model
+
+
+def _has_yolox_trunk(model) -> bool:
+    from .yolox import YOLOXTrunk
+
+    return isinstance(getattr(_unwrap(model), "backbone", None), YOLOXTrunk)
+
+
+def _check_head_features(path: str, file_state: Dict[str, Any], model_state: Dict[str, torch.Tensor],
+                         compare_values: bool = False) -> None:
+    """A file with an energy head must carry the backbone it was trained on: the model's backbone tensor names
+    (and with ``compare_values`` equal tensors), else :class:`CheckpointError` naming ``path``."""
+    names = {k[len("module."):] if k.startswith("module.") else k: v for k, v in file_state.items()}
+    if not any(k.startswith(ENERGY_HEAD_PREFIX) for k in names):
+        return
+    mine = {k for k in model_state if k.startswith("backbone.")}
+    theirs = {k for k in names if k.startswith("backbone.")}
+    if mine != theirs:
+        example = sorted(theirs - mine) or sorted(theirs) or ["(no backbone tensors)"]
+        raise CheckpointError(
+            f"{path}: its energy head was trained on other features: the file's backbone has e.g. {example[0]!r}, "
+            f"this model's backbone expects {sorted(mine - theirs)[0] if mine - theirs else sorted(mine)[0]!r}; use a "
+            "head trained with this config's backbone")
+    if compare_values:
+        differ = [k for k in sorted(mine) if not torch.equal(names[k].to(model_state[k].dtype), model_state[k].cpu())]
+        if differ:
+            raise CheckpointError(f"{path}: its energy head was trained on other backbone weights ({len(differ)} of "
+                                  f"{len(mine)} backbone tensors differ from MODEL.WEIGHTS', e.g. {differ[0]!r}); use "
+                                  "a head trained on these weights")
 
 
 def robust_state_holder(model):

@@ -11,7 +11,8 @@ from detectron2.config import CfgNode as CN
 
 from ..utils.errors import UserError
 
-__all__ = ["add_ebm_config", "validate_ebm_config", "validate_solver_config", "ConfigValueError", "RENAMED_KEYS", "renamed_key_hint",
+__all__ = ["add_ebm_config", "add_yolox_config", "validate_ebm_config", "validate_solver_config", "ConfigValueError",
+           "RENAMED_KEYS", "renamed_key_hint",
            "ROBUST_RESIDUALS", "ROBUST_RESIDUAL_STARTS"]
 
 # What DeepGUM's residual of a ground-truth box is (MODEL.EBM.ROBUST.RESIDUAL).
@@ -80,6 +81,10 @@ def add_ebm_config(cfg: CN) -> CN:
     # Box-differentiable RoI pooling on MODEL.ROI_HEADS.IN_FEATURES (bins per side, samples per bin side).
     _C.MODEL.EBM.HEAD.POOLER_RESOLUTION = 7
     _C.MODEL.EBM.HEAD.POOLER_SAMPLING_RATIO = 2
+    # FPN's level rule: a box of sqrt(area) s pools from level floor(4 + log2(s / CANONICAL_BOX_SIZE)) (level 4 =
+    # stride 16), clamped to the levels of IN_FEATURES. 224 suits ~800 px inputs (Detectron2's default); a
+    # smaller input wants it scaled with the image (YOLOX's 416 px: 112).
+    _C.MODEL.EBM.HEAD.POOLER_CANONICAL_BOX_SIZE = 224.0
     # Fully connected layers after pooling, and their width (reference: 2 x 1024).
     _C.MODEL.EBM.HEAD.NUM_FC = 2
     _C.MODEL.EBM.HEAD.FC_DIM = 1024
@@ -94,6 +99,10 @@ def add_ebm_config(cfg: CN) -> CN:
     _C.MODEL.EBM.HEAD.WELDON_ALPHA = 1.0
     # Width of the per-cell hidden layer (1x1 conv + ReLU); 0 = region scores linear in the features.
     _C.MODEL.EBM.HEAD.WELDON_HIDDEN = 256
+    # A trained energy head loaded after MODEL.WEIGHTS (the detector), e.g. the model_final.pth of a COCO-Refine
+    # YOLOX run for EBMYOLOX; "" = none. The file's backbone tensors must equal the model's (the features the
+    # head was trained on); applied only when MODEL.WEIGHTS has no energy head of its own.
+    _C.MODEL.EBM.HEAD.WEIGHTS = ""
 
     # Test-time refinement of the final detections by gradient ascent on f (Algorithm S1).
     _C.MODEL.EBM.REFINE = CN()
@@ -167,6 +176,26 @@ def add_ebm_config(cfg: CN) -> CN:
     # COCO results files with the detections to refine, one per dataset in DATASETS.TEST (like
     # DATASETS.PROPOSAL_FILES_TEST); empty when the test datasets carry their detections.
     _C.DATASETS.DETECTION_FILES_TEST = ()
+    add_yolox_config(cfg)
+    return cfg
+
+
+def add_yolox_config(cfg: CN) -> CN:
+    """The keys of YOLOX-nano (``MODEL.META_ARCHITECTURE`` ``YOLOX`` / ``EBMYOLOX``, backbone
+    ``build_yolox_backbone``; :mod:`ebm_refine.detectron2.yolox`) and of its letterbox input."""
+    _C = cfg
+    # Letterbox input (YOLOX's preprocessing): > 0 replaces Detectron2's ResizeShortestEdge (MIN/MAX_SIZE_*) in
+    # training and testing by a bilinear (OpenCV) resize of the image so both sides fit LETTERBOX_SIZE, one
+    # scale r = min(S / h, S / w) for both axes; the model pads the batch to S x S with grey 114. 0 = off.
+    _C.INPUT.LETTERBOX_SIZE = 0
+    _C.MODEL.YOLOX = CN()
+    # Keep the trunk fixed (no gradients, eval mode): the energy head trains on YOLOX's COCO features.
+    _C.MODEL.YOLOX.FROZEN = True
+    # Detections: score = objectness x best class probability; kept above SCORE_THRESH_TEST, then class-wise
+    # NMS at NMS_THRESH_TEST, then at most TEST.DETECTIONS_PER_IMAGE per image (highest scores). The classes
+    # are MODEL.ROI_HEADS.NUM_CLASSES (80 for COCO).
+    _C.MODEL.YOLOX.SCORE_THRESH_TEST = 0.01
+    _C.MODEL.YOLOX.NMS_THRESH_TEST = 0.65
     return cfg
 
 
@@ -239,6 +268,7 @@ def validate_ebm_config(cfg: CN) -> None:
     _check(e.HEAD.NUM_FC >= 0, "MODEL.EBM.HEAD.NUM_FC", ">= 0", e.HEAD.NUM_FC)
     positive("MODEL.EBM.HEAD.FC_DIM", e.HEAD.FC_DIM)
     _check(e.HEAD.POOLER_SAMPLING_RATIO >= 1, "MODEL.EBM.HEAD.POOLER_SAMPLING_RATIO", ">= 1", e.HEAD.POOLER_SAMPLING_RATIO)
+    positive("MODEL.EBM.HEAD.POOLER_CANONICAL_BOX_SIZE", e.HEAD.POOLER_CANONICAL_BOX_SIZE)
     _check(e.REFINE.NUM_STEPS >= 0, "MODEL.EBM.REFINE.NUM_STEPS", ">= 0", e.REFINE.NUM_STEPS)
     positive("MODEL.EBM.REFINE.STEP_SIZE_CENTER", e.REFINE.STEP_SIZE_CENTER)
     positive("MODEL.EBM.REFINE.STEP_SIZE_SIZE", e.REFINE.STEP_SIZE_SIZE)

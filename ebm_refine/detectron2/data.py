@@ -5,7 +5,8 @@
 * :func:`load_dataset_dicts` is ``get_detection_dataset_dicts`` with those checks, per dataset, and with
   one-line errors for unregistered or empty datasets.
 * :class:`CheckedDatasetMapper` is Detectron2's ``DatasetMapper`` whose image-reading failures (missing,
-  empty, truncated or undecodable files) are errors naming the file.
+  empty, truncated or undecodable files) are errors naming the file; with ``INPUT.LETTERBOX_SIZE`` it resizes
+  like YOLOX (:class:`LetterboxResize`) instead of Detectron2's ``ResizeShortestEdge``.
 """
 from __future__ import annotations
 
@@ -14,8 +15,11 @@ import logging
 import math
 from typing import Dict, List, Optional, Sequence
 
+import cv2
+import numpy as np
 from detectron2.data import DatasetCatalog, DatasetMapper, MetadataCatalog
 from detectron2.data import detection_utils as utils
+from detectron2.data import transforms as T
 from detectron2.data.build import (
     filter_images_with_few_keypoints,
     filter_images_with_only_crowd_annotations,
@@ -26,7 +30,8 @@ from detectron2.structures import BoxMode
 
 from ..utils.errors import UserError
 
-__all__ = ["check_annotations", "load_dataset_dicts", "CheckedDatasetMapper", "DatasetError", "ImageReadError"]
+__all__ = ["check_annotations", "load_dataset_dicts", "CheckedDatasetMapper", "DatasetError", "ImageReadError",
+           "LetterboxResize", "LetterboxTransform", "letterbox_scale"]
 
 logger = logging.getLogger(__name__)
 _AXIS_ALIGNED = (BoxMode.XYXY_ABS, BoxMode.XYWH_ABS)
@@ -124,12 +129,67 @@ def load_dataset_dicts(names: Sequence[str], *, filter_empty: bool = True, min_k
     return merged
 
 
+def letterbox_scale(height: float, width: float, size: int) -> float:
+    """YOLOX's letterbox factor from original to input pixels: both sides fit ``size``."""
+    return min(size / height, size / width)
+
+
+class LetterboxTransform(T.Transform):
+    """Resize by one factor ``scale`` to ``int(h scale) x int(w scale)`` with OpenCV's bilinear interpolation.
+
+    YOLOX's preprocessing (the model pads to the square). Coordinates scale by ``scale`` exactly, as YOLOX's
+    labels and decoded boxes do (not by the rounded size ratio).
+    """
+
+    def __init__(self, h: int, w: int, scale: float):
+        super().__init__()
+        self._set_attributes(locals())
+        self.new_h, self.new_w = int(h * scale), int(w * scale)
+
+    def apply_image(self, img: np.ndarray) -> np.ndarray:
+        if img.shape[:2] != (self.h, self.w):
+            raise ValueError(f"LetterboxTransform made for {self.h}x{self.w} got an image of {img.shape[:2]}")
+        return cv2.resize(img, (self.new_w, self.new_h), interpolation=cv2.INTER_LINEAR)
+
+    def apply_coords(self, coords: np.ndarray) -> np.ndarray:
+        return coords * self.scale
+
+    def apply_segmentation(self, segmentation: np.ndarray) -> np.ndarray:
+        return cv2.resize(segmentation, (self.new_w, self.new_h), interpolation=cv2.INTER_NEAREST)
+
+    def inverse(self) -> T.Transform:
+        return T.ResizeTransform(self.new_h, self.new_w, self.h, self.w)
+
+
+class LetterboxResize(T.Augmentation):
+    """YOLOX's letterbox resize to fit ``size`` x ``size`` (:class:`LetterboxTransform`)."""
+
+    def __init__(self, size: int):
+        super().__init__()
+        self.size = int(size)
+
+    def get_transform(self, image: np.ndarray) -> T.Transform:
+        h, w = image.shape[:2]
+        return LetterboxTransform(h, w, letterbox_scale(h, w, self.size))
+
+
 class CheckedDatasetMapper(DatasetMapper):
     """``DatasetMapper`` whose image-reading failures name the file (:class:`ImageReadError`).
 
     The image is read once, by the parent; only when mapping fails is the file read again to tell an
-    unreadable image from a bug elsewhere.
+    unreadable image from a bug elsewhere. With ``INPUT.LETTERBOX_SIZE`` > 0 the resize augmentation is
+    :class:`LetterboxResize` (the others, e.g. the training flip, stay).
     """
+
+    @classmethod
+    def from_config(cls, cfg, is_train: bool = True):
+        ret = super().from_config(cfg, is_train)
+        if cfg.INPUT.LETTERBOX_SIZE > 0:
+            augs = [a for a in ret["augmentations"] if not isinstance(a, T.ResizeShortestEdge)]
+            # After any crop, before the flip (Detectron2's order).
+            at = next((i for i, a in enumerate(augs) if not isinstance(a, (T.RandomCrop, T.RandomCrop_CategoryAreaConstraint))), len(augs))
+            ret["augmentations"] = augs[:at] + [LetterboxResize(cfg.INPUT.LETTERBOX_SIZE)] + augs[at:]
+        return ret
 
     def __call__(self, dataset_dict: Dict) -> Dict:
         try:

@@ -35,7 +35,7 @@ from detectron2.utils import comm
 
 from ..utils.errors import UserError
 from ..utils.fileio import atomic_write_text
-from .data import CheckedDatasetMapper
+from .data import CheckedDatasetMapper, LetterboxResize, letterbox_scale
 
 __all__ = ["DetectionsError", "DetectionStats", "read_detections", "load_detections_into_dataset",
            "DetectionsMapper", "RefinedDetectionsWriter"]
@@ -161,13 +161,14 @@ class DetectionsMapper(CheckedDatasetMapper):
 
     Output ``dataset_dict["detections"]``: Instances of the resized image with ``pred_boxes`` (xyxy),
     ``pred_classes``, ``scores``. Test-time augmentation must be resizing only (Detectron2's default
-    ``ResizeShortestEdge``), so boxes scale like the image.
+    ``ResizeShortestEdge``, or YOLOX's letterbox with ``INPUT.LETTERBOX_SIZE``), so boxes scale like the image.
     """
 
     def __init__(self, cfg, is_train: bool = False):
         super().__init__(cfg, is_train)
+        self.letterbox_size = cfg.INPUT.LETTERBOX_SIZE
         augs = getattr(self.augmentations, "augs", [])
-        if is_train or not all(isinstance(a, (T.ResizeShortestEdge, T.Resize)) for a in augs):
+        if is_train or not all(isinstance(a, (T.ResizeShortestEdge, T.Resize, LetterboxResize)) for a in augs):
             raise UserError(f"DetectionsMapper is for testing with resize-only augmentation, got {augs}")
 
     def __call__(self, dataset_dict: Dict) -> Dict:
@@ -177,7 +178,10 @@ class DetectionsMapper(CheckedDatasetMapper):
         dets = dataset_dict["detections"]
         out = super().__call__(dataset_dict)
         h, w = out["image"].shape[-2:]
-        sx, sy = w / dataset_dict["width"], h / dataset_dict["height"]
+        if self.letterbox_size > 0:  # one exact factor, as the model's post-processing divides by
+            sx = sy = letterbox_scale(dataset_dict["height"], dataset_dict["width"], self.letterbox_size)
+        else:
+            sx, sy = w / dataset_dict["width"], h / dataset_dict["height"]
         boxes = torch.as_tensor(dets["boxes"], dtype=torch.float32) * torch.tensor([sx, sy, sx, sy])
         inst = Instances((h, w))
         inst.pred_boxes = Boxes(boxes)

@@ -59,7 +59,8 @@ def energy_from_config(cfg, input_shape: Dict[str, ShapeSpec], in_features: List
     return dict(
         in_features=list(in_features),
         energy_pooler=MultiLevelBoxPooler(res, [1.0 / input_shape[f].stride for f in in_features],
-                                          sampling_ratio=e.HEAD.POOLER_SAMPLING_RATIO),
+                                          sampling_ratio=e.HEAD.POOLER_SAMPLING_RATIO,
+                                          canonical_box_size=e.HEAD.POOLER_CANONICAL_BOX_SIZE),
         energy_head=build_energy_head(cfg, ShapeSpec(channels=channels.pop(), height=res, width=res)),
         loss=e.LOSS,
         loss_weight=e.LOSS_WEIGHT,

@@ -170,7 +170,8 @@ class EBMTrainer(DefaultTrainer):
                                    run_name=f"seed{cfg.SEED}"),
                 RefinedDetectionsWriter(dataset_name, os.path.join(output_folder, "refined_detections.json")),
             ])
-        if cfg.MODEL.ROI_HEADS.NAME == "EBMROIHeads" and cfg.MODEL.EBM.REFINE.ENABLED:
+        # EBMRCNN's EBMROIHeads, EBMYOLOX's EnergyROIHeads (the refiner returned above).
+        if cfg.MODEL.ROI_HEADS.NAME in ("EBMROIHeads", "EnergyROIHeads") and cfg.MODEL.EBM.REFINE.ENABLED:
             if not json_file:
                 return RefinementCOCOEvaluator(dataset_name, output_folder)
             # Per-ground-truth-box errors too, for the multi-run significance protocol (tools/compare_runs.py).

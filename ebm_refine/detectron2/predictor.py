@@ -9,6 +9,7 @@ from detectron2.engine import DefaultPredictor
 
 from ..utils.errors import BadValueError, UserError
 from .checkpoint import EBMCheckpointer
+from .data import LetterboxResize
 
 __all__ = ["EBMPredictor"]
 
@@ -41,6 +42,8 @@ class EBMPredictor(DefaultPredictor):
         no_weights.MODEL.WEIGHTS = ""
         super().__init__(no_weights)
         self.cfg = cfg.clone()
+        if cfg.INPUT.LETTERBOX_SIZE > 0:  # YOLOX's preprocessing instead of DefaultPredictor's shortest-edge resize
+            self.aug = LetterboxResize(cfg.INPUT.LETTERBOX_SIZE)
         try:
             EBMCheckpointer(self.model).load(cfg.MODEL.WEIGHTS)
         except UserError:

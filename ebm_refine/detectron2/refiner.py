@@ -10,6 +10,12 @@ no detector of its own: a backbone (e.g. MobileNetV2-FPN) and ``EnergyROIHeads``
   in the way Detectron2 inputs carry precomputed ``"proposals"``. All detections of a batch are refined in
   one batched call; outputs are rescaled to the original image like ``EBMRCNN``'s (refined
   ``pred_boxes``, ``pred_boxes_unrefined``, ``pred_energies``, scores and classes unchanged).
+
+On YOLOX-nano's frozen trunk (``build_yolox_backbone``, ``configs/COCO-Refine/*_yolox_nano.yaml``) the energy
+reads the COCO-trained p3..p5 (strides 8 / 16 / 32): images are letterboxed as YOLOX's
+(``INPUT.LETTERBOX_SIZE``; batches padded with its grey) and boxes go back by the letterbox factor. The trunk's
+weights come from ``MODEL.WEIGHTS``; training refuses a trunk they did not reach (an untrained frozen trunk),
+unless ``MODEL.EBM.ALLOW_UNTRAINED_DETECTOR``.
 """
 from __future__ import annotations
 
@@ -25,7 +31,9 @@ from torch import Tensor, nn
 
 from ..utils.errors import UserError
 from .config import ConfigValueError, validate_ebm_config
+from .data import letterbox_scale
 from .energy import EnergyMixin, energy_from_config
+from .meta_arch import UntrainedDetectorError
 from .postprocessing import ebm_detector_postprocess
 
 __all__ = ["EBMBoxRefiner", "EnergyROIHeads"]
@@ -59,7 +67,17 @@ class EnergyROIHeads(EnergyMixin, nn.Module):
 
     def forward(self, features: Dict[str, Tensor], detections: List[Instances]) -> List[Instances]:
         """Refine ``detections`` (per image, in the features' input resolution) in place; returns them."""
+        if not sum(len(d) for d in detections):
+            return self.nothing_to_refine(detections)
         return self.refine_instances(self.energy_features(features), detections)
+
+    @staticmethod
+    def nothing_to_refine(detections: List[Instances]) -> List[Instances]:
+        """Give detection-free images the output fields of refined ones (empty); returns them."""
+        for d in detections:
+            d.pred_boxes_unrefined = d.pred_boxes
+            d.pred_energies = d.pred_energies_unrefined = d.scores.new_zeros(0)
+        return detections
 
 
 @META_ARCH_REGISTRY.register()
@@ -71,11 +89,14 @@ class EBMBoxRefiner(nn.Module):
         roi_heads: an :class:`EnergyROIHeads` on the backbone's outputs.
         pixel_mean, pixel_std: per-channel normalisation of the input images (0..255 scale).
         input_format: channel order the backbone expects ("RGB" / "BGR").
+        letterbox_size: YOLOX's letterbox input side (``INPUT.LETTERBOX_SIZE``), 0 = Detectron2's resize.
+        allow_untrained_backbone: train even if a backbone whose weights come from ``MODEL.WEIGHTS`` (one with
+            ``weights_from_checkpoint``, YOLOX's) did not get them.
     """
 
     @configurable
     def __init__(self, *, backbone: nn.Module, roi_heads: EnergyROIHeads, pixel_mean, pixel_std,
-                 input_format: str = "RGB"):
+                 input_format: str = "RGB", letterbox_size: int = 0, allow_untrained_backbone: bool = False):
         super().__init__()
         if not isinstance(roi_heads, EnergyROIHeads):
             raise UserError(f"MODEL.META_ARCHITECTURE EBMBoxRefiner needs MODEL.ROI_HEADS.NAME 'EnergyROIHeads', "
@@ -83,8 +104,17 @@ class EBMBoxRefiner(nn.Module):
         self.backbone = backbone
         self.roi_heads = roi_heads
         self.input_format = input_format
+        self.letterbox_size = letterbox_size
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
+        self.allow_untrained_backbone = allow_untrained_backbone
+        self.backbone_weights_loaded = not getattr(backbone, "weights_from_checkpoint", False)
+        self.register_load_state_dict_post_hook(EBMBoxRefiner._after_load_state_dict)
+
+    @staticmethod
+    def _after_load_state_dict(module: "EBMBoxRefiner", incompatible) -> None:
+        if getattr(module.backbone, "weights_from_checkpoint", False):
+            module.backbone_weights_loaded = not any(k.startswith("backbone.") for k in incompatible.missing_keys)
 
     @classmethod
     def from_config(cls, cfg):
@@ -95,6 +125,8 @@ class EBMBoxRefiner(nn.Module):
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
             "input_format": cfg.INPUT.FORMAT,
+            "letterbox_size": cfg.INPUT.LETTERBOX_SIZE,
+            "allow_untrained_backbone": cfg.MODEL.EBM.ALLOW_UNTRAINED_DETECTOR,
         }
 
     @property
@@ -104,12 +136,18 @@ class EBMBoxRefiner(nn.Module):
     def preprocess_image(self, batched_inputs: List[dict]) -> ImageList:
         images = [(x["image"].to(self.device) - self.pixel_mean) / self.pixel_std for x in batched_inputs]
         return ImageList.from_tensors(images, self.backbone.size_divisibility,
+                                      pad_value=getattr(self.backbone, "pad_value", 0.0),
                                       padding_constraints=self.backbone.padding_constraints)
 
     def forward(self, batched_inputs: List[dict]):
         """Training: ``{"loss_ebm"}`` from inputs with ``instances``. Inference: see :meth:`inference`."""
         if not self.training:
             return self.inference(batched_inputs)
+        if not self.backbone_weights_loaded and not self.allow_untrained_backbone:
+            raise UntrainedDetectorError(
+                f"{type(self.backbone).__name__}: the frozen trunk's weights come from MODEL.WEIGHTS and did not load "
+                "(empty MODEL.WEIGHTS?); the energy head would learn random features. Set MODEL.WEIGHTS (e.g. the "
+                "converted yolox_nano.pth), or MODEL.EBM.ALLOW_UNTRAINED_DETECTOR True")
         images = self.preprocess_image(batched_inputs)
         targets = [x["instances"].to(self.device) for x in batched_inputs]
         return self.roi_heads.ebm_loss_dict(self.backbone(images.tensor), targets)
@@ -125,13 +163,12 @@ class EBMBoxRefiner(nn.Module):
             images = self.preprocess_image(batched_inputs)
             self.roi_heads(self.backbone(images.tensor), detections)
         else:  # nothing to refine: skip the backbone, keep the output fields
-            for d in detections:
-                d.pred_boxes_unrefined = d.pred_boxes
-                d.pred_energies = d.pred_energies_unrefined = d.scores.new_zeros(0)
+            EnergyROIHeads.nothing_to_refine(detections)
         if not do_postprocess:
             return detections
         out = []
         for results, inputs in zip(detections, batched_inputs):
             height, width = inputs.get("height", results.image_size[0]), inputs.get("width", results.image_size[1])
-            out.append({"instances": ebm_detector_postprocess(results, height, width)})
+            scale = letterbox_scale(height, width, self.letterbox_size) if self.letterbox_size > 0 else None
+            out.append({"instances": ebm_detector_postprocess(results, height, width, input_scale=scale)})
         return out

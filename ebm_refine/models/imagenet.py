@@ -15,7 +15,7 @@ import torchvision
 from torch import nn
 
 from ..utils.errors import UserError
-from ..utils.resources import source_checkout
+from ..utils.resources import find_weights
 from ..utils.safe_load import read_torch_file
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "TRUNKS", "imagenet_trunk", "resolve_weights", "fold_batchnorm",
@@ -39,14 +39,9 @@ class WeightsError(UserError):
 
 def resolve_weights(weights: Optional[str]) -> Optional[str]:
     """``weights`` with a relative, non-existent path looked up in ``$EBM_WEIGHTS_DIR`` (see module docstring)."""
-    if weights is None or str(weights).lower() == "imagenet" or os.path.isabs(str(weights)):
+    if weights is None or str(weights).lower() == "imagenet":
         return weights
-    if os.path.isfile(str(weights)):
-        return str(weights)
-    repo = source_checkout()
-    default = os.path.join(os.path.dirname(repo), "shared", "weights") if repo is not None else ""
-    base = os.environ.get("EBM_WEIGHTS_DIR", default)
-    return os.path.join(base, str(weights)) if base else str(weights)
+    return find_weights(str(weights))
 
 
 def imagenet_trunk(name: str, weights: Optional[str], required: Sequence[str]) -> nn.Module:

@@ -16,5 +16,18 @@ processing   (module) search-region crops and the training crops' jitter, shared
 The generated training / test sequences are :mod:`ebm_refine.data.synthetic_tracking`, next to the
 synthetic detection set; YAML config helpers are :mod:`ebm_refine.utils.config`.
 
-This module deliberately imports nothing heavy: import the sub-packages you need.
+Adapters (:mod:`.adapters`, :mod:`.got10k_tracker`): ``create_tracker(name)`` returns an OpenCV-style
+tracker (``init(frame_bgr, box)`` / ``update(frame_bgr) -> (found, box)``); ``EBMGot10kTracker`` is a got10k
+``Tracker``.
+
+This module deliberately imports nothing heavy: import the sub-packages you need (``create_tracker`` is
+imported on first use).
 """
+
+
+def __getattr__(name: str):
+    if name == "create_tracker":
+        from .adapters import create_tracker
+
+        return create_tracker
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,4 +1,5 @@
-"""Files ebm_refine reads at run time: shipped configs, tracker parameter files and tracker networks.
+"""Files ebm_refine reads at run time: shipped configs, tracker parameter files and tracker networks, and the
+weights folder for third-party weights that are not shipped (:func:`weights_dir`).
 
 They live in ``configs/`` and ``checkpoints/`` of the source tree. ``setup.py`` installs them into the
 package (``ebm_refine/configs``, ``ebm_refine/checkpoints``), so :func:`data_root` is the package folder for
@@ -13,7 +14,8 @@ from typing import List, Optional
 
 from .errors import MissingFileError
 
-__all__ = ["data_root", "resource_path", "list_resources", "source_checkout", "shared_data_dir", "MissingResourceError"]
+__all__ = ["data_root", "resource_path", "list_resources", "source_checkout", "shared_data_dir", "weights_dir",
+           "find_weights", "MissingResourceError"]
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 _MARKER = Path("configs") / "Base-EBM-RCNN-FPN.yaml"
@@ -65,12 +67,31 @@ def list_resources(folder: str, pattern: str = "*") -> List[str]:
     return sorted(p.relative_to(root).as_posix() for p in root.rglob(pattern) if p.is_file())
 
 
-def shared_data_dir() -> Optional[Path]:
-    """Real test/benchmark data: ``$EBM_SHARED_DATA``, else ``<repo>/../shared/data`` in a checkout, else None."""
-    env = os.environ.get("EBM_SHARED_DATA")
+def _shared_folder(env_var: str, name: str) -> Optional[Path]:
+    """``$env_var``, else ``<repo>/../shared/<name>`` in a source checkout, else None."""
+    env = os.environ.get(env_var)
     if env:
         return Path(env)
     repo = source_checkout()
-    if repo is not None:
-        return repo.parent / "shared" / "data"
-    return None
+    return repo.parent / "shared" / name if repo is not None else None
+
+
+def shared_data_dir() -> Optional[Path]:
+    """Real test/benchmark data: ``$EBM_SHARED_DATA``, else ``<repo>/../shared/data`` in a checkout, else None."""
+    return _shared_folder("EBM_SHARED_DATA", "data")
+
+
+def weights_dir() -> Optional[Path]:
+    """Third-party weights (e.g. ``yolox_nano.onnx``): ``$EBM_WEIGHTS_DIR``, else ``<repo>/../shared/weights`` in a
+    checkout, else None."""
+    return _shared_folder("EBM_WEIGHTS_DIR", "weights")
+
+
+def find_weights(path: str) -> str:
+    """``path`` when it exists, is absolute or is a URL; else ``path`` under :func:`weights_dir` (whether or not
+    it exists there: the caller names both places in its error), so a file name such as ``yolox_nano.onnx``
+    finds the weights folder's copy."""
+    if not path or "://" in path or os.path.isabs(path) or os.path.exists(path):
+        return path
+    folder = weights_dir()
+    return str(folder / path) if folder is not None else path

@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def _run(script: str, *args: str) -> None:
     proc = subprocess.run(
         [sys.executable, str(ROOT / "tools" / script), "--threads", "1", *args],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
@@ -46,11 +46,16 @@ def test_bench_refiner_writes_positive_throughput(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_bench_tracker_reports_the_refinement_share(tmp_path: Path) -> None:
     out = tmp_path / "tracker.json"
-    _run("bench_tracker.py", "--params", "ebm_fast", "norefine", "--frames", "4", "--json", str(out))
+    fast_name = "ebm_fast+box_refinement.adaptation.steps=0"  # own overrides; no adaptation keeps it short
+    _run("bench_tracker.py", "--params", fast_name, "norefine", "--peers", "csrt",
+         "--frames", "4", "--repeats", "2", "--plain", "--json", str(out))
     res = json.loads(out.read_text())
-    fast, none = res["variants"]["ebm_fast"], res["variants"]["norefine"]
-    assert res["frames_timed"] == 3 and fast["fps"] > 0 and fast["num_steps"] == 3
+    fast, none = res["variants"][fast_name], res["variants"]["norefine"]
+    assert sorted(res["variants"]) == sorted(["csrt", fast_name, fast_name + "/plain", "norefine", "norefine/plain"])
+    assert res["frames_timed"] == 3 and fast["fps"] > 0 and fast["num_steps"] == 3 and fast["ms_adaptation"] == 0
+    assert len(fast["fps_runs"]) == 2 and fast["cpu_fps"] > 0 and fast["fps_ratio_to_csrt"] > 0
     assert 0 < fast["refine_share"] < 1 and none["refine_share"] == 0
+    assert "refine_share" not in res["variants"]["csrt"]  # a peer has no refinement to report
     # Bad input: one line on stderr, exit 2 (the run_cli convention).
     proc = subprocess.run([sys.executable, str(ROOT / "tools" / "bench_tracker.py"), "--params", "no_such_params"],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)

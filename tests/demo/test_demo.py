@@ -199,11 +199,21 @@ def test_track_generated_frames_numeric_order(tiny_tracker, tmp_path):
     assert video_info(out) == (4, 160, 120)
 
 
-def test_track_video_file(tiny_tracker, data, tmp_path):
+def test_track_video_file(tiny_tracker, data, tmp_path, monkeypatch, capsys):
+    """A video file; every frame's legend says the tracker's time for it and what the energy means, and the
+    demo says what it loads before the first frame."""
+    real_legend, texts = predictor.legend, []
+    monkeypatch.setattr(predictor, "legend", lambda img, entries, extra=(): (texts.append(list(extra)),
+                                                                             real_legend(img, entries, extra)))
     out = tmp_path / "t.mp4"
     assert demo.main(["--mode", "track", "--video-input", str(data["video"]), "--init-box", "20,30,60,60",
                       "--output", str(out), *tiny_tracker]) == 0
     assert video_info(out) == (4, 160, 120)
+    assert len(texts) == 4 and all(t[1] == predictor.ENERGY_LEGEND for t in texts)
+    assert texts[0][0].startswith("frame 1  initial box  ") and texts[3][0].startswith("frame 4  energy ")
+    assert all(t[0].endswith(" ms") and int(t[0].split()[-2]) >= 0 for t in texts), texts
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == "demo.py: loading the tracker (ebm)" and err[1].startswith("demo.py: network ")
 
 
 # ----------------------------------------------------------------------------------------- bad input
@@ -239,12 +249,37 @@ def test_unwritable_output_exits_nonzero(data, tmp_path):
 
 def test_usage_errors_exit_2(tmp_path):
     assert run_script("detect", "--output", str(tmp_path / "o.mp4")).returncode == 2  # no input
-    assert demo.main(["track", "--webcam", "--output", str(tmp_path)]) == 2
+    assert demo.main(["track", "--output", str(tmp_path)]) == 2
 
 
-def test_track_needs_start_box(tmp_path, data):
-    rc = demo.main(["track", "--video-input", str(data["video"]), "--output", str(tmp_path / "o.mp4")])
-    assert rc == 2 and not (tmp_path / "o.mp4").exists()
+def test_track_reads_the_webcam(tmp_path, capsys, one_line_error):
+    """track accepts --webcam; without a camera (as here) it ends with the webcam's one-line error."""
+    if cv2.VideoCapture(7).isOpened():
+        pytest.skip("this machine has a camera at index 7")
+    rc = demo.main(["track", "--webcam", "--webcam-index", "7", "--init-box", "1,1,5,5", "--output", str(tmp_path)])
+    assert rc == 2
+    one_line_error(capsys.readouterr().err, "demo.py", "cannot open webcam 7")
+
+
+def _has_gui() -> bool:
+    return "GUI:                           NONE" not in cv2.getBuildInformation()
+
+
+@pytest.mark.parametrize("display", [None, ":99"])
+def test_track_without_start_box_needs_a_window_or_init_box(tmp_path, data, display, one_line_error):
+    """No --init-box or --ground-truth: the box is drawn in a window (cv2.selectROI); without a display, or
+    with an OpenCV that has no GUI (the headless build), one line says to pass --init-box."""
+    if display and _has_gui():
+        pytest.skip("this OpenCV has a GUI: with a fake display it would try to open a window")
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
+    if display:
+        env["DISPLAY"] = display
+    r = subprocess.run([sys.executable, str(SCRIPT), "track", "--video-input", str(data["video"]), "--output",
+                        str(tmp_path / "o.mp4")], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 2 and not (tmp_path / "o.mp4").exists()
+    line = one_line_error(r.stderr, "demo.py", "no window can open to draw the start box",
+                          "pass the box as --init-box x,y,w,h")
+    assert ("DISPLAY is not set" in line) == (display is None), line
 
 
 # ------------------------------------------------------------------- bad input and interruptions (issue 14)

@@ -10,6 +10,8 @@ from ebm_refine.data import SyntheticDetectionConfig
 from ebm_refine.detectron2 import get_ebm_cfg
 
 REPO = Path(__file__).resolve().parents[2]
+# The project's detector weights (yolox_nano.onnx, ...): $EBM_WEIGHTS_DIR or <repo>/../shared/weights.
+WEIGHTS_DIR = Path(os.environ.get("EBM_WEIGHTS_DIR", REPO.parent / "shared" / "weights"))
 SMALL = SyntheticDetectionConfig(image_size=(128, 128), size_range=(14.0, 60.0), objects_per_image=(1, 5))
 
 
@@ -63,3 +65,8 @@ def refiner_cfg(output_dir, train="test_synth_train", extra=()):
         "OUTPUT_DIR", str(output_dir), *extra,
     ]
     return get_ebm_cfg("COCO-Refine/ebm_refiner_mobilenet_v2_fpn.yaml", opts)
+
+
+def yolox_cfg(weights, *extra, config="COCO-Detection/yolox_nano.yaml"):
+    """A shipped YOLOX config with ``MODEL.WEIGHTS`` = ``weights``, no data-loader workers."""
+    return get_ebm_cfg(config, ["MODEL.WEIGHTS", str(weights), "DATALOADER.NUM_WORKERS", "0", *extra])

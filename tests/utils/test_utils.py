@@ -87,3 +87,19 @@ def test_shipped_resources():
         resource_path("configs/nope.yaml")
     with pytest.raises(ValueError):
         resource_path("../setup.py")
+
+
+def test_weights_file_names_are_looked_up_in_the_weights_folder(tmp_path, monkeypatch):
+    from ebm_refine.utils.resources import find_weights
+
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    (folder / "w.onnx").write_bytes(b"x")
+    monkeypatch.setenv("EBM_WEIGHTS_DIR", str(folder))
+    monkeypatch.chdir(tmp_path)
+    assert find_weights("w.onnx") == str(folder / "w.onnx")
+    assert find_weights("absent.onnx") == str(folder / "absent.onnx")  # the caller names both places
+    (tmp_path / "w.onnx").write_bytes(b"y")  # a file in the current folder wins
+    assert find_weights("w.onnx") == "w.onnx"
+    for kept in ("", "/abs/w.onnx", "https://host/w.pth", "detectron2://ImageNetPretrained/MSRA/R-50.pkl"):
+        assert find_weights(kept) == kept

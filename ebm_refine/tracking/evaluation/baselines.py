@@ -1,7 +1,9 @@
 """Classical baseline trackers with pytracking's API. **Baselines, not our method**: they exist so that the
 runner, the metrics and the reports can be exercised end to end, and to give a floor to compare against.
 :class:`OpenCVContribTracker` wraps OpenCV-contrib's CSRT and KCF, the classical trackers a user could pick
-instead of a learned one (optional dependency ``opencv-contrib-python-headless``).
+instead of a learned one (optional dependency ``opencv-contrib-python-headless``); :class:`OpenCVNanoTracker`
+wraps OpenCV's NanoTrack (a small Siamese network in ONNX, run by OpenCV's DNN module), the learned CPU tracker
+a user would compare against.
 
 API (pytracking's)::
 
@@ -171,11 +173,16 @@ class OpenCVContribTracker:
         x, y, w, h = (float(v) for v in info["init_bbox"])
         if w <= 0 or h <= 0:
             raise ValueError(f"{self.algorithm} needs a box with positive size, got {info['init_bbox']}")
-        self.tracker = getattr(cv2, _CONTRIB[self.algorithm]).create()
+        self.tracker = self._create()
         rect = (int(round(x)), int(round(y)), max(1, int(round(w))), max(1, int(round(h))))
         self.tracker.init(self._bgr(image), rect)
         self.box = [float(v) for v in rect]
         return {"target_bbox": list(self.box)}
+
+    def _create(self) -> Any:
+        import cv2
+
+        return getattr(cv2, _CONTRIB[self.algorithm]).create()
 
     def track(self, image: np.ndarray, info: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
         found, rect = self.tracker.update(self._bgr(image))
@@ -190,3 +197,69 @@ class OpenCVContribTracker:
         if image.ndim == 2:
             return cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_GRAY2BGR)
         return cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2BGR)
+
+
+# NanoTrack v2's two ONNX files (HonglinChu/SiamTrackers, NanoTrack/models/nanotrackv2/), found like the other
+# weights files: by file name in $EBM_WEIGHTS_DIR, else <repo>/../shared/weights.
+NANOTRACK_FILES = {"backbone": "nanotrack_backbone_sim.onnx", "neckhead": "nanotrack_head_sim.onnx"}
+_NANOTRACK_SOURCE = ("HonglinChu/SiamTrackers on GitHub, NanoTrack/models/nanotrackv2/ (the files OpenCV's "
+                     "TrackerNano sample uses)")
+
+
+def require_opencv_nano() -> None:
+    """Raise a :class:`~ebm_refine.utils.UserError` unless this cv2 has ``TrackerNano`` (OpenCV >= 4.7)."""
+    import cv2
+
+    from ...utils.errors import UserError
+
+    if not hasattr(cv2, "TrackerNano"):
+        raise UserError(f"the nano peer needs cv2.TrackerNano (OpenCV >= 4.7), which this cv2 ({cv2.__version__}) "
+                        "lacks; pip install 'opencv-contrib-python-headless>=4.7'")
+
+
+def nanotrack_files(backbone: Optional[str] = None, neckhead: Optional[str] = None) -> Dict[str, str]:
+    """The two NanoTrack ONNX paths: the given ones, else the shared files (see :data:`NANOTRACK_FILES`).
+
+    A relative path that does not exist is looked up where the weights live
+    (:func:`ebm_refine.models.imagenet.resolve_weights`).
+
+    Raises:
+        UserError naming every missing file and where to get it.
+    """
+    import os
+
+    from ...models.imagenet import resolve_weights
+    from ...utils.errors import UserError
+
+    given = {"backbone": backbone, "neckhead": neckhead}
+    paths = {k: resolve_weights(os.path.expanduser(given[k] or NANOTRACK_FILES[k])) for k in NANOTRACK_FILES}
+    missing = [f"{k}={p}" for k, p in paths.items() if not os.path.isfile(p)]
+    if missing:
+        raise UserError(f"NanoTrack ONNX file(s) not found: {', '.join(missing)}; get {NANOTRACK_FILES['backbone']} "
+                        f"and {NANOTRACK_FILES['neckhead']} from {_NANOTRACK_SOURCE} into $EBM_WEIGHTS_DIR, or "
+                        "pass --set backbone=<file> neckhead=<file>")
+    return paths
+
+
+class OpenCVNanoTracker(OpenCVContribTracker):
+    """OpenCV's NanoTrack (``cv2.TrackerNano``): a Siamese tracker with a small ONNX backbone and head.
+
+    A learned peer, not our method. Same behaviour as :class:`OpenCVContribTracker` (integer initial
+    box, the previous box kept when OpenCV reports a failure); frames are converted to BGR, what OpenCV reads
+    from a file and what its NanoTrack sample feeds the networks.
+
+    Args:
+        backbone, neckhead: the ONNX files (None: the shared NanoTrack v2 files, :func:`nanotrack_files`).
+    """
+
+    def __init__(self, backbone: Optional[str] = None, neckhead: Optional[str] = None) -> None:
+        require_opencv_nano()
+        self.algorithm = "nano"
+        self.files = nanotrack_files(backbone, neckhead)
+
+    def _create(self) -> Any:
+        import cv2
+
+        p = cv2.TrackerNano_Params()
+        p.backbone, p.neckhead = self.files["backbone"], self.files["neckhead"]
+        return cv2.TrackerNano.create(p)

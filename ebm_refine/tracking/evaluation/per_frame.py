@@ -6,8 +6,8 @@ seeds, training seeds, ...; pytracking layout ``<folder>/<seq>.txt``) are scored
 ``pytracking`` protocol's rules (:func:`~.protocols.pytracking_frame_errors`: frame 0 replaced by the ground
 truth, zero-size boxes carried forward, short results padded with zero boxes, LaSOT rules), and
 
-* a sample is a frame ``"<seq>/<frame>"`` with a valid ground truth (``w, h > 0``, visible when the dataset
-  says), frame 0 excluded (every method is given the ground truth there); its error is ``1 - IoU``;
+* a sample is a frame ``"<seq>/<frame>"`` with a valid ground truth (``x, y, w, h > 0``, the pytracking
+  protocol's rule; visible when the dataset says), frame 0 excluded (every method is given the ground truth there); its error is ``1 - IoU``;
 * or, with ``unit="sequence"``, a sequence, its error the mean ``1 - IoU`` over its valid frames. Frames of
   one sequence are not independent (a lost target stays lost), so per-frame p-values are optimistic; the
   per-sequence test is the conservative one.

@@ -13,8 +13,9 @@ protocol's own rules follow.
       frame's ground truth has no NaN); a NaN prediction is an error, as in pytracking;
     * a shorter result is padded with all-zero boxes (they fail every threshold), except on LaSOT where
       it is an error;
-    * a frame is *valid* when its ground truth has ``w > 0 and h > 0`` (NaN is not) and, when the dataset
-      has visibility flags, the target is visible. Invalid frames get IoU -1 (a failure at every
+    * a frame is *valid* when all four numbers of its ground truth are > 0 (``x, y, w, h``; NaN is not:
+      pytracking's ``(anno_bb > 0.0).sum(1) == 4``) and, when the dataset has visibility flags, the target is
+      visible. A box touching the image's top or left border (x or y <= 0) is therefore not scored. Invalid frames get IoU -1 (a failure at every
       threshold), normalised centre error -1 (a success at every threshold) and centre error -1
       (success) on UAV datasets but +inf (failure) elsewhere. On LaSOT invisible frames get +inf for both
       centre errors;
@@ -32,6 +33,7 @@ protocol's own rules follow.
     * IoU with got10k's ``eps`` in the union and clipping; NaN predictions fail;
     * success: IoU > t for t = linspace(0, 1, 21); AUC = mean; precision at 20 px (error <= t). got10k has
       no normalised precision: we add it with the same frame rule (error <= 0.2, thresholds 0:0.01:0.5).
+      FPS is :func:`fps_from_times`, as in the other protocols, not got10k's mean of 1/t.
 ``trackingnet`` -- the evaluation server's devkit (``metrics.py``)
     * every coordinate of prediction and ground truth rounded to an integer (``np.round``: halves to even);
       frame 0 replaced by the ground truth;
@@ -137,7 +139,7 @@ def pytracking_frame_errors(pred: np.ndarray, gt: np.ndarray, dataset: str = "ot
     pred[0] = gt[0]
 
     with np.errstate(invalid="ignore"):
-        valid = (gt[:, 2] > 0) & (gt[:, 3] > 0)
+        valid = (gt > 0).all(axis=1)
     if target_visible is not None:
         valid &= np.asarray(target_visible, bool)
     err_center = M.center_error(pred, gt)
@@ -305,15 +307,16 @@ def summarize_curves(protocol: str, success: np.ndarray, precision: np.ndarray, 
     return {k: out[k] for k in SCORE_KEYS}
 
 
-def fps_from_times(protocol: str, times: List[np.ndarray]) -> Optional[float]:
-    """Frames per second. ``otb`` follows got10k (mean over sequences of the mean of 1/t over t > 0);
-    the others pool all frames: number of timed frames / total seconds. None without timing files."""
+def fps_from_times(times: List[Optional[np.ndarray]]) -> Optional[float]:
+    """Frames per second of a run, the same in every protocol: the number of timed frames (t > 0, the first
+    frame's initialisation included) over their total seconds, pooled over the sequences -- what pytracking's
+    runner prints per sequence. (got10k's report instead averages 1/t per frame, then over sequences, which
+    weighs fast frames more: a tracker with a slow first frame gets a higher number.) None without timing
+    files."""
     times = [t[t > 0] for t in times if t is not None]
     times = [t for t in times if t.size]
     if not times:
         return None
-    if protocol == "otb":
-        return float(np.mean([np.mean(1.0 / t) for t in times]))
     return float(sum(t.size for t in times) / sum(float(t.sum()) for t in times))
 
 
@@ -390,7 +393,7 @@ def evaluate_results(sequences: _Seq[Sequence], results_dir: str, protocol: str,
     }
     out.update(summarize_curves(protocol, mean_curves["success"], mean_curves["precision"],
                                 mean_curves["norm_precision"]))
-    out["fps"] = fps_from_times(protocol, times)
+    out["fps"] = fps_from_times(times)
     if protocol == "trackingnet":
         out["coverage"] = 100.0 * covered / total
     out["per_sequence"] = per_seq

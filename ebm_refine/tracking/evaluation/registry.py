@@ -8,7 +8,8 @@ Built-in entries: ``ebm_atom`` (the EBM tracker; parameter sets are the YAML fil
 ``configs/tracking/``, or any parameter-file path: ``ebm_atom/path/to/my.yaml``) and baselines, not our
 method: ``ncc`` (OpenCV normalised cross-correlation) with parameter sets ``default``, ``fixed_scale`` and
 ``fixed_template``; ``identity`` (always the first box); ``csrt`` and ``kcf`` (OpenCV-contrib's CSRT and
-KCF trackers, the optional dependency ``opencv-contrib-python-headless``).
+KCF trackers, the optional dependency ``opencv-contrib-python-headless``); ``nano`` (OpenCV's NanoTrack, a
+learned Siamese tracker; its two ONNX files from the shared weights or ``--set backbone=... neckhead=...``).
 ``--tracker package.module:Class`` also works without registration.
 """
 from __future__ import annotations
@@ -221,6 +222,10 @@ for _algo, _what in (("csrt", "CSRT (discriminative correlation filter, channel 
     register_tracker(_algo, f"{_BASELINES}:OpenCVContribTracker", {"default": {"algorithm": _algo}},
                      description=f"baseline: OpenCV-contrib's {_what}; needs opencv-contrib-python-headless",
                      requires=f"{_BASELINES}:require_opencv_contrib")
+register_tracker("nano", f"{_BASELINES}:OpenCVNanoTracker",
+                 description="peer: OpenCV's NanoTrack v2 (Siamese network, ONNX); --set backbone=<onnx> "
+                             "neckhead=<onnx> for other files",
+                 requires=f"{_BASELINES}:require_opencv_nano")
 # The EBM tracker: parameter sets are the shipped parameter files (configs/tracking/<name>.yaml).
 register_tracker(
     "ebm_atom", "ebm_refine.tracking.tracker.ebm_atom:EBMAtomTracker",

@@ -1,13 +1,15 @@
 """Result files: layout, atomic writing and strict reading.
 
-Layout (pytracking's)::
+Layout (pytracking's ``Tracker.results_dir`` and ``_save_tracker_output``)::
 
-    <results_root>/<tracker>/<params>/<seq>.txt        one box per frame: x,y,w,h
-    <results_root>/<tracker>/<params>/<seq>_time.txt   one wall-clock time per frame, in seconds
+    <results_root>/<tracker>/<params>[_<run id>]/<seq>.txt        one box per frame: x,y,w,h
+    <results_root>/<tracker>/<params>[_<run id>]/<seq>_time.txt   one wall-clock time per frame, in seconds
 
-Boxes are written comma-separated with 4 decimals (pytracking writes tab-separated integers, which
-throws away sub-pixel precision; got10k writes comma-separated floats). Every reader in this package, and
-pytracking's and got10k's, accept commas. The first row is the initialisation box, as in pytracking.
+with the run id in three digits (``ebm_000``) when there is one. Boxes are written in one of two
+:data:`RESULT_FORMATS`: ``float`` (default), comma-separated with 4 decimals, or ``pytracking``, tab-separated
+integers as pytracking writes them (``astype(int)``: truncated towards zero, which throws away sub-pixel
+precision). Every reader in this package, and pytracking's and got10k's, accept both. Times are one ``%f``
+number per line, as pytracking writes them. The first row is the initialisation box, as in pytracking.
 
 Each file is written with :mod:`ebm_refine.utils.fileio` (a temporary name in the same folder, moved into
 place with ``os.replace``, the permissions of a plain ``open``), so a killed run never leaves a truncated
@@ -21,16 +23,18 @@ from typing import Iterable, Optional
 
 import numpy as np
 
-from ...utils import MissingFileError
+from ...utils import BadValueError, MissingFileError
 from ...utils.fileio import atomic_write_text
 from ..datasets.io import AnnotationError, read_box_file
 
 BOX_DECIMALS = 4
+RESULT_FORMATS = ("float", "pytracking")
 
 
-def tracker_results_dir(results_root: str, tracker: str, params: str = "default") -> str:
-    """``<results_root>/<tracker>/<params>``."""
-    return os.path.join(results_root, tracker, params)
+def tracker_results_dir(results_root: str, tracker: str, params: str = "default", run_id: Optional[int] = None
+                        ) -> str:
+    """``<results_root>/<tracker>/<params>``, or ``.../<params>_<run id:03d>`` (pytracking's naming)."""
+    return os.path.join(results_root, tracker, params if run_id is None else f"{params}_{int(run_id):03d}")
 
 
 def result_path(results_dir: str, seq_name: str) -> str:
@@ -48,8 +52,15 @@ def format_boxes(boxes: np.ndarray, decimals: int = BOX_DECIMALS, delimiter: str
     return "".join(fmt.format(*row) + "\n" for row in boxes)
 
 
-def write_boxes(path: str, boxes: np.ndarray, decimals: int = BOX_DECIMALS) -> None:
-    atomic_write_text(path, format_boxes(boxes, decimals))
+def write_boxes(path: str, boxes: np.ndarray, decimals: int = BOX_DECIMALS, result_format: str = "float") -> None:
+    """Write (N, 4) boxes in one of :data:`RESULT_FORMATS` (see the module docstring)."""
+    if result_format == "pytracking":
+        rows = np.asarray(boxes, dtype=np.float64).astype(int)
+        atomic_write_text(path, "".join("\t".join(str(v) for v in row) + "\n" for row in rows))
+    elif result_format == "float":
+        atomic_write_text(path, format_boxes(boxes, decimals))
+    else:
+        raise BadValueError(f"unknown result format {result_format!r}; choose from {', '.join(RESULT_FORMATS)}")
 
 
 def write_times(path: str, times: Iterable[float]) -> None:

@@ -24,6 +24,8 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import os
+import sys
+import threading
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -87,13 +89,14 @@ def _as_box(out: Any, seq: Sequence, frame: int) -> List[float]:
     return box.tolist()
 
 
-def track_sequence(tracker: Any, seq: Sequence, truncated_frames: Optional[List[str]] = None
-                   ) -> Tuple[np.ndarray, np.ndarray]:
+def track_sequence(tracker: Any, seq: Sequence, truncated_frames: Optional[List[str]] = None,
+                   on_frame: Optional[Callable[[], None]] = None) -> Tuple[np.ndarray, np.ndarray]:
     """Run ``tracker`` over ``seq``.
 
     Args:
         truncated_frames: when given, the paths of truncated JPEG frames (decoded partially) are
             appended to it.
+        on_frame: called after every frame (progress reporting).
 
     Returns:
         boxes (N, 4) -- row 0 is the initialisation box as returned by ``initialize`` (or the init box
@@ -114,6 +117,8 @@ def track_sequence(tracker: Any, seq: Sequence, truncated_frames: Optional[List[
     times[0] = time.perf_counter() - t0
     boxes[0] = _as_box(out, seq, 0) if out and isinstance(out, dict) and "target_bbox" in out else info["init_bbox"]
     prev = {"target_bbox": boxes[0].tolist()}
+    if on_frame is not None:
+        on_frame()
     for i in range(1, len(seq)):
         image = frame(i)
         t0 = time.perf_counter()
@@ -121,19 +126,23 @@ def track_sequence(tracker: Any, seq: Sequence, truncated_frames: Optional[List[
         times[i] = time.perf_counter() - t0
         boxes[i] = _as_box(out, seq, i)
         prev = out
+        if on_frame is not None:
+            on_frame()
     return boxes, times
 
 
-def run_sequence(tracker_factory: TrackerFactoryType, seq: Sequence, results_dir: str) -> SequenceRun:
-    """Build a tracker, track ``seq`` and write its two result files atomically (times first).
+def run_sequence(tracker_factory: TrackerFactoryType, seq: Sequence, results_dir: str,
+                 result_format: str = "float", on_frame: Optional[Callable[[], None]] = None) -> SequenceRun:
+    """Build a tracker, track ``seq`` and write its two result files atomically (times first), the boxes in
+    ``result_format`` (:data:`~.results.RESULT_FORMATS`).
 
     No lock is taken here; :func:`run_dataset` runs each sequence under its lock.
     """
     truncated: List[str] = []
     tracker = tracker_factory()
-    boxes, times = track_sequence(tracker, seq, truncated)
+    boxes, times = track_sequence(tracker, seq, truncated, on_frame)
     write_times(time_path(results_dir, seq.name), times)
-    write_boxes(result_path(results_dir, seq.name), boxes)
+    write_boxes(result_path(results_dir, seq.name), boxes, result_format=result_format)
     return SequenceRun(seq.name, "done", len(seq), float(times.sum()), truncated_frames=truncated)
 
 
@@ -142,8 +151,18 @@ def lock_path(results_dir: str, seq_name: str) -> str:
     return os.path.join(results_dir, f".{seq_name}.lock")
 
 
+# A worker process's end of the progress queue (set by _init_worker): one item per tracked frame.
+_FRAME_QUEUE = None
+
+
+def _report_frame() -> None:
+    _FRAME_QUEUE.put(1)
+
+
 def _worker(args) -> SequenceRun:
-    tracker_factory, seq, results_dir, overwrite = args
+    tracker_factory, seq, results_dir, overwrite, result_format, on_frame = args
+    if on_frame is None and _FRAME_QUEUE is not None:
+        on_frame = _report_frame
     with file_lock(lock_path(results_dir, seq.name), blocking=False, remove=True) as acquired:
         if not acquired:
             return SequenceRun(seq.name, "busy", len(seq))
@@ -151,14 +170,16 @@ def _worker(args) -> SequenceRun:
         if not overwrite and is_finished(results_dir, seq.name, len(seq)):
             return SequenceRun(seq.name, "skipped", len(seq))
         try:
-            return run_sequence(tracker_factory, seq, results_dir)
+            return run_sequence(tracker_factory, seq, results_dir, result_format, on_frame)
         except UserError as exc:  # a bad frame or annotation: one line, no traceback
             return SequenceRun(seq.name, "failed", len(seq), error=str(exc), input_error=True)
         except Exception:  # reported to the parent; KeyboardInterrupt still stops the worker
             return SequenceRun(seq.name, "failed", len(seq), error=traceback.format_exc())
 
 
-def _init_worker() -> None:
+def _init_worker(frame_queue=None) -> None:
+    global _FRAME_QUEUE
+    _FRAME_QUEUE = frame_queue
     # One process per core already; stop OpenCV from spawning its own thread pool in each of them.
     try:
         import cv2
@@ -170,7 +191,8 @@ def _init_worker() -> None:
 
 def run_dataset(sequences: _Seq[Sequence], tracker_factory: TrackerFactoryType, results_dir: str,
                 num_workers: int = 1, overwrite: bool = False, progress: bool = True,
-                mp_context: str = "spawn", raise_on_error: bool = True) -> List[SequenceRun]:
+                mp_context: str = "spawn", raise_on_error: bool = True, result_format: str = "float"
+                ) -> List[SequenceRun]:
     """Run ``tracker_factory()`` trackers over ``sequences`` and write results under ``results_dir``.
 
     Args:
@@ -180,11 +202,14 @@ def run_dataset(sequences: _Seq[Sequence], tracker_factory: TrackerFactoryType, 
         num_workers: worker processes; ``<= 1`` runs in this process (no pickling, easiest to debug).
         overwrite: re-run sequences that are already finished (a sequence another runner holds is still
             left to it).
-        progress: show a tqdm progress bar over sequences.
+        progress: on stderr, a progress bar over the frames to track (its rate: frames per second of wall
+            time, all workers together) and a line per finished sequence with its frames and its tracker FPS
+            (frames / summed per-frame tracking time, the figure the report gives).
         mp_context: multiprocessing start method; ``spawn`` (default) is safe with CUDA and threads.
         raise_on_error: after the run, raise :class:`RunError` if a sequence failed (finished sequences
             are kept either way); :class:`RunInputError`, a one-line ``UserError``, when every failure
             is a bad input.
+        result_format: how the box files are written, ``float`` or ``pytracking`` (:mod:`.results`).
 
     Returns:
         One :class:`SequenceRun` per sequence, in input order.
@@ -203,20 +228,41 @@ def run_dataset(sequences: _Seq[Sequence], tracker_factory: TrackerFactoryType, 
     # holds their locks any more, so they are removed here (a live runner's are left alone).
     remove_stale_locks(results_dir)
     remove_stale_temp_files(results_dir)
-    bar = tqdm(total=len(pending), desc="tracking", unit="seq", disable=not progress)
+    bar = tqdm(total=sum(len(s) for s in pending), desc="tracking", unit="frame", disable=not progress,
+               file=sys.stderr, dynamic_ncols=True)
+
+    def finished(run: SequenceRun) -> None:
+        runs[run.name] = run
+        if progress and run.status == "done":
+            fps = run.n_frames / run.seconds if run.seconds > 0 else float("nan")
+            bar.write(f"  {run.name}: {run.n_frames} frames, {fps:.1f} FPS", file=sys.stderr)
+        elif progress:
+            bar.write(f"  {run.name}: {run.status}", file=sys.stderr)
+
     try:
         if num_workers <= 1 or len(pending) <= 1:
             for seq in pending:
-                runs[seq.name] = _worker((tracker_factory, seq, results_dir, overwrite))
-                bar.update(1)
+                finished(_worker((tracker_factory, seq, results_dir, overwrite, result_format,
+                                  lambda: bar.update(1))))
         else:
             ctx = mp.get_context(mp_context)
-            with ctx.Pool(min(num_workers, len(pending)), initializer=_init_worker) as pool:
-                jobs = [(tracker_factory, seq, results_dir, overwrite) for seq in pending]
-                for run in pool.imap_unordered(_worker, jobs):
-                    runs[run.name] = run
-                    bar.set_postfix_str(run.name)
-                    bar.update(1)
+            frames = ctx.Queue()
+            # The workers put one item per frame; this thread moves them to the bar while the pool runs.
+            reader = threading.Thread(target=_drain, args=(frames, bar), daemon=True)
+            reader.start()
+            try:
+                with ctx.Pool(min(num_workers, len(pending)), initializer=_init_worker,
+                              initargs=(frames if progress else None,)) as pool:
+                    jobs = [(tracker_factory, seq, results_dir, overwrite, result_format, None) for seq in pending]
+                    for run in pool.imap_unordered(_worker, jobs):
+                        finished(run)
+                    # Let the workers exit on their own (leaving the block terminates them), which flushes
+                    # their last progress items into the queue.
+                    pool.close()
+                    pool.join()
+            finally:
+                frames.put(None)
+                reader.join(timeout=10)
     finally:
         bar.close()
     ordered = [runs[s.name] for s in sequences]
@@ -229,6 +275,12 @@ def run_dataset(sequences: _Seq[Sequence], tracker_factory: TrackerFactoryType, 
         details = "\n".join(f"--- {r.name}\n{r.error}" for r in failed)
         raise RunError(f"{head}: {', '.join(r.name for r in failed)}\n{details}", ordered)
     return ordered
+
+
+def _drain(frames, bar) -> None:
+    """Advance ``bar`` by one per item on the queue ``frames`` until it yields None."""
+    while frames.get() is not None:
+        bar.update(1)
 
 
 def _warn_truncated(runs: List[SequenceRun]) -> None:

@@ -245,9 +245,7 @@ class BoxEnergy:
             self.head_weight = est.head.weight[0].detach()
             self.head_bias = est.head.bias.detach()
 
-    @torch.no_grad()
-    def __call__(self, boxes: Tensor) -> Tuple[Tensor, Tensor]:
-        """(M, 4) xyxy crop-pixel boxes -> (M,) scores, (M, 4) gradients w.r.t. the coordinates."""
+    def _forward(self, boxes: Tensor):
         m = boxes.shape[0]
         pre, states = [], []
         for pool, weight, bias in self.levels:
@@ -255,7 +253,19 @@ class BoxEnergy:
             pre.append(torch.addmm(bias, pooled.view(m, -1), weight.t()))
             states.append(state)
         hidden = torch.cat(pre, dim=1)  # (M, i3 + i4) before the ReLU
-        scores = torch.addmv(self.head_bias, torch.relu(hidden), self.head_weight)
+        return torch.addmv(self.head_bias, torch.relu(hidden), self.head_weight), hidden, states
+
+    @torch.no_grad()
+    def value(self, boxes: Tensor) -> Tensor:
+        """(M, 4) boxes -> (M,) scores alone (the same numbers as :meth:`__call__`'s, no backward pass);
+        the refiner scores its last candidates with it."""
+        return self._forward(boxes)[0]
+
+    @torch.no_grad()
+    def __call__(self, boxes: Tensor) -> Tuple[Tensor, Tensor]:
+        """(M, 4) xyxy crop-pixel boxes -> (M,) scores, (M, 4) gradients w.r.t. the coordinates."""
+        m = boxes.shape[0]
+        scores, hidden, states = self._forward(boxes)
         grad_hidden = self.head_weight * (hidden > 0)
         grads = []
         for (pool, weight, _), state, g in zip(self.levels, states,

@@ -25,6 +25,7 @@ back to the host, where the tracker's state (position, size) lives.
 """
 from __future__ import annotations
 
+import copy
 import math
 import time
 from typing import Any, Dict, List, Optional, Tuple
@@ -35,6 +36,7 @@ import torch
 from torch import Tensor
 
 from ..models.network import TrackerNet, load_net
+from ..models.onnx_backbone import OnnxBackbone
 from .adaptation import adapt_to_first_frame, check_adaptation
 from .box_estimation import estimate_box
 from .classifier import OnlineClassifier
@@ -45,6 +47,7 @@ from .params import RENAMED_KEYS, check_tracker_params, load_tracker_params
 __all__ = ["EBMAtomTracker", "validate_init_box"]
 
 REFINEMENT_MODES = ("ebm", "iounet", "none")
+BACKBONE_RUNTIMES = ("torch", "onnxruntime")
 
 
 def validate_init_box(box, image_shape: Tuple[int, int]) -> np.ndarray:
@@ -104,6 +107,19 @@ class EBMAtomTracker:
                                  "set box_refinement.adaptation.steps: 0")
         self.device = torch.device(params.get("device", "cpu"))
         self.net = net.to(self.device).eval()
+        self.fast_kernels = bool(params["fast_kernels"])
+        self._backbone = self.net.backbone
+        runtime = params["backbone_runtime"]
+        if runtime not in BACKBONE_RUNTIMES:
+            raise ValueError(f"backbone_runtime must be one of {BACKBONE_RUNTIMES}, got {runtime!r}")
+        if runtime == "onnxruntime":
+            if self.device.type != "cpu":
+                raise ValueError(f"backbone_runtime: onnxruntime runs on the CPU, not on device {self.device}")
+            self._backbone = OnnxBackbone(self._backbone)
+        elif self.fast_kernels and self._backbone.frozen:
+            # The frozen trunk in channels-last memory (oneDNN's fast layout for its depthwise and 1x1
+            # convolutions on a CPU); a copy, so that the caller's network is left as it was.
+            self._backbone = copy.deepcopy(self._backbone).to(memory_format=torch.channels_last)
         self.name = params.get("name", "ebm_atom")
         self._initialized = False
 
@@ -113,8 +129,14 @@ class EBMAtomTracker:
         return sample_patch(image, (center[0], center[1]), side, int(self.params["image_sample_size"]))
 
     def _features(self, crops: np.ndarray) -> Dict[str, Tensor]:
+        x = image_to_tensor(crops).to(self.device)
+        if self._backbone is self.net.backbone or isinstance(self._backbone, OnnxBackbone):
+            with torch.no_grad():
+                return self._backbone(x)
         with torch.no_grad():
-            return self.net.backbone(image_to_tensor(crops).to(self.device))
+            feats = self._backbone(x.contiguous(memory_format=torch.channels_last))
+        # Back to the default layout: the classifier and the box estimator see the tensors they always did.
+        return {k: v.contiguous() for k, v in feats.items()}
 
     def _stride(self) -> float:
         return float(self.net.backbone.strides["layer3"])
@@ -173,7 +195,7 @@ class EBMAtomTracker:
         crops, centers = self._augment(crop)
         feats = self._features(np.stack(crops))
         ccfg = self.params["classifier"]
-        self.classifier = OnlineClassifier(ccfg)
+        self.classifier = OnlineClassifier(ccfg, structured_gram=self.fast_kernels)
         size_cells = self.size * tf.scale / self._stride()
         sigma = self._tensor([float(ccfg["output_sigma_factor"]) * math.sqrt(size_cells[0] * size_cells[1])] * 2)
         self.classifier.initialize(feats["layer3"], torch.stack([self._to_cells(c) for c in centers]), sigma)

@@ -48,6 +48,14 @@ DEFAULT_TRACKER_PARAMS: Dict[str, Any] = {
     "seed": 0,
     # Search region: a square of sqrt(w h) * search_area_factor image pixels, resampled to image_sample_size
     # (the same factor as the training crops' data.processing.search_area_factor).
+    # Faster computations that give the same numbers up to float rounding (tracker boxes within 1e-3 px of
+    # the plain ones over 20 frames of real video, tests/tracking/tracker/test_fast_kernels.py): the frozen
+    # backbone in channels-last memory and the classifier's structured Gram update. false: the plain ones.
+    "fast_kernels": True,
+    # Who runs the frozen backbone: "torch", or "onnxruntime" (CPU only; exported when the tracker is built,
+    # the same numbers up to float rounding; needs pip install 'ebm_refine[onnx]'; docs/tracker_results.md
+    # "Speed" for what it gains).
+    "backbone_runtime": "torch",
     "search_area_factor": 5.0,
     "image_sample_size": 288,
     "classifier": {

@@ -144,3 +144,18 @@ def test_stale_temp_files_of_a_killed_writer_are_removed(seqs, tmp_path):
     other.write_text("keep")
     run_dataset(seqs[:1], get_tracker_factory("identity"), str(out), progress=False)
     assert not stale.exists() and other.exists() and (out / "a.txt").exists()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_progress_counts_frames_and_prints_a_line_per_sequence(seqs, tmp_path, capfd, workers):
+    """The bar counts every frame to track (48 = 3 x 16, from worker processes too) and each finished sequence
+    gets a line with its frames and its tracker FPS, the report's figure."""
+    out = str(tmp_path / "res")
+    runs = run_dataset(seqs, get_tracker_factory("identity"), out, num_workers=workers, progress=True)
+    err = capfd.readouterr().err
+    assert "48/48" in err, err[-500:]
+    for run in runs:
+        fps = len(read_times(os.path.join(out, f"{run.name}_time.txt"))) / run.seconds
+        assert f"  {run.name}: 16 frames, {fps:.1f} FPS" in err, err[-500:]
+    seconds = sum(read_times(os.path.join(out, f"{r.name}_time.txt")).sum() for r in runs)
+    assert evaluate_results(seqs, out, "otb")["fps"] == pytest.approx(48 / seconds)

@@ -1,6 +1,7 @@
 """The online target classifier on hand-made feature maps."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from ebm_refine.tracking.tracker.classifier import OnlineClassifier
@@ -56,3 +57,20 @@ def test_two_identical_targets_are_uncertain_and_the_nearer_one_wins():
     loc = clf.localize(s, torch.tensor([3.0, 3.0]), torch.tensor([12.0, 12.0]))
     assert loc.flag == "uncertain"
     assert torch.allclose(loc.center, torch.tensor([14.0, 14.0]), atol=0.6)
+
+
+@pytest.mark.parametrize("d,h,w,k", [(64, 18, 18, 5), (3, 7, 11, 3), (4, 3, 2, 5), (2, 1, 6, 5), (5, 9, 4, 1)])
+def test_structured_gram_equals_the_im2col_product(d, h, w, k):
+    """The classifier's Gram update (shift structure of im2col) is U^T U in row-block order."""
+    import torch.nn.functional as F
+
+    from ebm_refine.tracking.tracker.classifier import accumulate_im2col_gram
+
+    g = torch.Generator().manual_seed(d * 100 + h)
+    z = torch.randn(d, h, w, generator=g, dtype=torch.float64)
+    u = F.unfold(z[None], k, padding=k // 2)[0].T  # (H W, D k k), columns (d, a, b)
+    expected = (u.T @ u).view(d, k, k, d, k, k).permute(1, 0, 2, 4, 3, 5).reshape(d * k * k, -1)
+    for structured in (True, False):
+        gram = torch.full((d * k * k,) * 2, 2.0, dtype=torch.float64)
+        accumulate_im2col_gram(gram, z, k, 0.25, structured)
+        torch.testing.assert_close(gram, 2.0 + 0.25 * expected, rtol=1e-12, atol=1e-12)
