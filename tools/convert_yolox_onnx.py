@@ -17,12 +17,12 @@ exit_on_interrupt_while_starting()  # Ctrl-C while the imports below load: one l
 
 from ebm_refine.detectron2.yolox_onnx import convert_yolox_onnx  # noqa: E402
 from ebm_refine.utils.cli import add_debug_argument, run_cli  # noqa: E402
-from ebm_refine.utils.cli_args import existing_file, output_file  # noqa: E402
+from ebm_refine.utils.cli_args import output_file  # noqa: E402
 
 
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("onnx", type=existing_file, help="YOLOX-nano's ONNX export (input 1x3x416x416, raw per-anchor output)")
+    p.add_argument("onnx", help="YOLOX-nano's ONNX export (input 1x3x416x416, raw per-anchor output)")
     p.add_argument("--output", required=True, type=output_file, help="the .pth to write (MODEL.WEIGHTS of the YOLOX configs)")
     add_debug_argument(p)
     return p.parse_args(argv)
