@@ -12,7 +12,9 @@
   the model's backbone): a head trained on other features (e.g. a MobileNetV2 refiner's with a YOLOX config)
   is a :class:`CheckpointError` naming the file. ``MODEL.EBM.HEAD.WEIGHTS`` (a model's ``energy_head_weights``)
   loads a trained energy head after ``MODEL.WEIGHTS`` when that has none, if the file's backbone tensors equal
-  the model's.
+  the model's. :func:`export_energy_head` writes a head-only file (what the project ships: the detector's own
+  weights stay with their owner) that carries a fingerprint of its backbone's tensors instead of the tensors;
+  loading it checks the fingerprint.
 * A relative ``MODEL.WEIGHTS`` that does not exist is looked up in the weights folder
   (:func:`~ebm_refine.utils.resources.find_weights`: ``$EBM_WEIGHTS_DIR``, ``<repo>/../shared/weights``), so a
   config may name third-party weights by file name (``yolox_nano.onnx``).
@@ -25,6 +27,7 @@
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from typing import Any, Dict, List, Optional
@@ -40,7 +43,7 @@ from .meta_arch import ENERGY_HEAD_PREFIX
 from ..utils.resources import find_weights
 from .yolox_onnx import missing_weights_message, read_yolox_onnx
 
-__all__ = ["EBMCheckpointer", "CheckpointError", "robust_state_holder"]
+__all__ = ["EBMCheckpointer", "CheckpointError", "robust_state_holder", "export_energy_head", "backbone_fingerprint"]
 
 logger = logging.getLogger(__name__)
 _READ_WHAT = "a readable checkpoint"
@@ -103,7 +106,8 @@ class EBMCheckpointer(DetectionCheckpointer):
             raise CheckpointError(f"{path}: no energy head in it (MODEL.EBM.HEAD.WEIGHTS expects a trained refiner's "
                                   "model_final.pth)")
         model = _unwrap(self.model)
-        _check_head_features(path, state, model.state_dict(), compare_values=True)
+        _check_head_features(path, state, model.state_dict(), compare_values=True,
+                             fingerprint=data.get(FINGERPRINT_KEY) if isinstance(data, dict) else None)
         try:
             model.roi_heads.energy_head.load_state_dict(head)
         except RuntimeError as e:
@@ -258,12 +262,44 @@ def _has_yolox_trunk(model) -> bool:
     return isinstance(getattr(_unwrap(model), "backbone", None), YOLOXTrunk)
 
 
+FINGERPRINT_KEY = "backbone_fingerprint"
+
+
+def backbone_fingerprint(state: Dict[str, torch.Tensor]) -> str:
+    """SHA-256 over the names and float32 values of the ``backbone.*`` tensors of a state dict (memory layout
+    and device do not matter): which features an energy head was trained on, without the tensors."""
+    digest = hashlib.sha256()
+    for name in sorted(k for k in state if k.startswith("backbone.")):
+        digest.update(name.encode())
+        digest.update(state[name].detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def export_energy_head(src: str, dst: str) -> int:
+    """Write the energy head of the trained model ``src`` (a ``model_final.pth``) alone to ``dst``, with the
+    fingerprint of the backbone it was trained on; returns the number of head tensors. ``MODEL.EBM.HEAD.WEIGHTS``
+    loads the file onto a model whose backbone has that fingerprint."""
+    data = read_torch_file(src, "a trained refiner (model_final.pth)", "pass the model_final.pth that tools/train_net.py wrote")
+    state = data.get("model", data) if isinstance(data, dict) else {}
+    head = {k: v for k, v in state.items() if k.startswith(ENERGY_HEAD_PREFIX)}
+    if not head or not any(k.startswith("backbone.") for k in state):
+        raise CheckpointError(f"{src}: not a trained refiner (it needs energy-head and backbone tensors)")
+    atomic_save_torch({"model": head, FINGERPRINT_KEY: backbone_fingerprint(state)}, dst)
+    return len(head)
+
+
 def _check_head_features(path: str, file_state: Dict[str, Any], model_state: Dict[str, torch.Tensor],
-                         compare_values: bool = False) -> None:
+                         compare_values: bool = False, fingerprint: Optional[str] = None) -> None:
     """A file with an energy head must carry the backbone it was trained on: the model's backbone tensor names
-    (and with ``compare_values`` equal tensors), else :class:`CheckpointError` naming ``path``."""
+    (and with ``compare_values`` equal tensors), or a head-only file its backbone's ``fingerprint``; else
+    :class:`CheckpointError` naming ``path``."""
     names = {k[len("module."):] if k.startswith("module.") else k: v for k, v in file_state.items()}
     if not any(k.startswith(ENERGY_HEAD_PREFIX) for k in names):
+        return
+    if fingerprint is not None and not any(k.startswith("backbone.") for k in names):
+        if fingerprint != backbone_fingerprint(model_state):
+            raise CheckpointError(f"{path}: its energy head was trained on other backbone weights (its backbone "
+                                  "fingerprint differs from MODEL.WEIGHTS'); use a head trained on these weights")
         return
     mine = {k for k in model_state if k.startswith("backbone.")}
     theirs = {k for k in names if k.startswith("backbone.")}

@@ -142,6 +142,39 @@ def test_refine_detections_cli_refines_another_detectors_file(trained, shared_da
     assert np.mean(np.array(moved) > 1e-3) > 0.5
 
 
+@pytest.mark.slow
+def test_exported_head_loads_by_fingerprint_only_onto_its_trunk(trained, yolox_onnx, yolox_pth, shared_data, tmp_path):
+    """tools/export_energy_head.py: the head alone (no YOLOX tensors shipped), checked by its trunk's fingerprint;
+    it refines exactly as the full refiner checkpoint does, from the .pth or the .onnx YOLOX weights."""
+    head = tmp_path / "head.pth"
+    proc = subprocess.run([sys.executable, str(REPO / "tools" / "export_energy_head.py"), str(trained["weights"]),
+                           "--output", str(head)], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "EBM_DEBUG": ""})
+    assert proc.returncode == 0, proc.stderr
+    saved = torch.load(head, weights_only=True)
+    assert not any(k.startswith("backbone.") for k in saved["model"]) and len(saved["backbone_fingerprint"]) == 64
+    assert head.stat().st_size < 0.8 * trained["weights"].stat().st_size
+    outputs = []
+    for weights, head_file in ((yolox_pth, trained["weights"]), (yolox_pth, head), (yolox_onnx, head)):
+        cfg = yolox_cfg(str(weights), "MODEL.EBM.HEAD.WEIGHTS", str(head_file), *TINY,
+                        config="COCO-Detection/ebm_yolox_nano.yaml")
+        model = build_model(cfg).eval()
+        EBMCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+        with torch.no_grad():
+            outputs.append(model(val_inputs(cfg, shared_data, 1))[0]["instances"].pred_boxes.tensor)
+    torch.testing.assert_close(outputs[1], outputs[0])
+    torch.testing.assert_close(outputs[2], outputs[0], atol=1e-3, rtol=0)
+    # onto another trunk: one line naming the file
+    other = {k: v.clone() for k, v in read_yolox_onnx(str(yolox_onnx)).items()}
+    first = sorted(k for k in other if k.startswith("backbone."))[0]
+    other[first] += 1.0
+    torch.save({"model": other}, tmp_path / "other_yolox.pth")
+    cfg = yolox_cfg(str(tmp_path / "other_yolox.pth"), "MODEL.EBM.HEAD.WEIGHTS", str(head), *TINY,
+                    config="COCO-Detection/ebm_yolox_nano.yaml")
+    with pytest.raises(CheckpointError, match="head.pth: its energy head was trained on other backbone weights"):
+        EBMCheckpointer(build_model(cfg)).load(cfg.MODEL.WEIGHTS)
+
+
 def test_head_of_other_features_is_refused(yolox_pth, tmp_path):
     # A MobileNetV2-FPN refiner's checkpoint: its energy head has the YOLOX head's shapes (64 channels, 7 x 7),
     # but it was trained on other features.
