@@ -106,7 +106,7 @@ def save_figure(path: Path, runs: List[RunResult], config: BenchmarkConfig, prob
             ax.tick_params(labelsize=7)
     fig.tight_layout()
     buf = io.BytesIO()
-    fig.savefig(buf, format=path.suffix.lstrip(".") or "png", dpi=110)
+    fig.savefig(buf, format=Path(path).suffix.lstrip(".") or "png", dpi=110)
     plt.close(fig)
     atomic_write_bytes(path, buf.getvalue())
 
