@@ -9,7 +9,8 @@ Quirks of the release handled here:
   ``groundtruth_rect.2.txt`` become sequences ``Jogging-1`` and ``Jogging-2``;
 * an empty ground-truth file (``Human4``'s ``groundtruth_rect.1.txt``) is ignored;
 * a few sequences are annotated on a frame range only (``David`` 300-770, ``Football1`` 1-74,
-  ``Freeman3`` 1-460, ``Freeman4`` 1-283, ``Diving`` 1-215), from the benchmark's configuration;
+  ``Freeman3`` 1-460, ``Freeman4`` 1-283, ``Diving`` 1-215), from the benchmark's configuration; a copy whose
+  folder holds exactly one image per annotation row (cut to the annotated frames, renumbered) is taken as it is;
 * frame folders that do not start at 1 (``BlurCar1`` starts at 0247) are taken as they are.
 """
 from __future__ import annotations
@@ -53,6 +54,10 @@ def _sequence_entries(root: str) -> List[Tuple[str, str, str]]:
     return entries
 
 
+def _frame_count(img_dir: str) -> int:
+    return len(list_frames(img_dir, contiguous=False))
+
+
 def load_otb(root: str, sequences: Optional[_Seq[str]] = None) -> List[Sequence]:
     """Load OTB sequences found under ``root`` (every folder with ``img/`` and a ground-truth file).
 
@@ -81,6 +86,8 @@ def load_otb(root: str, sequences: Optional[_Seq[str]] = None) -> List[Sequence]
     for name, seq_dir, anno_path in entries:
         boxes = check_box_sizes(anno_path, read_box_file(anno_path, allow_nan=True))
         frame_range = OTB_FRAME_RANGES.get(os.path.basename(seq_dir).lower())
+        if frame_range is not None and _frame_count(os.path.join(seq_dir, "img")) == len(boxes):
+            frame_range = None  # a copy cut to its annotated frames (renumbered from 1): one row per image
         frames = list_frames(os.path.join(seq_dir, "img"), contiguous=True, frame_range=frame_range)
         check_rows(anno_path, boxes, len(frames))
         out.append(Sequence(name=name, frames=frames, ground_truth=boxes, dataset="otb",

@@ -182,3 +182,17 @@ def test_dataset_registry():
         load_dataset("nope", "/tmp")
     with pytest.raises(KeyError, match="already registered"):
         register_dataset("otb", lambda root, sequences=None: [])
+
+
+def test_otb_frame_ranges_apply_to_the_release_not_to_a_cut_copy(tmp_path):
+    """OTB's David is annotated on frames 300..770 of its folder; a copy cut to its annotated frames and renumbered
+    from 1 (one image per row, as in the project's training sequences) is read as it is."""
+    write_boxes_txt(tmp_path / "cut" / "David" / "groundtruth_rect.txt", _gt(4))
+    touch_frames(tmp_path / "cut" / "David" / "img", range(1, 5), "{:04d}.jpg")
+    (seq,) = load_dataset("otb", str(tmp_path / "cut"))
+    assert [os.path.basename(f) for f in seq.frames] == ["0001.jpg", "0002.jpg", "0003.jpg", "0004.jpg"]
+    # the release layout: more images than rows, the range names the annotated ones (here: 300 missing)
+    write_boxes_txt(tmp_path / "release" / "David" / "groundtruth_rect.txt", _gt(4))
+    touch_frames(tmp_path / "release" / "David" / "img", range(1, 10), "{:04d}.jpg")
+    with pytest.raises(Exception, match="0300.jpg"):
+        load_dataset("otb", str(tmp_path / "release"))
